@@ -1,0 +1,1 @@
+"""segkd training side: models, datasets, losses and the trainer (needs torch)."""

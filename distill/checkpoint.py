@@ -1,0 +1,141 @@
+"""The checkpoint artifact: a dict of tensors and plain data, written atomically.
+
+`best.pt` / `last.pt` are student-only model checkpoints (what `segkd export` takes);
+`resume.pt` adds the optimizer, extra trainable modules (e.g. IDD adapters) and the
+iteration. Everything loads with `torch.load(weights_only=True)`: nothing a user did
+not create is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime.errors import SegkdError
+from runtime.labels import LabelSpec
+from runtime.preprocess import PreprocessSpec
+
+FORMAT = "segkd-checkpoint"
+FORMAT_VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_checkpoint(
+    *,
+    model: torch.nn.Module,
+    arch: str,
+    model_kwargs: dict[str, Any],
+    labels: LabelSpec,
+    preprocess: PreprocessSpec,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    iteration: int = 0,
+    role: str = "model",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The student-only checkpoint dict (model weights + metadata, no optimizer)."""
+    module = model.module if hasattr(model, "module") else model  # unwrap DDP
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "role": role,  # "teacher", "student" or "model"
+        "arch": arch,
+        "num_classes": labels.num_classes,
+        "model_kwargs": dict(model_kwargs),
+        "state_dict": state,
+        "labels": labels.to_dict(),
+        "preprocess": preprocess.to_dict(),
+        "config": dict(config or {}),
+        "metrics": dict(metrics or {}),
+        "iteration": int(iteration),
+    }
+    if extra:
+        ckpt.update(extra)
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a segkd checkpoint, refusing anything that is not plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegkdError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SegkdError(
+            f"refused to load {path}: it holds objects other than tensors and plain data "
+            f"(weights_only=True); load only checkpoints you created ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SegkdError(
+            f"cannot read checkpoint {path}: corrupt or truncated ({msg[:160]})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise SegkdError(f"{path} is not a segkd checkpoint (no '{FORMAT}' format tag)")
+    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+        raise SegkdError(
+            f"{path} was written by a newer segkd (format {ckpt['format_version']}); upgrade segkd"
+        )
+    for key in ("arch", "num_classes", "state_dict", "labels", "preprocess"):
+        if key not in ckpt:
+            raise SegkdError(f"{path} is missing '{key}'; it is not a complete segkd checkpoint")
+    return ckpt
+
+
+def checkpoint_specs(ckpt: dict[str, Any]) -> tuple[LabelSpec, PreprocessSpec]:
+    return LabelSpec.from_dict(ckpt["labels"]), PreprocessSpec.from_dict(ckpt["preprocess"])
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network a checkpoint describes and load its weights (strict)."""
+    from distill.models import build_model
+
+    ckpt = load_checkpoint(path)
+    try:
+        model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+    except KeyError as e:
+        raise SegkdError(f"{path}: unknown architecture {ckpt['arch']!r} ({e})") from None
+    try:
+        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as e:  # shape mismatch: another class count or width
+        first = str(e).strip().splitlines()[-1].strip()
+        raise SegkdError(
+            f"{path}: weights do not fit {ckpt['arch']} with {ckpt['num_classes']} classes ({first[:200]})"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        raise SegkdError(
+            f"{path}: weights do not fit {ckpt['arch']} with {ckpt['num_classes']} classes "
+            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys, "
+            f"e.g. {(result.missing_keys + result.unexpected_keys)[0]})"
+        )
+    model.to(device).eval()
+    return model, ckpt

@@ -1,0 +1,79 @@
+"""Training options: one dataclass, defaults per dataset, every field overridable."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from runtime.errors import SegkdError
+
+
+@dataclass
+class TrainConfig:
+    data: str = "synthetic"
+    model: str = "pspnet_r18"
+    out: str = "runs/train"
+    iters: int | None = None  # None: the dataset's default
+    batch_size: int | None = None
+    crop_size: tuple[int, int] | None = None
+    export_size: tuple[int, int] | None = None  # the input size written into the checkpoint's spec
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    aux_weight: float = 0.4
+    eval_interval: int | None = None  # None: 4 evaluations per run
+    val_images: int | None = None  # cap on val images per periodic evaluation (final uses all)
+    log_interval: int = 10
+    num_workers: int = 1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # only takes effect on CUDA
+    channels_last: bool = True  # only takes effect on CUDA
+    sync_bn: bool = False  # only under torchrun with more than one process
+    deep_stem: bool = False
+    backbone_weights: str | None = None
+    resume: bool = False
+    role: str = "model"  # written into the checkpoint: teacher / student / model
+    extra: dict[str, Any] = field(default_factory=dict)  # stage-specific settings (distill)
+
+    def resolved(self, defaults: dict[str, Any]) -> TrainConfig:
+        """Fill every None field from the dataset's defaults and validate."""
+        cfg = TrainConfig(**asdict(self))
+        for f in fields(cfg):
+            if getattr(cfg, f.name) is None and f.name in defaults:
+                setattr(cfg, f.name, defaults[f.name])
+        if cfg.export_size is None:
+            cfg.export_size = defaults.get("eval_size") or cfg.crop_size
+        cfg.crop_size = tuple(cfg.crop_size)  # type: ignore[assignment]
+        cfg.export_size = tuple(cfg.export_size)  # type: ignore[assignment]
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise SegkdError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+        for name in ("iters", "batch_size", "lr", "log_interval", "eval_interval", "val_images"):
+            positive(name)
+        if self.num_workers < 0:
+            raise SegkdError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise SegkdError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size is not None and self.batch_size < 2:
+            # BatchNorm after the 1x1 pyramid bin sees one value per channel at batch 1.
+            raise SegkdError("--batch-size must be at least 2 (BatchNorm in the pooling bins)")
+        for name in ("crop_size", "export_size"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 2 or min(v) < 32):
+                raise SegkdError(f"--{name.replace('_', '-')} must be HxW with both >= 32, got {v}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("crop_size", "export_size"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d

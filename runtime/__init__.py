@@ -1,0 +1,1 @@
+"""segkd runtime: inference side (numpy + OpenCV; torch only inside the torch backend)."""
