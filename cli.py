@@ -43,6 +43,9 @@ def _write_json(path: Path | None, data: Any) -> None:
 def models(
     input_size: Annotated[str, typer.Option(help="HxW for the MAC count")] = "512x1024",
     num_classes: Annotated[int, typer.Option(min=1)] = 19,
+    deep_stem: Annotated[
+        bool, typer.Option(help="three-conv stem of the reference code bases")
+    ] = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="also write the table as JSON")
     ] = None,
@@ -50,8 +53,12 @@ def models(
     """List every architecture with its parameter count and GMACs (aux head included)."""
     from distill.models.complexity import model_table
 
-    rows = model_table(parse_size(input_size, "--input-size", minimum=32), num_classes=num_classes)
-    table = Table(title=f"segkd models at {input_size}, {num_classes} classes (aux head included)")
+    size = parse_size(input_size, "--input-size", minimum=32)
+    rows = model_table(size, num_classes=num_classes, deep_stem=deep_stem)
+    stem = "deep stem" if deep_stem else "torchvision stem"
+    table = Table(
+        title=f"segkd models at {input_size}, {num_classes} classes, {stem}, aux head included"
+    )
     for col in ("arch", "params (M)", "GMACs", "feat channels"):
         table.add_column(col, justify="left" if col == "arch" else "right")
     for r in rows:

@@ -1,0 +1,149 @@
+"""Named architectures (`pspnet_r18`, `deeplabv3_r101`, ...) and ImageNet backbone loading."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.models.heads import DeepLabV3Head, PSPHead
+from distill.models.resnet import DilatedResNet
+from distill.models.segmentor import Segmentor
+from runtime.errors import SegkdError
+
+log = logging.getLogger(__name__)
+
+HEADS: dict[str, Callable[[int, int], nn.Module]] = {
+    "pspnet": lambda cin, k: PSPHead(cin, k),
+    "deeplabv3": lambda cin, k: DeepLabV3Head(cin, k),
+}
+DEPTHS = (18, 50, 101)
+
+
+def available_models() -> list[str]:
+    return [f"{head}_r{depth}" for head in HEADS for depth in DEPTHS]
+
+
+def _parse_arch(arch: str) -> tuple[str, int]:
+    head, _, depth = arch.rpartition("_r")
+    if head not in HEADS or not depth.isdigit() or int(depth) not in DEPTHS:
+        raise SegkdError(
+            f"unknown model architecture {arch!r}; choose one of: {', '.join(available_models())}"
+        )
+    return head, int(depth)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    *,
+    aux: bool = True,
+    deep_stem: bool = False,
+    backbone_weights: str | None = None,
+) -> Segmentor:
+    """Build `arch` for `num_classes` classes; optionally load ImageNet backbone weights.
+
+    `model.model_kwargs` holds what rebuilds the same network (not the weights path:
+    a checkpoint carries the trained weights itself). The backbone loading report, if
+    any, is kept on `model.backbone_report`.
+    """
+    head_name, depth = _parse_arch(arch)
+    if num_classes < 1:
+        raise SegkdError(f"num_classes must be >= 1 for {arch}, got {num_classes}")
+    backbone = DilatedResNet(depth, deep_stem=deep_stem)
+    head = HEADS[head_name](backbone.out_channels, num_classes)
+    model = Segmentor(
+        arch,
+        num_classes,
+        backbone,
+        head,
+        feat_channels=head.channels,
+        aux=aux,
+        model_kwargs={"aux": aux, "deep_stem": deep_stem},
+    )
+    model.backbone_report = (
+        load_backbone_weights(model, backbone_weights) if backbone_weights else None
+    )
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SegkdError(f"backbone weights not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SegkdError(
+            f"refused to load backbone weights {path}: it holds objects other than tensors "
+            "(weights_only=True); use a plain state-dict file"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SegkdError(f"cannot read backbone weights {path}: {msg[:160]}") from None
+    # Some checkpoints wrap the weights ({"state_dict": ...}) or carry DDP's prefix.
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SegkdError(f"backbone weights {path} are not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a local torchvision-format ResNet state dict into `model`'s backbone.
+
+    `model` is a Segmentor or a DilatedResNet. Keys are matched by name and shape;
+    `fc.*` (the ImageNet classifier) is ignored. Returns and logs the report:
+    `loaded`, `missing` (backbone keys left at their init), `unexpected` (file keys
+    the backbone lacks), `mismatched` (same name, other shape: skipped, e.g. the deep
+    stem's conv1 with a torchvision file) and `ignored` (fc.*).
+    """
+    path = Path(path)
+    backbone = model.backbone if isinstance(model, Segmentor) else model
+    source = _read_state_dict(path)
+    target = backbone.state_dict()
+    ignored = sorted(k for k in source if k.startswith("fc."))
+    unexpected = sorted(k for k in source if k not in target and not k.startswith("fc."))
+    mismatched = sorted(
+        k for k in source if k in target and tuple(source[k].shape) != tuple(target[k].shape)
+    )
+    fitting = {
+        k: v for k, v in source.items() if k in target and tuple(v.shape) == tuple(target[k].shape)
+    }
+    # Old torchvision files lack BN's num_batches_tracked: not worth reporting.
+    missing = sorted(
+        k for k in target if k not in fitting and not k.endswith("num_batches_tracked")
+    )
+    if not fitting:
+        raise SegkdError(
+            f"backbone weights {path}: no key fits the ResNet-{backbone.depth} backbone "
+            f"({len(source)} keys, e.g. {next(iter(source), 'none')!r}); is it a ResNet state dict?"
+        )
+    backbone.load_state_dict(fitting, strict=False)
+    report = {
+        "path": str(path),
+        "loaded": sorted(fitting),
+        "missing": missing,
+        "unexpected": unexpected,
+        "mismatched": mismatched,
+        "ignored": ignored,
+    }
+    log.info(
+        "backbone weights %s: %d tensors loaded, %d ignored (fc)", path, len(fitting), len(ignored)
+    )
+    for kind in ("missing", "unexpected", "mismatched"):
+        if report[kind]:
+            log.warning(
+                "backbone weights %s: %d %s keys: %s",
+                path,
+                len(report[kind]),
+                kind,
+                ", ".join(report[kind]),
+            )
+    return report

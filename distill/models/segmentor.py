@@ -1,0 +1,60 @@
+"""The segmentation network: dilated ResNet backbone + main head (+ auxiliary FCN head)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.models.heads import FCNHead
+from distill.models.resnet import DilatedResNet
+
+
+class Segmentor(nn.Module):
+    """Backbone -> head at 1/8 resolution.
+
+    `extract` gives the training dict (logits, feat, aux); `forward` returns that dict in
+    training mode and, in eval mode, only the logits upsampled to the input size: the
+    graph `segkd export` traces.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int,
+        backbone: DilatedResNet,
+        head: nn.Module,
+        feat_channels: int,
+        aux: bool = True,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.num_classes = num_classes
+        self.feat_channels = feat_channels
+        self.model_kwargs: dict[str, Any] = dict(model_kwargs or {})
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = FCNHead(backbone.layer3_channels, num_classes) if aux else None
+        # What load_backbone_weights reported when build_model loaded ImageNet weights.
+        self.backbone_report: dict[str, Any] | None = None
+
+    @property
+    def has_aux(self) -> bool:
+        return self.aux_head is not None
+
+    def extract(self, x: torch.Tensor, with_aux: bool = True) -> dict[str, torch.Tensor]:
+        c3, c4 = self.backbone(x)
+        logits, feat = self.head(c4)
+        out = {"logits": logits, "feat": feat}
+        if with_aux and self.aux_head is not None:
+            out["aux"] = self.aux_head(c3)[0]
+        return out
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
+        if self.training:
+            return self.extract(x, with_aux=True)
+        logits = self.extract(x, with_aux=False)["logits"]
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
