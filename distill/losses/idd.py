@@ -1,0 +1,191 @@
+"""Inter-class distance distillation (Zhang, Zhou, Tu, IJCAI 2022), as specified in METHOD.md.
+
+For each image, the centre of every class PRESENT in the (nearest-resized) label map is
+the mean feature over that class's pixels; the student learns to reproduce the teacher's
+matrix of distances between those centres. Everything is batched: one-hot masks
+(B x K x hw) @ features (B x hw x C) give all centres in one matmul, torch.cdist all
+distances, and a pair mask keeps only pairs i < j of present classes. Absent classes get
+a placeholder centre that the pair mask never lets into the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.losses.labels import resize_labels
+from runtime.errors import SegkdError
+from runtime.labels import IGNORE_INDEX
+
+IDD_DISTANCES = ("euclidean", "cosine")
+# [ours] how to reconcile the student's and teacher's feature scales (METHOD.md, "Scale").
+IDD_SCALES = ("adapter", "normalize", "both", "none")
+
+
+def class_centres(
+    feat: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean feature of every class in every image.
+
+    feat: B x C x h x w; labels: B x h x w (already at feature size).
+    Returns (centres B x K x C, present B x K bool). Rows of absent classes are zero and
+    must be masked out by the caller with `present`.
+    """
+    b, c = feat.shape[:2]
+    lab = labels.reshape(b, -1)
+    # Ignore and out-of-range ids (e.g. 255) get an all-zero one-hot row.
+    valid = (lab >= 0) & (lab < num_classes)
+    onehot = F.one_hot(torch.where(valid, lab, 0), num_classes).to(feat.dtype)
+    onehot = (onehot * valid.unsqueeze(-1).to(feat.dtype)).transpose(1, 2)  # B x K x hw
+    counts = onehot.sum(dim=-1)  # B x K
+    # (B x K x hw) @ (B x hw x C), computed as its transpose (B x C x hw) @ (B x hw x K) so
+    # that the feature map is read, and its gradient written, in its own contiguous layout
+    # (about 2-3x faster backward on CPU than the strided form).
+    sums = torch.bmm(feat.reshape(b, c, -1), onehot.transpose(1, 2)).transpose(1, 2)  # B x K x C
+    centres = sums / counts.clamp_min(1.0).unsqueeze(-1)
+    return centres, counts > 0
+
+
+def class_distances(centres: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
+    """B x K x K distances between class centres ("euclidean" or "cosine" = 1 - cos)."""
+    if distance == "euclidean":
+        # The direct (non-matmul) path is exact and gives a zero, not NaN, gradient at d=0.
+        return torch.cdist(centres, centres, compute_mode="donot_use_mm_for_euclid_dist")
+    if distance == "cosine":
+        unit = F.normalize(centres, dim=-1, eps=1e-8)
+        return 1.0 - torch.bmm(unit, unit.transpose(1, 2))
+    raise ValueError(f"unknown IDD distance {distance!r}; choose one of {IDD_DISTANCES}")
+
+
+def _pair_mask(present: torch.Tensor) -> torch.Tensor:
+    """B x K x K bool: i < j and both classes present in the image."""
+    k = present.shape[-1]
+    upper = torch.ones(k, k, dtype=torch.bool, device=present.device).triu(diagonal=1)
+    return present.unsqueeze(-1) & present.unsqueeze(-2) & upper
+
+
+def _normalize_by_mean(dist: torch.Tensor, pairs: torch.Tensor, eps: float) -> torch.Tensor:
+    """Divide each image's distances by the mean of its present off-diagonal entries."""
+    n = pairs.sum(dim=(1, 2)).clamp_min(1)
+    mean = (dist * pairs).sum(dim=(1, 2)) / n
+    return dist / mean.clamp_min(eps).view(-1, 1, 1)
+
+
+def idd_loss(
+    student_feat: torch.Tensor,
+    teacher_feat: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    distance: str = "euclidean",
+    normalize: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """L_idd = mean over images of mean over present pairs i<j of (D^t_ij - D^s_ij)^2.
+
+    Features may differ in width (distances are scalars) but, for a meaningful loss, not in
+    scale: see IDDLoss. The student's map is resized bilinearly to the teacher's size,
+    labels NEAREST to that size. Always finite; images with < 2 present classes give 0.
+    Computed in float32 whatever the autocast state.
+    """
+    device_type = student_feat.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        fs = student_feat.float()
+        ft = teacher_feat.detach().float()
+        size = tuple(ft.shape[-2:])
+        if tuple(fs.shape[-2:]) != size:
+            fs = F.interpolate(fs, size=size, mode="bilinear", align_corners=False)
+        lab = resize_labels(labels, size)
+        cs, present = class_centres(fs, lab, num_classes, ignore_index)
+        ct, _ = class_centres(ft, lab, num_classes, ignore_index)
+        ds = class_distances(cs, distance)
+        dt = class_distances(ct, distance)
+        pairs = _pair_mask(present)
+        if normalize:
+            ds = _normalize_by_mean(ds, pairs, eps)
+            dt = _normalize_by_mean(dt, pairs, eps)
+        # torch.where, not multiplication, so nothing from a masked entry can leak in.
+        sq = torch.where(pairs, (dt - ds) ** 2, torch.zeros_like(ds))
+        n_pairs = pairs.sum(dim=(1, 2))
+        per_image = sq.sum(dim=(1, 2)) / n_pairs.clamp_min(1)
+        return per_image.mean()
+
+
+def make_adapter(in_channels: int, out_channels: int) -> nn.Sequential:
+    """1x1 conv + BN mapping student features to the teacher's width [ours]; dropped at export."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class IDDLoss(nn.Module):
+    """IDD with its scale option.
+
+    scale: "adapter" (1x1 conv + BN student -> teacher width, trained with the student),
+    "normalize" (each image's D divided by its mean present off-diagonal entry),
+    "both", or "none" (only when the widths are equal). `self.adapter` is None unless the
+    scale uses one; PIDLoss can share it.
+    """
+
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        num_classes: int,
+        distance: str = "euclidean",
+        scale: str = "adapter",
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__()
+        if distance not in IDD_DISTANCES:
+            raise SegkdError(
+                f"idd_distance: unknown value {distance!r}; choose one of {', '.join(IDD_DISTANCES)}"
+            )
+        if scale not in IDD_SCALES:
+            raise SegkdError(
+                f"idd_scale: unknown value {scale!r}; choose one of {', '.join(IDD_SCALES)}"
+            )
+        if scale == "none" and student_channels != teacher_channels:
+            raise SegkdError(
+                f"idd_scale: 'none' needs equal feature widths, but the student has "
+                f"{student_channels} and the teacher {teacher_channels} channels; "
+                f"use 'adapter', 'normalize' or 'both'"
+            )
+        self.num_classes = int(num_classes)
+        self.distance = distance
+        self.scale = scale
+        self.ignore_index = int(ignore_index)
+        self.normalize = scale in ("normalize", "both")
+        self.adapter: nn.Module | None = (
+            make_adapter(student_channels, teacher_channels)
+            if scale in ("adapter", "both")
+            else None
+        )
+
+    def adapt(self, student_feat: torch.Tensor) -> torch.Tensor:
+        """The student feature in the space it is compared in (float32 through the adapter)."""
+        if self.adapter is None:
+            return student_feat
+        with torch.autocast(device_type=student_feat.device.type, enabled=False):
+            return self.adapter(student_feat.float())
+
+    def forward(
+        self,
+        student_feat: torch.Tensor,
+        teacher_feat: torch.Tensor,
+        labels: torch.Tensor,
+        adapted: bool = False,
+    ) -> torch.Tensor:
+        """`adapted=True`: `student_feat` already went through `self.adapter` (the objective
+        runs a shared adapter once per step for IDD and PID)."""
+        return idd_loss(
+            student_feat if adapted else self.adapt(student_feat),
+            teacher_feat,
+            labels,
+            self.num_classes,
+            distance=self.distance,
+            normalize=self.normalize,
+            ignore_index=self.ignore_index,
+        )

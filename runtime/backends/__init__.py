@@ -1,0 +1,1 @@
+"""Inference backends. Each one imports its engine (onnxruntime, tensorrt, torch) lazily."""

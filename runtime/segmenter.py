@@ -1,0 +1,228 @@
+"""`Segmenter`: the one inference interface, whatever backend runs underneath.
+
+frame (BGR uint8, any size) -> PreprocessSpec.apply -> backend -> argmax if logits
+-> label map back at the frame's size. Bench, eval and demo all go through here, so
+they measure and score exactly what a deployment runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from runtime.backends.base import Backend
+from runtime.errors import SegkdError
+from runtime.labels import LabelSpec
+from runtime.metadata import ModelMeta
+from runtime.postprocess import as_label_batch, restore_size
+from runtime.preprocess import ColorOrder, Letterbox, PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+class Segmenter:
+    def __init__(
+        self,
+        backend: Backend,
+        meta: ModelMeta,
+        model_path: Path | str | None = None,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        self._backend = backend
+        self._meta = meta
+        self._path = Path(model_path) if model_path is not None else None
+        spec = meta.preprocess
+        _, _, fixed_h, fixed_w = backend.input_shape
+        fixed = (fixed_h, fixed_w) if fixed_h and fixed_w else None
+        if input_size is not None:
+            input_size = (int(input_size[0]), int(input_size[1]))
+            if fixed and input_size != fixed:
+                raise SegkdError(
+                    f"{self._path}: model is fixed at {fixed[0]}x{fixed[1]}; it cannot run at "
+                    f"--input-size {input_size[0]}x{input_size[1]} (re-export with dynamic shapes)"
+                )
+            spec = spec.with_input_size(input_size)
+        elif fixed and fixed != spec.input_size:
+            # The graph is the truth: a mismatched spec would only produce a shape error later.
+            log.warning(
+                "%s: metadata input size %s differs from the model's fixed %s; using the model's",
+                self._path,
+                spec.input_size,
+                fixed,
+            )
+            spec = spec.with_input_size(fixed)
+        self._preprocess = spec
+        self._warned_size = False
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def labels(self) -> LabelSpec:
+        return self._meta.labels
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return self._preprocess
+
+    @property
+    def meta(self) -> ModelMeta:
+        return self._meta
+
+    @property
+    def arch(self) -> str:
+        return self._meta.arch
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    @property
+    def device(self) -> str:
+        return self._backend.device
+
+    @property
+    def provider(self) -> str:
+        return self._backend.provider
+
+    @property
+    def precision(self) -> str:
+        return self._backend.precision
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._preprocess.input_size
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self._backend.input_shape[0]
+
+    @property
+    def model_path(self) -> Path | None:
+        return self._path
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": str(self._path) if self._path else None,
+            "arch": self.arch,
+            "backend": self.backend_name,
+            "device": self.device,
+            "provider": self.provider,
+            "precision": self.precision,
+            "input_size": list(self.input_size),
+            "num_classes": self.labels.num_classes,
+        }
+
+    # -- inference ---------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Bx3xHxW float32 network input -> BxHxW label maps (uint8) at the input size."""
+        return self.to_labels(self.run(batch))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The backend alone: network input -> raw model output (logits or label maps)."""
+        h, w = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
+            raise ValueError(f"expected a Bx3x{h}x{w} batch, got shape {batch.shape}")
+        fixed = self.fixed_batch
+        if fixed and batch.shape[0] != fixed:
+            raise SegkdError(
+                f"{self._path}: model was exported for batch {fixed}, got a batch of "
+                f"{batch.shape[0]} (re-export with a dynamic batch axis)"
+            )
+        return self._backend.run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def to_labels(self, output: np.ndarray) -> np.ndarray:
+        """Raw model output -> BxHxW label maps at the input size (argmax when it is logits)."""
+        h, w = self.input_size
+        labels = as_label_batch(output, self._backend.output_kind)
+        if labels.shape[1:] != (h, w):
+            # A graph without the final upsample; nearest is the best we can do on ids.
+            if not self._warned_size:
+                log.warning(
+                    "%s outputs %s, not the input size %s; resizing label maps",
+                    self._path,
+                    labels.shape[1:],
+                    (h, w),
+                )
+                self._warned_size = True
+            labels = np.stack(
+                [cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in labels]
+            )
+        return labels
+
+    def preprocess_frames(
+        self, frames: Sequence[np.ndarray], input_order: ColorOrder = "BGR"
+    ) -> tuple[np.ndarray, list[Letterbox]]:
+        """Frames (HxWx3 uint8, any sizes) -> one Bx3xHxW batch and each frame's letterbox."""
+        h, w = self.input_size
+        batch = np.empty((len(frames), 3, h, w), dtype=np.float32)
+        boxes = []
+        for i, frame in enumerate(frames):
+            if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+                shape = None if frame is None else (frame.shape, frame.dtype)
+                raise ValueError(f"expected an HxWx3 uint8 frame, got {shape}")
+            x, box = self._preprocess.apply(frame, input_order)
+            batch[i] = x[0]
+            boxes.append(box)
+        return batch, boxes
+
+    def predict_batch(
+        self,
+        frames: Sequence[np.ndarray],
+        *,
+        input_order: ColorOrder = "BGR",
+        out_sizes: Sequence[tuple[int, int]] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[np.ndarray]:
+        """Frames -> label maps at each frame's own size (or `out_sizes`).
+
+        If `timings` is given it receives seconds spent in "preprocess" (resize, normalise),
+        "infer" (the backend, host<->device copies included) and "postprocess" (argmax if
+        the model outputs logits, resize back to the frame) for this call.
+        """
+        t0 = time.perf_counter()
+        batch, boxes = self.preprocess_frames(frames, input_order)
+        t1 = time.perf_counter()
+        raw = self.run(batch)
+        t2 = time.perf_counter()
+        labels = self.to_labels(raw)
+        sizes = out_sizes or [f.shape[:2] for f in frames]
+        out = [restore_size(m, b, s) for m, b, s in zip(labels, boxes, sizes, strict=True)]
+        t3 = time.perf_counter()
+        if timings is not None:
+            timings.update(preprocess=t1 - t0, infer=t2 - t1, postprocess=t3 - t2)
+        return out
+
+    def predict(
+        self,
+        frame: np.ndarray,
+        *,
+        input_order: ColorOrder = "BGR",
+        out_size: tuple[int, int] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> np.ndarray:
+        """One HxWx3 uint8 frame -> HxW uint8 label map at the frame's size (or `out_size`)."""
+        sizes = [out_size] if out_size is not None else None
+        return self.predict_batch(
+            [frame], input_order=input_order, out_sizes=sizes, timings=timings
+        )[0]
+
+    # -- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmenter({self._path}, backend={self.backend_name}, device={self.device!r}, "
+            f"precision={self.precision}, input={self.input_size[0]}x{self.input_size[1]})"
+        )

@@ -1,0 +1,137 @@
+"""ONNX Runtime and torch backends agree, whatever form the model's output takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from runtime.errors import SegkdError
+from runtime.loader import open_segmenter
+from runtime.segmenter import Segmenter
+from tests.runtime.rt_models import INPUT_SIZE, LABELS, PREPROCESS, sample_frames
+
+
+def test_onnxruntime_and_torch_give_identical_labels(model_dir: Path, torch_loader: Any) -> None:
+    ort_seg = open_segmenter(model_dir / "model.onnx", device="cpu")
+    torch_seg = open_segmenter(model_dir / "model.pt", torch_model_loader=torch_loader)
+    assert (ort_seg.backend_name, torch_seg.backend_name) == ("onnxruntime", "torch")
+    assert ort_seg.provider == "CPUExecutionProvider" and ort_seg.device == "CPU"
+    assert torch_seg.device == "CPU" and torch_seg.provider.startswith("torch ")
+    assert ort_seg.labels == torch_seg.labels == LABELS
+    assert ort_seg.preprocess == torch_seg.preprocess == PREPROCESS
+    frames = sample_frames()
+    for frame in frames:
+        a, b = ort_seg.predict(frame), torch_seg.predict(frame)
+        assert a.shape == frame.shape[:2] and a.dtype == np.uint8
+        np.testing.assert_array_equal(a, b)
+    # The frames must exercise more than one class, or agreement would prove little.
+    assert len(np.unique(np.concatenate([ort_seg.predict(f).ravel() for f in frames]))) > 1
+    # A batch through infer() equals frame-by-frame prediction.
+    batch, _ = ort_seg.preprocess_frames(frames)
+    assert ort_seg.infer(batch).shape == (len(frames), *INPUT_SIZE)
+    np.testing.assert_array_equal(ort_seg.infer(batch), torch_seg.infer(batch))
+
+
+@pytest.mark.parametrize("name", ["model.labels.onnx", "model.int64.onnx"])
+def test_argmax_in_graph_outputs_read_with_their_dtype(model_dir: Path, name: str) -> None:
+    logits_seg = open_segmenter(model_dir / "model.onnx")
+    labels_seg = open_segmenter(model_dir / name)
+    assert labels_seg.meta.output == "labels"
+    for frame in sample_frames():
+        np.testing.assert_array_equal(labels_seg.predict(frame), logits_seg.predict(frame))
+
+
+def test_timings_and_out_size(model_dir: Path) -> None:
+    seg = open_segmenter(model_dir / "model.onnx", intra_op_threads=1, graph_optimization="basic")
+    t: dict[str, float] = {}
+    frame = sample_frames(1)[0]
+    out = seg.predict(frame, timings=t, out_size=(24, 40))
+    assert out.shape == (24, 40)
+    assert set(t) == {"preprocess", "infer", "postprocess"} and all(v >= 0 for v in t.values())
+
+
+def test_dynamic_model_runs_at_another_input_size(model_dir: Path) -> None:
+    # The legacy export fixes H and W; the batch axis is dynamic.
+    seg = open_segmenter(model_dir / "model.onnx")
+    assert seg.fixed_batch is None and seg.input_size == INPUT_SIZE
+    with pytest.raises(SegkdError, match="fixed at 64x64"):
+        open_segmenter(model_dir / "model.onnx", input_size=(32, 32))
+    torch_seg = open_segmenter(
+        model_dir / "model.pt", torch_model_loader=lambda p, d: _loader(p, d), input_size=(32, 48)
+    )
+    assert torch_seg.predict(sample_frames(1)[0]).shape == (48, 80)
+
+
+def _loader(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    from tests.runtime.rt_models import make_tiny_net
+
+    net = make_tiny_net(0)
+    net.load_state_dict(torch.load(path, weights_only=True))
+    return net, {"arch": "tinyseg", "labels": LABELS.to_dict(), "preprocess": PREPROCESS.to_dict()}
+
+
+def test_not_a_model_onnx_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf \x00\x01\x02")
+    with pytest.raises(SegkdError, match="cannot load ONNX model") as e:
+        open_segmenter(bad)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_onnx_without_metadata_is_refused_with_its_path(model_dir: Path) -> None:
+    with pytest.raises(SegkdError, match="no segkd metadata") as e:
+        open_segmenter(model_dir / "plain.onnx")
+    assert str(model_dir / "plain.onnx") in str(e.value)
+
+
+def test_sidecar_json_supplies_metadata_for_a_plain_onnx(model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from tests.runtime.rt_models import segkd_meta
+
+    plain = tmp_path / "plain.onnx"
+    shutil.copy(model_dir / "plain.onnx", plain)
+    (tmp_path / "plain.onnx.json").write_text(json.dumps(segkd_meta("logits")))
+    seg = open_segmenter(plain)
+    assert isinstance(seg, Segmenter) and seg.labels == LABELS
+
+
+def test_pt_without_loader_and_wrong_backend(model_dir: Path, torch_loader: Any) -> None:
+    with pytest.raises(SegkdError, match="training package") as e:
+        open_segmenter(model_dir / "model.pt")
+    assert str(model_dir / "model.pt") in str(e.value)
+    with pytest.raises(SegkdError, match="runs on the torch backend"):
+        open_segmenter(
+            model_dir / "model.pt", backend="onnxruntime", torch_model_loader=torch_loader
+        )
+    with pytest.raises(SegkdError, match="build one with"):
+        open_segmenter(model_dir / "model.onnx", backend="tensorrt")
+
+
+def test_device_and_option_errors(model_dir: Path) -> None:
+    with pytest.raises(SegkdError, match="--device 'gpu'"):
+        open_segmenter(model_dir / "model.onnx", device="gpu")
+    with pytest.raises(SegkdError, match="unknown model option 'threads'"):
+        open_segmenter(model_dir / "model.onnx", threads=2)
+    with pytest.raises(SegkdError, match="--graph-optimization"):
+        open_segmenter(model_dir / "model.onnx", graph_optimization="max")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(SegkdError, match="no CUDAExecutionProvider"):
+            open_segmenter(model_dir / "model.onnx", device="cuda")
+
+
+def test_torch_backend_cuda_request_without_gpu(model_dir: Path, torch_loader: Any) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present; this checks the message on CPU-only machines")
+    with pytest.raises(SegkdError, match="no CUDA GPU"):
+        open_segmenter(model_dir / "model.pt", device="cuda", torch_model_loader=torch_loader)
