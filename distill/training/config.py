@@ -16,6 +16,7 @@ class TrainConfig:
     iters: int | None = None  # None: the dataset's default
     batch_size: int | None = None
     crop_size: tuple[int, int] | None = None
+    scale_range: tuple[float, float] | None = None  # random rescale before cropping
     export_size: tuple[int, int] | None = None  # the input size written into the checkpoint's spec
     lr: float | None = None
     momentum: float = 0.9
@@ -47,6 +48,7 @@ class TrainConfig:
         if cfg.export_size is None:
             cfg.export_size = defaults.get("eval_size") or cfg.crop_size
         cfg.crop_size = tuple(cfg.crop_size)  # type: ignore[assignment]
+        cfg.scale_range = tuple(cfg.scale_range or (0.5, 2.0))  # type: ignore[assignment]
         cfg.export_size = tuple(cfg.export_size)  # type: ignore[assignment]
         cfg.validate()
         return cfg
@@ -66,6 +68,8 @@ class TrainConfig:
         if self.batch_size is not None and self.batch_size < 2:
             # BatchNorm after the 1x1 pyramid bin sees one value per channel at batch 1.
             raise SegkdError("--batch-size must be at least 2 (BatchNorm in the pooling bins)")
+        if self.scale_range is not None and not (0 < self.scale_range[0] <= self.scale_range[1]):
+            raise SegkdError(f"--scale-range must be 0 < min <= max, got {self.scale_range}")
         for name in ("crop_size", "export_size"):
             v = getattr(self, name)
             if v is not None and (len(v) != 2 or min(v) < 32):
@@ -73,7 +77,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("crop_size", "export_size"):
+        for k in ("crop_size", "export_size", "scale_range"):
             if d[k] is not None:
                 d[k] = list(d[k])
         return d

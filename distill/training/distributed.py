@@ -44,6 +44,16 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return t
 
 
+def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext) -> None:
+    """Mean of the gradients over processes, for parameters DDP does not own."""
+    if not ctx.enabled:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(ctx.world_size)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

@@ -27,7 +27,13 @@ from distill.data.transforms import TrainTransform
 from distill.losses.segmentation import SegmentationLoss
 from distill.models import build_model
 from distill.training.config import TrainConfig
-from distill.training.distributed import DistContext, barrier, init_distributed, shutdown
+from distill.training.distributed import (
+    DistContext,
+    average_gradients,
+    barrier,
+    init_distributed,
+    shutdown,
+)
 from distill.training.evaluation import evaluate_model
 from distill.training.schedule import poly_lr
 from runtime.errors import SegkdError
@@ -38,6 +44,19 @@ log = logging.getLogger(__name__)
 
 ObjectiveFactory = Callable[[nn.Module, LabelSpec, torch.device], nn.Module]
 EvalHook = Callable[[nn.Module, int], dict[str, Any]]
+
+
+class SupervisedObjective(nn.Module):
+    """Plain training: cross-entropy (+ aux) in the objective interface the loop expects."""
+
+    def __init__(self, aux_weight: float, ignore_index: int) -> None:
+        super().__init__()
+        self.loss = SegmentationLoss(aux_weight=aux_weight, ignore_index=ignore_index)
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, student_out: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return self.loss(student_out, labels)
 
 
 def pick_device(name: str, ctx: DistContext) -> torch.device:
@@ -74,7 +93,7 @@ def train(
 ) -> dict[str, Any]:
     """Train `config.model` on `config.data`; returns the final summary (also in summary.json)."""
     spec = parse_dataset_spec(config.data)
-    cfg = config.resolved(dataset_defaults(spec.kind))
+    cfg = config.resolved(dataset_defaults(spec))
     ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx, objective_factory, eval_hook, checkpoint_extra or {})
@@ -100,7 +119,9 @@ def _train(
             f"{out} already holds a run (resume.pt); pass --resume to continue it or choose another --out"
         )
 
-    train_set = build_dataset(cfg.data, "train", transform=TrainTransform(cfg.crop_size))
+    train_set = build_dataset(
+        cfg.data, "train", transform=TrainTransform(cfg.crop_size, scale_range=cfg.scale_range)
+    )
     val_set = build_dataset(cfg.data, "val")
     labels: LabelSpec = train_set.labels
     preprocess = PreprocessSpec(input_size=cfg.export_size)
@@ -121,7 +142,7 @@ def _train(
     objective = (
         objective_factory(model, labels, device)
         if objective_factory
-        else SegmentationLoss(aux_weight=cfg.aux_weight, ignore_index=labels.ignore_index)
+        else SupervisedObjective(cfg.aux_weight, labels.ignore_index)
     ).to(device)
 
     ddp_model: nn.Module = model
@@ -131,7 +152,8 @@ def _train(
         )
 
     params = [p for p in model.parameters() if p.requires_grad]
-    params += [p for p in objective.parameters() if p.requires_grad]
+    objective_params = [p for p in objective.parameters() if p.requires_grad]
+    params += objective_params
     optimizer = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -217,6 +239,7 @@ def _train(
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        average_gradients(objective_params, ctx)  # DDP averages the student's; adapters here
         scaler.step(optimizer)
         scaler.update()
         bar.update(1)
