@@ -112,6 +112,9 @@ def train(
     role: Annotated[
         str, typer.Option(help="teacher, student or model (recorded in the checkpoint)")
     ] = "model",
+    readout_iters: Annotated[
+        int, typer.Option(help="with --role teacher: fit and store the position readout (0: skip)")
+    ] = 200,
 ) -> None:
     """Train a teacher or a baseline student (cross-entropy + auxiliary head)."""
     from distill.training import TrainConfig
@@ -125,11 +128,321 @@ def train(
         deep_stem=deep_stem, backbone_weights=str(backbone_weights) if backbone_weights else None,
         resume=resume, role=role,
     )  # fmt: skip
+    if role not in ("teacher", "student", "model"):
+        raise SegkdError(f"--role must be teacher, student or model, got {role!r}")
+    if readout_iters < 0:
+        raise SegkdError(f"--readout-iters must be >= 0, got {readout_iters}")
     summary = run_training(cfg)
     console.print(
         f"[bold]{model}[/]: best val mIoU {summary['best_miou']:.4f} at iteration "
         f"{summary['best_iter']} -> {summary['checkpoints']['best']}"
     )
+    if role == "teacher" and readout_iters > 0 and _is_main_process():
+        from distill.training.distill_run import embed_teacher_readout
+
+        report = embed_teacher_readout(cfg, out, readout_iters)
+        console.print(
+            f"position readout stored with the teacher: corr {report.get('corr', float('nan')):.3f}"
+        )
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@app.command()
+def distill(
+    teacher: Annotated[
+        Path, typer.Option(help="teacher checkpoint (.pt) trained on the same classes")
+    ],
+    data: Annotated[str, typer.Option(help="dataset SPEC")] = "synthetic",
+    student: Annotated[str, typer.Option(help="student architecture")] = "pspnet_r18",
+    losses: Annotated[str, typer.Option(help="comma-separated: kd, idd, pid, cwd")] = "kd,idd,pid",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/distill"),
+    w_kd: Annotated[float, typer.Option(help="weight of pixel-wise KD")] = 10.0,
+    kd_temperature: float = 1.0,
+    w_idd: Annotated[float, typer.Option(help="weight of inter-class distance distillation")] = 1.0,
+    idd_distance: Annotated[str, typer.Option(help="euclidean or cosine")] = "euclidean",
+    idd_scale: Annotated[str, typer.Option(help="adapter, normalize, both or none")] = "adapter",
+    w_pid: Annotated[float, typer.Option(help="weight of position information distillation")] = 5.0,
+    pid_mode: Annotated[
+        str, typer.Option(help="teacher_readout or student_readout")
+    ] = "teacher_readout",
+    w_cwd: Annotated[float, typer.Option(help="weight of channel-wise distillation")] = 3.0,
+    cwd_temperature: float = 4.0,
+    readout_iters: Annotated[
+        int, typer.Option(help="iterations to fit the teacher's position readout if not cached")
+    ] = 200,
+    iters: Annotated[int | None, typer.Option(help="[dataset default]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="[dataset default]")] = None,
+    crop_size: Annotated[str | None, typer.Option(help="HxW [dataset default]")] = None,
+    export_size: Annotated[str | None, typer.Option(help="HxW [dataset default]")] = None,
+    lr: Annotated[float | None, typer.Option(help="[dataset default]")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="[dataset default]")] = None,
+    eval_interval: Annotated[int | None, typer.Option(help="[iters/4]")] = None,
+    val_images: Annotated[int | None, typer.Option(help="cap for periodic evaluation")] = None,
+    num_workers: int = 1,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    amp: bool = True,
+    sync_bn: bool = False,
+    deep_stem: bool = False,
+    backbone_weights: Annotated[
+        Path | None, typer.Option(help="local torchvision-format ResNet state dict")
+    ] = None,
+    resume: bool = False,
+) -> None:
+    """Distil a student from a frozen teacher with KD, IDD, position distillation (and CWD)."""
+    from distill.distillation import DistillConfig
+    from distill.training import TrainConfig
+    from distill.training.distill_run import run_distillation
+
+    dcfg = DistillConfig(
+        losses=losses, w_kd=w_kd, kd_temperature=kd_temperature, w_idd=w_idd,
+        idd_distance=idd_distance, idd_scale=idd_scale, w_pid=w_pid, pid_mode=pid_mode,
+        w_cwd=w_cwd, cwd_temperature=cwd_temperature,
+    )  # fmt: skip
+    cfg = TrainConfig(
+        data=data, model=student, out=str(out), iters=iters, batch_size=batch_size,
+        crop_size=_size(crop_size, "--crop-size"), export_size=_size(export_size, "--export-size"),
+        lr=lr, weight_decay=weight_decay, eval_interval=eval_interval, val_images=val_images,
+        num_workers=num_workers, seed=seed, device=device, amp=amp, sync_bn=sync_bn,
+        deep_stem=deep_stem, backbone_weights=str(backbone_weights) if backbone_weights else None,
+        resume=resume, role="student",
+    )  # fmt: skip
+    if readout_iters < 1:
+        raise SegkdError(f"--readout-iters must be >= 1, got {readout_iters}")
+    summary = run_distillation(cfg, teacher, dcfg, readout_iters=readout_iters)
+    console.print(
+        f"[bold]{student}[/] distilled from {summary['teacher']['arch']}: best val mIoU "
+        f"{summary['best_miou']:.4f} at iteration {summary['best_iter']} -> {summary['checkpoints']['best']}"
+    )
+
+
+def _torch_model_loader(path: Path, device: str):  # type: ignore[no-untyped-def]
+    """Rebuilds a .pt checkpoint for the torch backend (needs segkd's training package)."""
+    from distill.checkpoint import load_model
+
+    return load_model(path, device)
+
+
+def _open_model(
+    model: str | Path, backend: str = "auto", device: str = "auto",
+    precision: str | None = None, threads: int | None = None,
+):  # type: ignore[no-untyped-def]  # fmt: skip
+    from runtime.loader import open_segmenter
+
+    opts = {"intra_op_threads": threads} if threads else {}
+    return open_segmenter(
+        model, backend=backend, device=device, precision=precision,
+        torch_model_loader=_torch_model_loader, **opts,
+    )  # fmt: skip
+
+
+def _dataset_samples(data: str, split: str, max_images: int | None):  # type: ignore[no-untyped-def]
+    """(samples iterator, label spec, encode_label) of a dataset split, read without torch."""
+    from distill.data import build_dataset
+
+    ds = build_dataset(data, split)
+    n = len(ds) if max_images is None else min(len(ds), max_images)
+
+    def samples():  # type: ignore[no-untyped-def]
+        for i in range(n):
+            image, mask = ds[i]
+            yield image, mask, ds.sample_id(i)
+
+    return samples, ds.labels, ds.encode_label, n
+
+
+def evaluate_model_on(
+    model: str | Path, data: str, split: str, max_images: int | None,
+    backend: str = "auto", device: str = "auto", precision: str | None = None,
+    save_predictions: Path | None = None, show_progress: bool = True,
+):  # type: ignore[no-untyped-def]  # fmt: skip
+    """Open `model` and score it on a dataset split (shared by `eval` and `pipeline`)."""
+    from tqdm import tqdm
+
+    from runtime.evaluate import evaluate
+
+    samples, labels, encode, n = _dataset_samples(data, split, max_images)
+    with _open_model(model, backend, device, precision) as seg:
+        bar = tqdm(
+            total=n, desc=f"eval {Path(str(model)).name}", disable=not show_progress, leave=False
+        )
+        try:
+            return evaluate(
+                seg, samples(), labels, save_predictions=save_predictions, encode_label=encode,
+                on_sample=lambda _n: bar.update(1),
+            )  # fmt: skip
+        finally:
+            bar.close()
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help=".pt, .onnx, .engine or an export folder")],
+    data: Annotated[str, typer.Option(help="dataset SPEC")] = "synthetic",
+    split: Annotated[str, typer.Option(help="dataset split")] = "val",
+    reference: Annotated[
+        str | None, typer.Option(help="a second model scored on the same images (e.g. the .pt)")
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="fail (exit 3) if mIoU drops more than PTS points below --reference"),
+    ] = None,
+    max_images: Annotated[
+        int | None, typer.Option(min=1, help="score only the first N images")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt or torch")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda[:N] or tensorrt (ORT provider)")
+    ] = "auto",
+    precision: Annotated[
+        str | None, typer.Option(help="artifact to pick from an export folder")
+    ] = None,
+    save_predictions: Annotated[
+        Path | None, typer.Option(help="write label PNGs (dataset format) and overlays here")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the results as JSON")
+    ] = None,
+) -> None:
+    """mIoU, per-class IoU and pixel accuracy of a model on a dataset split."""
+    if max_drop is not None and reference is None:
+        raise SegkdError("--max-drop needs --reference (the model to compare against)")
+    result = evaluate_model_on(
+        model, data, split, max_images, backend, device, precision, save_predictions
+    )
+    ref = None
+    if reference is not None:
+        ref = evaluate_model_on(reference, data, split, max_images, "auto", device)
+    table = Table(title=f"segkd eval on {data} [{split}], {result.num_samples} images")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    if ref is not None:
+        table.add_column("reference", justify="right")
+    for name, iou in result.metrics.iou.items():
+        row = [name, "-" if iou is None else f"{100 * iou:.2f}"]
+        if ref is not None:
+            r = ref.metrics.iou.get(name)
+            row.append("-" if r is None else f"{100 * r:.2f}")
+        table.add_row(*row)
+    table.add_section()
+    table.add_row("mIoU", f"{100 * result.miou:.2f}", *([f"{100 * ref.miou:.2f}"] if ref else []))
+    table.add_row("pixel acc", f"{100 * result.metrics.pixel_acc:.2f}",
+                  *([f"{100 * ref.metrics.pixel_acc:.2f}"] if ref else []))  # fmt: skip
+    console.print(table)
+    console.print(f"model: {result.model}")
+    payload: dict[str, Any] = {
+        "model": str(model),
+        "data": data,
+        "split": split,
+        **result.to_dict(),
+    }
+    drop = None
+    if ref is not None:
+        drop = 100 * (ref.miou - result.miou)
+        payload["reference"] = {"model": str(reference), **ref.to_dict()}
+        payload["drop_points"] = drop
+        console.print(f"drop vs reference: {drop:+.2f} mIoU points")
+    failed = max_drop is not None and drop is not None and drop > max_drop
+    payload["max_drop"], payload["passed"] = max_drop, (None if max_drop is None else not failed)
+    _write_json(json_out, payload)
+    if failed:
+        err_console.print(
+            f"[red]FAIL:[/] mIoU drop {drop:.2f} points exceeds --max-drop {max_drop}"
+        )
+        raise typer.Exit(3)
+
+
+@app.command()
+def bench(
+    models: Annotated[
+        list[str], typer.Argument(help="one or more .pt / .onnx / .engine / export folders")
+    ],
+    backend: Annotated[
+        str, typer.Option(help="comma list: auto, onnxruntime, tensorrt, torch")
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda[:N] or tensorrt")] = "auto",
+    precision: Annotated[
+        str | None, typer.Option(help="artifact to pick from an export folder")
+    ] = None,
+    iters: Annotated[int, typer.Option(min=1)] = 50,
+    warmup: Annotated[int, typer.Option(min=0)] = 10,
+    batch: Annotated[int, typer.Option(min=1)] = 1,
+    frame_size: Annotated[
+        str, typer.Option(help="HxW of the synthetic camera frame")
+    ] = "1024x2048",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the results as JSON")
+    ] = None,
+) -> None:
+    """Latency (mean, p50, p90, p99) and FPS, split into pre-, inference and post-processing."""
+    from tqdm import tqdm
+
+    from runtime.bench import benchmark, format_table
+
+    size = parse_size(frame_size, "--frame-size", minimum=16)
+    backends = [b.strip() for b in backend.split(",") if b.strip()]
+    results = []
+    for m in models:
+        for b in backends:
+            with _open_model(m, b, device, precision, threads) as seg:
+                bar = tqdm(
+                    total=iters + warmup,
+                    desc=f"bench {Path(m).name} [{seg.backend_name}]",
+                    leave=False,
+                )
+                res = benchmark(
+                    seg, frame_size=size, iters=iters, warmup=warmup, batch=batch,
+                    on_iteration=lambda done, total, bar=bar: bar.update(1),
+                )  # fmt: skip
+                bar.close()
+                results.append(res)
+    console.print(format_table(results))
+    _write_json(json_out, [r.to_dict() for r in results])
+
+
+@app.command()
+def demo(
+    source: Annotated[
+        str, typer.Argument(help="video file, camera index, image folder or stream URL")
+    ],
+    model: Annotated[str, typer.Option(help=".pt, .onnx, .engine or an export folder")],
+    out: Annotated[
+        Path | None, typer.Option(help="output video (.mp4) or folder for images")
+    ] = None,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str | None = None,
+    show: Annotated[
+        bool, typer.Option(help="also show frames in a window (needs a display)")
+    ] = False,
+    max_frames: Annotated[int | None, typer.Option(min=1)] = None,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="overlay opacity")] = 0.5,
+    fps: Annotated[float | None, typer.Option(min=1.0, help="output frame rate [source's]")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the run's stats as JSON")
+    ] = None,
+) -> None:
+    """Segment a video, camera, image folder or stream; write an annotated video or images."""
+    from runtime.demo import run_demo
+
+    if out is None and not show:
+        raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
+    with _open_model(model, backend, device, precision) as seg:
+        stats = run_demo(source, seg, out, show=show, max_frames=max_frames, alpha=alpha, fps=fps)
+    console.print(
+        f"{stats.frames_out}/{stats.frames_in} frames, {stats.fps:.1f} FPS sustained, "
+        f"{stats.infer_ms_mean:.1f} ms inference, stopped by {stats.stopped}"
+        + (f" -> {out}" if out else "")
+    )
+    _write_json(json_out, stats.to_dict())
 
 
 def main() -> None:
