@@ -20,8 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Distil, export and run compact segmentation models (IDD + position distillation).",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Tables stay readable when the output is piped or logged (rich would fall back to 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _size(value: str | None, option: str) -> tuple[int, int] | None:

@@ -1,0 +1,92 @@
+"""The trainer on tiny synthetic data: it learns, resumes, and stops cleanly on NaN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.checkpoint import load_checkpoint
+from distill.training import TrainConfig, train
+from distill.training.trainer import SupervisedObjective
+from runtime.errors import SegkdError
+
+DATA = "synthetic:size=64x128,train=24,val=4"
+
+
+def _cfg(out: Path, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
+    base = dict(
+        data=DATA, model="pspnet_r18", out=str(out), iters=6, batch_size=2, crop_size=(64, 64),
+        lr=0.01, log_interval=1, num_workers=0, seed=0, scale_range=(1.0, 1.0),
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_lowers_the_loss_and_writes_checkpoints(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    out = tmp_path / "run"
+    summary = train(_cfg(out, iters=14, eval_interval=14, lr=0.02))
+    losses = [r["loss"] for r in _log(out) if "loss" in r]
+    assert len(losses) == 14
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+    for name in ("best.pt", "last.pt", "resume.pt", "summary.json"):
+        assert (out / name).is_file()
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["iteration"] == 14 and "train_state" not in ckpt  # student-only artifact
+    assert 0.0 <= summary["best_miou"] <= 1.0
+
+
+def test_resume_continues_from_the_saved_iteration(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(_cfg(out, iters=4, eval_interval=2))
+    with pytest.raises(SegkdError, match="--resume"):
+        train(_cfg(out, iters=6))  # refuses to overwrite a run silently
+    train(_cfg(out, iters=6, eval_interval=2, resume=True))
+    log = _log(out)
+    starts = [r["iter"] for r in log if r.get("event") == "start"]
+    assert starts == [0, 4]
+    steps = [r["iter"] for r in log if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # nothing repeated, nothing skipped
+    assert load_checkpoint(out / "resume.pt")["train_state"]["iteration"] == 6
+
+
+class NaNAfter(SupervisedObjective):
+    def __init__(self, calls: int) -> None:
+        super().__init__(aux_weight=0.4, ignore_index=255)
+        self.calls, self.left = calls, calls
+
+    def forward(self, images, labels, student_out):  # type: ignore[no-untyped-def]
+        terms = super().forward(images, labels, student_out)
+        self.left -= 1
+        if self.left < 0:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SegkdError, match=r"loss became nan at iteration 3 .*last\.pt is intact"):
+        train(
+            _cfg(out, iters=6, eval_interval=2), objective_factory=lambda m, lab, dev: NaNAfter(3)
+        )
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["iteration"] == 2
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
+
+
+def test_invalid_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SegkdError, match="--iters must be positive"):
+        train(_cfg(tmp_path / "a", iters=-3))
+    with pytest.raises(SegkdError, match="--batch-size must be at least 2"):
+        train(_cfg(tmp_path / "b", batch_size=1))
+    with pytest.raises(SegkdError, match="unknown dataset"):
+        train(_cfg(tmp_path / "c", data="imagenet:/nowhere"))
