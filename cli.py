@@ -222,65 +222,6 @@ def distill(
     )
 
 
-def _torch_model_loader(path: Path, device: str):  # type: ignore[no-untyped-def]
-    """Rebuilds a .pt checkpoint for the torch backend (needs segkd's training package)."""
-    from distill.checkpoint import load_model
-
-    return load_model(path, device)
-
-
-def _open_model(
-    model: str | Path, backend: str = "auto", device: str = "auto",
-    precision: str | None = None, threads: int | None = None,
-):  # type: ignore[no-untyped-def]  # fmt: skip
-    from runtime.loader import open_segmenter
-
-    opts = {"intra_op_threads": threads} if threads else {}
-    return open_segmenter(
-        model, backend=backend, device=device, precision=precision,
-        torch_model_loader=_torch_model_loader, **opts,
-    )  # fmt: skip
-
-
-def _dataset_samples(data: str, split: str, max_images: int | None):  # type: ignore[no-untyped-def]
-    """(samples iterator, label spec, encode_label) of a dataset split, read without torch."""
-    from distill.data import build_dataset
-
-    ds = build_dataset(data, split)
-    n = len(ds) if max_images is None else min(len(ds), max_images)
-
-    def samples():  # type: ignore[no-untyped-def]
-        for i in range(n):
-            image, mask = ds[i]
-            yield image, mask, ds.sample_id(i)
-
-    return samples, ds.labels, ds.encode_label, n
-
-
-def evaluate_model_on(
-    model: str | Path, data: str, split: str, max_images: int | None,
-    backend: str = "auto", device: str = "auto", precision: str | None = None,
-    save_predictions: Path | None = None, show_progress: bool = True,
-):  # type: ignore[no-untyped-def]  # fmt: skip
-    """Open `model` and score it on a dataset split (shared by `eval` and `pipeline`)."""
-    from tqdm import tqdm
-
-    from runtime.evaluate import evaluate
-
-    samples, labels, encode, n = _dataset_samples(data, split, max_images)
-    with _open_model(model, backend, device, precision) as seg:
-        bar = tqdm(
-            total=n, desc=f"eval {Path(str(model)).name}", disable=not show_progress, leave=False
-        )
-        try:
-            return evaluate(
-                seg, samples(), labels, save_predictions=save_predictions, encode_label=encode,
-                on_sample=lambda _n: bar.update(1),
-            )  # fmt: skip
-        finally:
-            bar.close()
-
-
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help=".pt, .onnx, .engine or an export folder")],
@@ -313,12 +254,14 @@ def eval_cmd(
     """mIoU, per-class IoU and pixel accuracy of a model on a dataset split."""
     if max_drop is not None and reference is None:
         raise SegkdError("--max-drop needs --reference (the model to compare against)")
-    result = evaluate_model_on(
+    from pipeline.models import evaluate_on_dataset
+
+    result = evaluate_on_dataset(
         model, data, split, max_images, backend, device, precision, save_predictions
     )
     ref = None
     if reference is not None:
-        ref = evaluate_model_on(reference, data, split, max_images, "auto", device)
+        ref = evaluate_on_dataset(reference, data, split, max_images, "auto", device)
     table = Table(title=f"segkd eval on {data} [{split}], {result.num_samples} images")
     table.add_column("class")
     table.add_column("IoU", justify="right")
@@ -386,6 +329,7 @@ def bench(
     """Latency (mean, p50, p90, p99) and FPS, split into pre-, inference and post-processing."""
     from tqdm import tqdm
 
+    from pipeline.models import open_model
     from runtime.bench import benchmark, format_table
 
     size = parse_size(frame_size, "--frame-size", minimum=16)
@@ -393,7 +337,7 @@ def bench(
     results = []
     for m in models:
         for b in backends:
-            with _open_model(m, b, device, precision, threads) as seg:
+            with open_model(m, b, device, precision, threads) as seg:
                 bar = tqdm(
                     total=iters + warmup,
                     desc=f"bench {Path(m).name} [{seg.backend_name}]",
@@ -432,11 +376,12 @@ def demo(
     ] = None,
 ) -> None:
     """Segment a video, camera, image folder or stream; write an annotated video or images."""
+    from pipeline.models import open_model
     from runtime.demo import run_demo
 
     if out is None and not show:
         raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
-    with _open_model(model, backend, device, precision) as seg:
+    with open_model(model, backend, device, precision) as seg:
         stats = run_demo(source, seg, out, show=show, max_frames=max_frames, alpha=alpha, fps=fps)
     console.print(
         f"{stats.frames_out}/{stats.frames_in} frames, {stats.fps:.1f} FPS sustained, "
@@ -444,6 +389,51 @@ def demo(
         + (f" -> {out}" if out else "")
     )
     _write_json(json_out, stats.to_dict())
+
+
+@app.command()
+def pipeline(
+    out: Annotated[
+        Path, typer.Option(help="output folder (re-running resumes / skips finished steps)")
+    ] = Path("runs/pipeline"),
+    config: Annotated[
+        Path | None, typer.Option(help="YAML or TOML file holding any stage's options")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override one option: section.key=value (repeatable)"),
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="dataset SPEC (overrides the config)")] = None,
+    teacher: Annotated[
+        Path | None, typer.Option(help="use this teacher checkpoint instead of training one")
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="fail if any artifact loses more mIoU points than this vs PyTorch"),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N]")] = None,
+) -> None:
+    """Teacher -> IDD-distilled student -> ONNX/INT8/TensorRT -> eval -> bench -> report."""
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+
+    overrides = list(set_ or [])
+    for key, value in (
+        ("data", data),
+        ("teacher.checkpoint", teacher),
+        ("eval.max_drop", max_drop),
+        ("device", device),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(config, overrides)
+    report = run_pipeline(cfg, out, log=lambda msg: console.print(msg, highlight=False))
+    s, b = report["student"], report["baseline"]
+    line = f"distilled {s['arch']}: {100 * s['val_miou']:.2f} mIoU"
+    if b:
+        line += f" (student alone {100 * b['val_miou']:.2f}, teacher {100 * report['teacher']['val_miou']:.2f})"
+    console.print(line)
+    console.print(f"report: {out / 'report.md'}")
 
 
 def main() -> None:

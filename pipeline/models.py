@@ -1,0 +1,88 @@
+"""Opening any model artifact and scoring it on a dataset: shared by `segkd eval` and the pipeline,
+so the pipeline's report and `segkd eval` compute the same number for the same artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.evaluate import EvalResult, evaluate
+from runtime.labels import LabelSpec
+from runtime.loader import open_segmenter
+from runtime.segmenter import Segmenter
+
+
+def torch_model_loader(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
+    """Rebuilds a .pt checkpoint for the torch backend (needs segkd's training package)."""
+    from distill.checkpoint import load_model
+
+    return load_model(path, device)
+
+
+def open_model(
+    model: str | Path,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str | None = None,
+    threads: int | None = None,
+) -> Segmenter:
+    opts = {"intra_op_threads": threads} if threads else {}
+    return open_segmenter(
+        model,
+        backend=backend,
+        device=device,
+        precision=precision,
+        torch_model_loader=torch_model_loader,
+        **opts,
+    )
+
+
+def dataset_split(
+    data: str, split: str, max_images: int | None
+) -> tuple[Callable[[], Iterator[tuple[np.ndarray, np.ndarray, str]]], LabelSpec, Any, int]:
+    """(samples factory, label spec, encode_label, count) of a dataset split, read without torch."""
+    from distill.data import build_dataset
+
+    ds = build_dataset(data, split)
+    n = len(ds) if max_images is None else min(len(ds), max_images)
+
+    def samples() -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
+        for i in range(n):
+            image, mask = ds[i]
+            yield image, mask, ds.sample_id(i)
+
+    return samples, ds.labels, ds.encode_label, n
+
+
+def evaluate_on_dataset(
+    model: str | Path,
+    data: str,
+    split: str = "val",
+    max_images: int | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str | None = None,
+    save_predictions: Path | None = None,
+    show_progress: bool = True,
+) -> EvalResult:
+    from tqdm import tqdm
+
+    samples, labels, encode, n = dataset_split(data, split, max_images)
+    with open_model(model, backend, device, precision) as seg:
+        bar = tqdm(
+            total=n, desc=f"eval {Path(str(model)).name}", disable=not show_progress, leave=False
+        )
+        try:
+            return evaluate(
+                seg,
+                samples(),
+                labels,
+                save_predictions=save_predictions,
+                encode_label=encode,
+                on_sample=lambda _n: bar.update(1),
+            )
+        finally:
+            bar.close()

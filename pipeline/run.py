@@ -1,0 +1,448 @@
+"""`segkd pipeline`: teacher -> baseline -> distilled student -> export -> eval -> bench -> report.
+
+Each step is skipped when its outputs exist and its inputs and settings did not change
+(pipeline/steps.py), so an interrupted pipeline resumes where it stopped and a finished
+one does no work.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import section_hash_view
+from pipeline.steps import Step, StepRunner
+from runtime.errors import SegkdError
+from runtime.sizes import parse_size
+
+
+def _json_write(data: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _fresh(folder: Path) -> None:
+    """A step that re-runs starts from an empty folder (no stale resume.pt or artifacts)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str):  # type: ignore[no-untyped-def]
+    from distill.training import TrainConfig
+
+    s = cfg[section]
+    return TrainConfig(
+        data=cfg["data"],
+        model=s["model"],
+        out=str(out),
+        iters=s["iters"],
+        batch_size=s["batch_size"],
+        crop_size=parse_size(s["crop_size"], f"{section}.crop_size", minimum=32)
+        if s.get("crop_size")
+        else None,
+        lr=s["lr"],
+        seed=cfg["seed"],
+        device=cfg["device"],
+        num_workers=cfg["num_workers"],
+        role=role,
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
+    info: dict[str, Any] = {"python": platform.python_version(), "cores": os.cpu_count()}
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cpu"] = cpu
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["torch"], info["gpu"] = None, None
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+
+        info["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        info["tensorrt"] = None
+    return info
+
+
+def artifact_name(entry: dict[str, Any]) -> tuple[str, str]:
+    """(display name, file-system-safe key) of an export.json artifact entry."""
+    file = entry["file"]
+    backend = "tensorrt" if file.endswith(".engine") else "onnxruntime"
+    variant = entry.get("variant")
+    label = entry["precision"] + (
+        f" ({variant})" if variant and entry["precision"] == "int8" else ""
+    )
+    key = file.replace("model.", "").replace(".onnx", "").replace(".engine", "-trt") or "fp32"
+    key = "fp32" if key == "model" else key
+    return f"{backend} {label}", f"{backend}-{key}"
+
+
+class Pipeline:
+    def __init__(self, cfg: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> None:
+        self.cfg, self.out, self.log = cfg, out, log
+        out.mkdir(parents=True, exist_ok=True)
+        self.runner = StepRunner(out, log)
+        self.skipped: list[dict[str, str]] = []
+
+    # -- training ---------------------------------------------------------------------------
+    def teacher(self) -> tuple[Path, bool]:
+        given = self.cfg["teacher"]["checkpoint"]
+        if given:
+            path = Path(given)
+            if not path.is_file():
+                raise SegkdError(f"teacher.checkpoint: file not found: {path}")
+            return path, False
+        folder = self.out / "teacher"
+        ckpt = folder / "best.pt"
+
+        def run() -> None:
+            from distill.training import train
+            from distill.training.distill_run import embed_teacher_readout
+
+            _fresh(folder)
+            tcfg = _train_config(self.cfg, "teacher", folder, "teacher")
+            train(tcfg)
+            if "pid" in self.cfg["distill"]["losses"]:
+                embed_teacher_readout(tcfg, folder, int(self.cfg["teacher"]["readout_iters"]))
+
+        self.runner.run(
+            Step(
+                "teacher",
+                run,
+                outputs=[ckpt],
+                settings=section_hash_view(self.cfg, "data", "seed", "teacher")
+                | {"pid": "pid" in self.cfg["distill"]["losses"]},
+            )
+        )
+        return ckpt, True
+
+    def baseline(self) -> Path | None:
+        if not self.cfg["baseline"]:
+            return None
+        folder = self.out / "baseline"
+
+        def run() -> None:
+            from distill.training import train
+
+            _fresh(folder)
+            train(_train_config(self.cfg, "student", folder, "student"))
+
+        self.runner.run(
+            Step(
+                "baseline",
+                run,
+                outputs=[folder / "best.pt"],
+                settings=section_hash_view(self.cfg, "data", "seed", "student"),
+            )
+        )
+        return folder / "best.pt"
+
+    def student(self, teacher: Path) -> Path:
+        folder = self.out / "student"
+
+        def run() -> None:
+            from distill.distillation import DistillConfig
+            from distill.training.distill_run import run_distillation
+
+            _fresh(folder)
+            run_distillation(
+                _train_config(self.cfg, "student", folder, "student"),
+                teacher,
+                DistillConfig.from_dict(dict(self.cfg["distill"])),
+                readout_iters=int(self.cfg["teacher"]["readout_iters"]),
+            )
+
+        self.runner.run(
+            Step(
+                "distill",
+                run,
+                outputs=[folder / "best.pt"],
+                inputs=[teacher],
+                settings=section_hash_view(self.cfg, "data", "seed", "student", "distill"),
+            )
+        )
+        return folder / "best.pt"
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, student: Path) -> dict[str, Any]:
+        folder = self.out / "export"
+        manifest = folder / "export.json"
+        e = self.cfg["export"]
+        listed: list[Path] = []
+        if manifest.is_file():  # a deleted artifact makes the export step stale
+            try:
+                listed = [folder / a["file"] for a in json.loads(manifest.read_text())["artifacts"]]
+            except (json.JSONDecodeError, KeyError):
+                listed = []
+
+        def run() -> None:
+            from export.api import export_checkpoint
+
+            export_checkpoint(
+                student,
+                folder,
+                precisions=e["precisions"],
+                input_size=e["input_size"],
+                calib_data=self.cfg["data"],
+                calib_images=int(e["calib_images"]),
+                output=e["output"],
+                dynamic=bool(e["dynamic"]),
+                int8_method=e["int8_method"],
+                require_trt=bool(e["require_trt"]),
+                progress=lambda msg: self.log(f"  export: {msg}"),
+            )
+
+        self.runner.run(
+            Step(
+                "export",
+                run,
+                outputs=[manifest, *listed],
+                inputs=[student],
+                settings=section_hash_view(self.cfg, "data", "export"),
+            )
+        )
+        data = json.loads(manifest.read_text())
+        self.skipped.extend(data.get("skipped", []))
+        return data
+
+    # -- measurement -------------------------------------------------------------------------
+    def evaluate(self, name: str, key: str, model: Path, backend: str) -> dict[str, Any]:
+        ev = self.cfg["eval"]
+        path = self.out / "eval" / f"{key}.json"
+
+        def run() -> None:
+            from pipeline.models import evaluate_on_dataset
+
+            result = evaluate_on_dataset(
+                model, self.cfg["data"], ev["split"], ev["max_images"], backend, self.cfg["device"]
+            )
+            _json_write({"name": name, "model": str(model), **result.to_dict()}, path)
+
+        self.runner.run(
+            Step(
+                f"eval-{key}",
+                run,
+                outputs=[path],
+                inputs=[model],
+                settings=section_hash_view(self.cfg, "data", "eval", "device") | {"b": backend},
+            )
+        )
+        return json.loads(path.read_text())
+
+    def bench(self, name: str, key: str, model: Path, backend: str) -> dict[str, Any]:
+        b = self.cfg["bench"]
+        path = self.out / "bench" / f"{key}.json"
+
+        def run() -> None:
+            from pipeline.models import dataset_split, open_model
+            from runtime.bench import benchmark
+
+            samples, _, _, _ = dataset_split(self.cfg["data"], self.cfg["eval"]["split"], 4)
+            frames = [img[:, :, ::-1].copy() for img, _, _ in samples()]  # RGB -> camera BGR
+            with open_model(model, backend, self.cfg["device"], threads=b["threads"]) as seg:
+                res = benchmark(seg, frames, iters=int(b["iters"]), warmup=int(b["warmup"]))
+            _json_write({"name": name, **res.to_dict()}, path)
+
+        self.runner.run(
+            Step(
+                f"bench-{key}",
+                run,
+                outputs=[path],
+                inputs=[model],
+                settings=section_hash_view(self.cfg, "data", "bench", "device") | {"b": backend},
+            )
+        )
+        return json.loads(path.read_text())
+
+    # -- report --------------------------------------------------------------------------------
+    def model_facts(
+        self, ckpt_path: Path, ev: dict[str, Any], trained_here: bool
+    ) -> dict[str, Any]:
+        from distill.checkpoint import load_checkpoint
+        from distill.models import build_model
+        from distill.models.complexity import count_macs, count_params
+
+        ckpt = load_checkpoint(ckpt_path)
+        size = tuple(ckpt["preprocess"]["input_size"])
+        model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+        return {
+            "arch": ckpt["arch"],
+            "params_m": count_params(model) / 1e6,
+            "gmacs": count_macs(model, size) / 1e9,
+            "input_size": list(size),
+            "val_miou": ev["miou"],
+            "iou": ev.get("iou") or ev.get("metrics", {}).get("iou"),
+            "checkpoint": str(ckpt_path),
+            "iters": ckpt.get("iteration"),
+            "trained_here": trained_here,
+            "losses": ckpt.get("distillation", {}).get("config", {}).get("losses"),
+            "position": ckpt.get("metrics", {}).get("position"),
+        }
+
+    def examples(self, models: dict[str, tuple[Path, str]]) -> list[dict[str, Any]]:
+        from pipeline.models import dataset_split, open_model
+
+        n = int(self.cfg["report"]["examples"])
+        if n <= 0:
+            return []
+        samples, _, _, _ = dataset_split(self.cfg["data"], self.cfg["eval"]["split"], n)
+        items = [
+            {"image": img, "ground_truth": mask, "predictions": {}} for img, mask, _ in samples()
+        ]
+        for name, (path, backend) in models.items():
+            with open_model(path, backend, self.cfg["device"]) as seg:
+                for item in items:
+                    item["predictions"][name] = seg.predict(
+                        item["image"], input_order="RGB", out_size=item["ground_truth"].shape[:2]
+                    )
+        return items
+
+
+def _position_info(pos: dict[str, float] | None) -> dict[str, dict[str, float]] | None:
+    """{"teacher_mse": .., "student_corr": ..} -> {"teacher": {"mse", "corr"}, "student": {..}}."""
+    if not pos:
+        return None
+    return {
+        who: {m: pos[f"{who}_{m}"] for m in ("mse", "corr") if f"{who}_{m}" in pos}
+        for who in ("teacher", "student")
+        if any(k.startswith(who) for k in pos)
+    }
+
+
+def _miou(ev: dict[str, Any]) -> float:
+    return float(ev["miou"])
+
+
+def run_pipeline(
+    cfg: dict[str, Any], out: Path, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run (or resume) the whole pipeline; returns the report dict (also written to out/)."""
+    from pipeline.report import write_report
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    p = Pipeline(cfg, out, log)
+    teacher_ckpt, teacher_trained = p.teacher()
+    baseline_ckpt = p.baseline()
+    student_ckpt = p.student(teacher_ckpt)
+    manifest = p.export(student_ckpt)
+
+    # Every model is scored on the same val images, so the numbers compare.
+    ev_teacher = p.evaluate("teacher (torch)", "teacher", teacher_ckpt, "torch")
+    ev_baseline = (
+        p.evaluate("baseline (torch)", "baseline", baseline_ckpt, "torch")
+        if baseline_ckpt
+        else None
+    )
+    ev_student = p.evaluate("torch fp32", "torch-fp32", student_ckpt, "torch")
+
+    runs: list[tuple[str, str, Path, str, dict[str, Any] | None]] = [
+        ("torch fp32", "torch-fp32", student_ckpt, "torch", None)
+    ]
+    for entry in manifest["artifacts"]:
+        name, key = artifact_name(entry)
+        backend = "tensorrt" if entry["file"].endswith(".engine") else "onnxruntime"
+        runs.append((name, key, out / "export" / entry["file"], backend, entry))
+
+    artifacts = []
+    for name, key, path, backend, entry in runs:
+        ev = ev_student if key == "torch-fp32" else p.evaluate(name, key, path, backend)
+        bench = p.bench(name, key, path, backend)
+        e2e = bench["end_to_end"]
+        artifacts.append(
+            {
+                "name": name,
+                "file": str(path.relative_to(out)),
+                "backend": backend,
+                "precision": (entry or {}).get("precision", "fp32"),
+                "device": f"{bench['device']} ({bench['provider']})",
+                "size_mb": path.stat().st_size / 1e6,
+                "miou": _miou(ev),
+                "drop_vs_torch": 100 * (_miou(ev_student) - _miou(ev)),
+                "pixel_agreement": ((entry or {}).get("agreement") or {}).get("pixel"),
+                "latency_ms": {k: e2e[k] for k in ("p50", "p99", "mean")},
+                "fps": bench["fps"],
+                "stages_ms": {
+                    s: bench[s]["mean"] for s in ("preprocess", "inference", "postprocess")
+                },
+                "iou": ev.get("iou") or ev.get("metrics", {}).get("iou"),
+            }
+        )
+
+    max_drop = cfg["eval"]["max_drop"]
+    failing = [
+        a["name"] for a in artifacts if max_drop is not None and a["drop_vs_torch"] > max_drop
+    ]
+    example_models = {"teacher": (teacher_ckpt, "torch")}
+    if baseline_ckpt:
+        example_models["student alone"] = (baseline_ckpt, "torch")
+    example_models["distilled"] = (student_ckpt, "torch")
+    int8 = [r for r in runs if r[4] and r[4].get("precision") == "int8"]
+    if int8:
+        example_models[int8[0][0]] = (int8[0][2], int8[0][3])
+
+    from runtime.labels import LabelSpec
+
+    labels = LabelSpec.from_dict(manifest["labels"])
+    student = p.model_facts(student_ckpt, ev_student, True)
+    baseline = (
+        p.model_facts(baseline_ckpt, ev_baseline, True) if baseline_ckpt and ev_baseline else None
+    )
+    report = {
+        "title": f"segkd pipeline: {cfg['teacher']['model'] if teacher_trained else 'given teacher'} -> "
+        f"{cfg['student']['model']} on {cfg['data']}",
+        "created": started,
+        "machine": machine_info(),
+        "data": cfg["data"],
+        "class_names": list(labels.names),
+        "palette": [list(c) for c in labels.palette],
+        "teacher": p.model_facts(teacher_ckpt, ev_teacher, teacher_trained),
+        "student": student,
+        "baseline": baseline,
+        "distillation": {
+            "gain_vs_baseline": 100 * (student["val_miou"] - baseline["val_miou"])
+            if baseline
+            else None,
+            "position_information": _position_info(student.get("position")),
+        },
+        "artifacts": artifacts,
+        "max_drop": max_drop,
+        "gate_passed": None if max_drop is None else not failing,
+        "steps": p.runner.record,
+        "skipped": p.skipped,
+        "examples": p.examples(example_models),
+        "config": cfg,
+    }
+    paths = write_report(report, out)
+    log(f"report: {paths['markdown']}")
+    if failing:
+        raise SegkdError(
+            f"--max-drop {max_drop}: {', '.join(failing)} lost more mIoU than allowed "
+            f"(see {paths['markdown']})"
+        )
+    return report
