@@ -427,7 +427,7 @@ def pipeline(
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(config, overrides)
-    report = run_pipeline(cfg, out, log=lambda msg: console.print(msg, highlight=False))
+    report = run_pipeline(cfg, out, log=lambda msg: console.print(msg, highlight=False, markup=False))
     s, b = report["student"], report["baseline"]
     line = f"distilled {s['arch']}: {100 * s['val_miou']:.2f} mIoU"
     if b:

@@ -35,19 +35,31 @@ def _fresh(folder: Path) -> None:
 
 
 def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str):  # type: ignore[no-untyped-def]
+    """The TrainConfig of a pipeline stage (teacher / student) from its config section."""
     from distill.training import TrainConfig
 
     s = cfg[section]
+
+    def size(key: str) -> tuple[int, int] | None:
+        return parse_size(s[key], f"{section}.{key}", minimum=32) if s.get(key) else None
+
     return TrainConfig(
         data=cfg["data"],
         model=s["model"],
         out=str(out),
         iters=s["iters"],
         batch_size=s["batch_size"],
-        crop_size=parse_size(s["crop_size"], f"{section}.crop_size", minimum=32)
-        if s.get("crop_size")
-        else None,
+        crop_size=size("crop_size"),
+        scale_range=tuple(s["scale_range"]) if s.get("scale_range") else None,
+        export_size=size("export_size"),
         lr=s["lr"],
+        weight_decay=s["weight_decay"],
+        eval_interval=s["eval_interval"],
+        val_images=s["val_images"],
+        deep_stem=bool(s["deep_stem"]),
+        backbone_weights=s["backbone_weights"],
+        amp=bool(s["amp"]),
+        sync_bn=bool(s["sync_bn"]),
         seed=cfg["seed"],
         device=cfg["device"],
         num_workers=cfg["num_workers"],
@@ -211,9 +223,14 @@ class Pipeline:
                 input_size=e["input_size"],
                 calib_data=self.cfg["data"],
                 calib_images=int(e["calib_images"]),
+                verify_images=int(e["verify_images"]),
                 output=e["output"],
+                label_dtype=e["label_dtype"],
                 dynamic=bool(e["dynamic"]),
+                opset=int(e["opset"]),
+                simplify=bool(e["simplify"]),
                 int8_method=e["int8_method"],
+                int8_variants=e["int8_variants"],
                 require_trt=bool(e["require_trt"]),
                 progress=lambda msg: self.log(f"  export: {msg}"),
             )
