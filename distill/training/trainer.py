@@ -261,6 +261,7 @@ def _train(
                 "val_miou": m.miou,
                 "val_pixel_acc": m.pixel_acc,
                 "val_iou": m.iou,
+                "val_pixels": m.num_pixels,
                 "iter": done,
             }
             if eval_hook is not None:
