@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -222,6 +223,77 @@ def distill(
     )
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="student checkpoint (.pt) from segkd train/distill")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="export folder (model*.onnx, engines, export.json)")
+    ] = Path("runs/export"),
+    precision: Annotated[
+        str, typer.Option(help="comma list of fp32, fp16, int8")
+    ] = "fp32,fp16,int8",
+    input_size: Annotated[
+        str | None, typer.Option(help="HxW [the checkpoint's export size]")
+    ] = None,
+    calib_data: Annotated[
+        str | None,
+        typer.Option(help="dataset SPEC for INT8 calibration and verification [training data]"),
+    ] = None,
+    calib_images: Annotated[int, typer.Option(min=1, help="calibration images (train split)")] = 32,
+    verify_images: Annotated[
+        int, typer.Option(min=1, help="held-out images (val split) for parity/agreement")
+    ] = 16,
+    output: Annotated[str, typer.Option(help="labels (argmax in the graph) or logits")] = "labels",
+    label_dtype: Annotated[str, typer.Option(help="uint8 or int32 label map")] = "uint8",
+    dynamic: Annotated[
+        bool, typer.Option(help="dynamic batch/H/W instead of the static input size")
+    ] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset (verified in the written file)")] = 17,
+    simplify: Annotated[bool, typer.Option(help="simplify the graph with onnxslim")] = True,
+    int8_method: Annotated[
+        str, typer.Option(help="calibration: minmax, entropy or percentile")
+    ] = "minmax",
+    int8_variants: Annotated[
+        str, typer.Option(help="tensorrt (symmetric Q/DQ), cpu (ORT-CPU-friendly)")
+    ] = "tensorrt,cpu",
+    require_trt: Annotated[
+        bool, typer.Option(help="fail instead of skipping engines when TensorRT is absent")
+    ] = False,
+    workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace")] = 4.0,
+    opt_level: Annotated[
+        int, typer.Option(min=0, max=5, help="TensorRT builder optimisation level")
+    ] = 3,
+    engine_cache: Annotated[
+        Path | None, typer.Option(help="TensorRT engine/timing cache folder")
+    ] = None,
+    weak_typing: Annotated[
+        bool, typer.Option(help="TensorRT 10.x: let the builder choose fp16/int8 per layer")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="copy export.json here too")
+    ] = None,
+) -> None:
+    """PyTorch -> verified ONNX (fp32) -> fp16 and INT8 Q/DQ ONNX -> TensorRT engines."""
+    from export.api import export_checkpoint, format_summary
+    from export.tensorrt_engine import TrtOptions
+
+    trt = TrtOptions(
+        workspace_gib=workspace_gib, optimization_level=opt_level, cache_dir=engine_cache,
+        weak_typing=weak_typing,
+    )  # fmt: skip
+    report = export_checkpoint(
+        checkpoint, out, precisions=precision, input_size=input_size, calib_data=calib_data,
+        calib_images=calib_images, verify_images=verify_images, output=output,
+        label_dtype=label_dtype, dynamic=dynamic, opset=opset, simplify=simplify,
+        int8_method=int8_method, int8_variants=int8_variants, require_trt=require_trt, trt=trt,
+        progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+    )  # fmt: skip
+    console.print(format_summary(report), highlight=False, markup=False)
+    _write_json(json_out, report.manifest)
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help=".pt, .onnx, .engine or an export folder")],
@@ -427,7 +499,9 @@ def pipeline(
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(config, overrides)
-    report = run_pipeline(cfg, out, log=lambda msg: console.print(msg, highlight=False, markup=False))
+    report = run_pipeline(
+        cfg, out, log=lambda msg: console.print(msg, highlight=False, markup=False)
+    )
     s, b = report["student"], report["baseline"]
     line = f"distilled {s['arch']}: {100 * s['val_miou']:.2f} mIoU"
     if b:
@@ -436,27 +510,54 @@ def pipeline(
     console.print(f"report: {out / 'report.md'}")
 
 
+def _fail(message: str, code: int) -> NoReturn:
+    """Print ONE `error: ...` line on stderr and exit with `code`."""
+    from rich.markup import escape
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would share the line
+        bar.close()
+    text = " ".join(line.strip() for line in message.strip().splitlines())
+    # escape: a path like "a[/]b" in the message is text, not rich markup.
+    err_console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # OpenCV and its ffmpeg log their own lines for a file we report in one `error:` line;
+    # set these variables (e.g. OPENCV_LOG_LEVEL=WARNING) to see them again.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: a command's typer.Exit(code) comes back as the return value.
+        code = app(standalone_mode=False)
     except SegkdError as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e), 2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:  # disk full, permission denied, read-only folder: the user's to fix
+        if e.filename is None:
+            raise
+        _fail(f"{e.filename}: {e.strerror or e}", 2)
     except Exception as e:  # click usage errors etc. arrive here with standalone_mode=False
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        # typer >= 0.20 vendors click (typer._click), so match click's exceptions by shape.
+        format_message = getattr(e, "format_message", None)
+        if callable(format_message) and isinstance(getattr(e, "exit_code", None), int):
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help (typer may have printed it)
+                text = format_message()
+                if text:
+                    print(text, file=sys.stderr)
+                sys.exit(e.exit_code)
+            _fail(format_message(), e.exit_code)
+        if type(e).__name__ == "Abort":
             sys.exit(130)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help="subset of rows to run")
     ap.add_argument("--extra", nargs="*", default=[], help="extra args for every distill run")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/n: run every n-th job from i (parallel single-thread runs)",
+    )
     args = ap.parse_args()
 
     teacher = args.out / "teacher"
@@ -69,6 +74,8 @@ def main() -> None:
         for s in args.seeds
         for r in rows
     ]
+    index, count = (int(v) for v in args.shard.split("/"))
+    mine = set(order[index::count])
     for seed, row in order:
         extra = ROWS[row]
         run = (
@@ -76,6 +83,8 @@ def main() -> None:
             / f"{row.replace(' ', '_').replace('+', 'p').replace('(', '').replace(')', '')}-s{seed}"
         )
         if not (run / "summary.json").is_file():
+            if (seed, row) not in mine:
+                continue  # another shard runs it; the last, unsharded call aggregates
             if run.exists():
                 import shutil
 

@@ -401,7 +401,9 @@ def run_pipeline(
                 "size_mb": path.stat().st_size / 1e6,
                 "miou": _miou(ev),
                 "drop_vs_torch": 100 * (_miou(ev_student) - _miou(ev)),
-                "pixel_agreement": ((entry or {}).get("agreement") or {}).get("pixel"),
+                "pixel_agreement": (
+                    (entry or {}).get("agreement") or (entry or {}).get("parity") or {}
+                ).get("pixel_agreement"),
                 "latency_ms": {k: e2e[k] for k in ("p50", "p99", "mean")},
                 "fps": bench["fps"],
                 "stages_ms": {
