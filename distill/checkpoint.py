@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -85,7 +89,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SegkdError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol notice: we refuse it anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SegkdError(
@@ -96,6 +102,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SegkdError(
             f"cannot read checkpoint {path}: corrupt or truncated ({msg[:160]})"
+        ) from None
+    except Exception as e:  # arbitrary bytes: the weights-only unpickler fails in other ways
+        raise SegkdError(
+            f"cannot read checkpoint {path}: corrupt or not a checkpoint ({type(e).__name__})"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SegkdError(f"{path} is not a segkd checkpoint (no '{FORMAT}' format tag)")

@@ -9,6 +9,7 @@ A term whose weight is 0, or whose name is not in `losses`, is not built and not
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -17,9 +18,9 @@ import torch
 from torch import nn
 
 from distill.losses.cwd import ChannelWiseLoss
-from distill.losses.idd import IDDLoss
+from distill.losses.idd import IDD_DISTANCES, IDD_SCALES, IDDLoss
 from distill.losses.kd import PixelKDLoss
-from distill.losses.pid import PIDLoss, PositionReadout, freeze, position_report
+from distill.losses.pid import PID_MODES, PIDLoss, PositionReadout, freeze, position_report
 from distill.losses.segmentation import SegmentationLoss
 from runtime.errors import SegkdError
 from runtime.labels import IGNORE_INDEX
@@ -60,12 +61,23 @@ class DistillConfig:
                 f"valid names are {', '.join(DISTILL_LOSSES)}"
             )
         object.__setattr__(self, "losses", tuple(dict.fromkeys(losses)))
+        # `not (x >= 0)` also refuses nan; inf is refused too: either trains to nan.
         for name in ("w_kd", "w_idd", "w_pid", "w_cwd", "aux_weight"):
-            if getattr(self, name) < 0:
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise SegkdError(f"{name}: weight must be >= 0, got {getattr(self, name)}")
         for name in ("kd_temperature", "cwd_temperature"):
-            if getattr(self, name) <= 0:
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise SegkdError(f"{name}: temperature must be > 0, got {getattr(self, name)}")
+        # Checked here, not when the loss is built: that comes after loading the teacher.
+        for name, allowed in (
+            ("idd_distance", IDD_DISTANCES),
+            ("idd_scale", IDD_SCALES),
+            ("pid_mode", PID_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise SegkdError(
+                    f"{name}: unknown value {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
+                )
 
     def weight(self, term: str) -> float:
         return float(getattr(self, f"w_{term}"))

@@ -47,8 +47,12 @@ def cached_readout(
         side = sidecar_path(teacher_path)
         if not side.is_file():
             return None
-        data = torch.load(side, map_location="cpu", weights_only=True)
-        if data.get("teacher_sha256") != file_sha256(teacher_path):
+        try:
+            data = torch.load(side, map_location="cpu", weights_only=True)
+        except Exception as e:  # only a cache: a corrupt or foreign file is refitted, not trusted
+            log.warning("%s cannot be read (%s); refitting", side, type(e).__name__)
+            return None
+        if not isinstance(data, dict) or data.get("teacher_sha256") != file_sha256(teacher_path):
             log.warning("%s belongs to another version of %s; refitting", side, teacher_path)
             return None
         entry = data

@@ -99,7 +99,10 @@ def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[s
 def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SegkdError(f"--config: file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as e:
+        raise SegkdError(f"--config: cannot read {path}: {type(e).__name__}") from None
     try:
         if path.suffix.lower() == ".toml":
             try:

@@ -126,9 +126,12 @@ class Pipeline:
     def teacher(self) -> tuple[Path, bool]:
         given = self.cfg["teacher"]["checkpoint"]
         if given:
+            from distill.checkpoint import load_checkpoint
+
             path = Path(given)
             if not path.is_file():
                 raise SegkdError(f"teacher.checkpoint: file not found: {path}")
+            load_checkpoint(path)  # a broken teacher fails now, not after the baseline trained
             return path, False
         folder = self.out / "teacher"
         ckpt = folder / "best.pt"

@@ -83,6 +83,14 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a class or split list; SegkdError naming the file if it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise SegkdError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def read_label_png(path: Path) -> np.ndarray:
     """A label image -> HxW uint8 of the raw values it stores.
 

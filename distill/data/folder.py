@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.data.base import IMAGE_SUFFIXES, FilePair, FileSegDataset, LabelMapping, Transform
+from distill.data.base import (
+    IMAGE_SUFFIXES,
+    FilePair,
+    FileSegDataset,
+    LabelMapping,
+    Transform,
+    read_text_lines,
+)
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 
@@ -22,7 +29,7 @@ def read_classes(path: Path) -> LabelSpec:
         raise SegkdError(f"{path}: missing (one class name a line, in id order)")
     names: list[str] = []
     colours: list[tuple[int, int, int] | None] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text_lines(path), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -86,7 +93,7 @@ class FolderDataset(FileSegDataset):
             if not list_file.is_file():
                 raise SegkdError(f"folder:{root}: no split list {list_file}")
             stems = []
-            for line in list_file.read_text(encoding="utf-8").splitlines():
+            for line in read_text_lines(list_file):
                 if not line.strip():
                     continue
                 stem = Path(line.strip()).stem

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.data.base import FilePair, FileSegDataset, LabelMapping, Transform
+from distill.data.base import FilePair, FileSegDataset, LabelMapping, Transform, read_text_lines
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec, generated_palette
 
@@ -40,7 +40,7 @@ class VOCDataset(FileSegDataset):
         list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
             raise SegkdError(f"voc:{path}: no split list {list_file}")
-        ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        ids = [line.split()[0] for line in read_text_lines(list_file) if line.strip()]
         pairs = [
             FilePair(
                 image=root / "JPEGImages" / f"{i}.jpg", mask=self._mask_path(root, i), sample_id=i

@@ -86,6 +86,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SegkdError(f"cannot read backbone weights {path}: {msg[:160]}") from None
+    except Exception as e:  # arbitrary bytes: the weights-only unpickler fails in other ways
+        raise SegkdError(
+            f"cannot read backbone weights {path}: not a weights file ({type(e).__name__})"
+        ) from None
     # Some checkpoints wrap the weights ({"state_dict": ...}) or carry DDP's prefix.
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

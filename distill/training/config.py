@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -56,14 +57,16 @@ class TrainConfig:
     def validate(self) -> None:
         def positive(name: str) -> None:
             v = getattr(self, name)
-            if v is not None and v <= 0:
+            if v is not None and not (v > 0 and math.isfinite(v)):  # nan/inf would train to nan
                 raise SegkdError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
         for name in ("iters", "batch_size", "lr", "log_interval", "eval_interval", "val_images"):
             positive(name)
         if self.num_workers < 0:
             raise SegkdError(f"--num-workers must be >= 0, got {self.num_workers}")
-        if self.weight_decay is not None and self.weight_decay < 0:
+        if self.weight_decay is not None and not (
+            self.weight_decay >= 0 and math.isfinite(self.weight_decay)
+        ):
             raise SegkdError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.batch_size is not None and self.batch_size < 2:
             # BatchNorm after the 1x1 pyramid bin sees one value per channel at batch 1.

@@ -118,6 +118,9 @@ def _train(
         raise SegkdError(
             f"{out} already holds a run (resume.pt); pass --resume to continue it or choose another --out"
         )
+    if ctx.is_main:  # temp files of checkpoint writes a killed run left behind (100 MB each)
+        for stale in out.glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     train_set = build_dataset(
         cfg.data, "train", transform=TrainTransform(cfg.crop_size, scale_range=cfg.scale_range)
@@ -167,16 +170,29 @@ def _train(
         state = load_checkpoint(resume_path)
         if state["arch"] != cfg.model:
             raise SegkdError(f"--resume: {resume_path} is a {state['arch']} run, not {cfg.model}")
-        model.load_state_dict(state["state_dict"])
-        ts = state["train_state"]
-        objective.load_state_dict(ts["objective"])
-        optimizer.load_state_dict(ts["optimizer"])
-        scaler.load_state_dict(ts["scaler"])
-        start_it, best_miou, best_it = (
-            int(ts["iteration"]),
-            float(ts["best_miou"]),
-            int(ts["best_iter"]),
-        )
+        saved_names = list(state["labels"].get("names", []))
+        if saved_names != list(labels.names):
+            raise SegkdError(
+                f"--resume: {resume_path} was trained on {len(saved_names)} classes, but "
+                f"--data {cfg.data} has {labels.num_classes}; resume with the run's own --data"
+            )
+        try:  # other losses / adapters / a file without train_state: refuse, do not crash
+            model.load_state_dict(state["state_dict"])
+            ts = state["train_state"]
+            objective.load_state_dict(ts["objective"])
+            optimizer.load_state_dict(ts["optimizer"])
+            scaler.load_state_dict(ts["scaler"])
+            start_it, best_miou, best_it = (
+                int(ts["iteration"]),
+                float(ts["best_miou"]),
+                int(ts["best_iter"]),
+            )
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SegkdError(
+                f"--resume: {resume_path} does not fit this run's settings ({first[:160]}); "
+                "resume with the options it was started with"
+            ) from None
         log.info("resumed %s at iteration %d", resume_path, start_it)
 
     loader = make_train_loader(
