@@ -261,7 +261,13 @@ def export(
     require_trt: Annotated[
         bool, typer.Option(help="fail instead of skipping engines when TensorRT is absent")
     ] = False,
-    workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace")] = 4.0,
+    min_agreement_fp16: Annotated[
+        float, typer.Option(help="fail below this pixel agreement with PyTorch")
+    ] = 0.99,
+    min_agreement_int8: Annotated[
+        float, typer.Option(help="fail below this pixel agreement (catches broken calibration)")
+    ] = 0.90,
+    trt_workspace: Annotated[float, typer.Option(help="TensorRT builder workspace (GiB)")] = 4.0,
     opt_level: Annotated[
         int, typer.Option(min=0, max=5, help="TensorRT builder optimisation level")
     ] = 3,
@@ -271,23 +277,30 @@ def export(
     weak_typing: Annotated[
         bool, typer.Option(help="TensorRT 10.x: let the builder choose fp16/int8 per layer")
     ] = False,
+    trt_max_batch: Annotated[
+        int, typer.Option(min=1, help="TensorRT profile's largest batch (dynamic exports)")
+    ] = 1,
+    trt_verbose: Annotated[
+        bool, typer.Option(help="TensorRT builder log at verbose level")
+    ] = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="copy export.json here too")
     ] = None,
 ) -> None:
     """PyTorch -> verified ONNX (fp32) -> fp16 and INT8 Q/DQ ONNX -> TensorRT engines."""
-    from export.api import export_checkpoint, format_summary
+    from export.api import Tolerances, export_checkpoint, format_summary
     from export.tensorrt_engine import TrtOptions
 
     trt = TrtOptions(
-        workspace_gib=workspace_gib, optimization_level=opt_level, cache_dir=engine_cache,
-        weak_typing=weak_typing,
+        workspace_gib=trt_workspace, optimization_level=opt_level, cache_dir=engine_cache,
+        weak_typing=weak_typing, max_batch=trt_max_batch, verbose=trt_verbose,
     )  # fmt: skip
     report = export_checkpoint(
         checkpoint, out, precisions=precision, input_size=input_size, calib_data=calib_data,
         calib_images=calib_images, verify_images=verify_images, output=output,
         label_dtype=label_dtype, dynamic=dynamic, opset=opset, simplify=simplify,
         int8_method=int8_method, int8_variants=int8_variants, require_trt=require_trt, trt=trt,
+        tolerances=Tolerances(fp16_min_agreement=min_agreement_fp16, int8_min_agreement=min_agreement_int8),
         progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
     )  # fmt: skip
     console.print(format_summary(report), highlight=False, markup=False)

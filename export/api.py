@@ -1,0 +1,570 @@
+"""`segkd export`: checkpoint -> verified ONNX artifacts (+ TensorRT engines) + export.json.
+
+Everything is written into a hidden staging folder inside the output folder, checked
+against the PyTorch model on held-out images, and only then moved into place, with
+export.json last: a failed or interrupted export never leaves a half-written or
+unverified artifact behind, nor touches an earlier export's files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from export.calibration import Prepared, RawSample, SampleReader, load_raw, prepare
+from export.fp16 import DEFAULT_FP32_OPS, convert_fp16
+from export.int8 import CALIBRATION_METHODS, RECIPES, count_qdq, quantize_int8
+from export.manifest import Manifest, Skipped, file_facts, write_json_atomic
+from export.onnx_file import default_opset, finalize, io_signature, save_onnx, set_metadata
+from export.onnx_fp32 import INPUT_NAME, OUTPUT_NAMES, export_fp32
+from export.tensorrt_engine import (
+    EngineRunner,
+    TrtOptions,
+    build_engine,
+    tensorrt_unavailable_reason,
+)
+from export.verify import Agreement, OnnxRunner, compare, torch_reference
+from runtime.errors import SegkdError
+from runtime.labels import LabelSpec
+from runtime.metadata import EXPORT_JSON, PRECISIONS, sha256_of
+from runtime.preprocess import PreprocessSpec
+from runtime.sizes import parse_size
+
+log = logging.getLogger(__name__)
+
+FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+MIN_OPSET, MAX_OPSET = 13, 20  # per-channel Q/DQ needs 13; TensorRT 10.3's parser stops at 20
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Pass/fail thresholds; pixel agreement is against the fp32 PyTorch model's labels."""
+
+    fp32_max_abs_diff: float = 1e-3
+    fp32_min_agreement: float = 0.999
+    fp16_min_agreement: float = 0.99
+    # A sanity floor that catches broken calibration (wrong preprocessing, wrong data),
+    # not the usual PTQ loss: a weakly trained student (0.25 mIoU) measured 92-97 % at
+    # 512x1024 with its mIoU vs ground truth unchanged within 0.3 points.
+    int8_min_agreement: float = 0.90
+
+    def min_agreement(self, precision: str) -> float:
+        return {
+            "fp32": self.fp32_min_agreement,
+            "fp16": self.fp16_min_agreement,
+            "int8": self.int8_min_agreement,
+        }[precision]
+
+
+@dataclass
+class ExportReport:
+    out_dir: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+    seconds: float
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return self.manifest["artifacts"]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return self.manifest["skipped"]
+
+    def artifact(self, file: str) -> dict[str, Any]:
+        for a in self.artifacts:
+            if a["file"] == file:
+                return a
+        raise KeyError(file)
+
+
+@dataclass
+class _Staged:
+    key: str  # "fp32", "fp16", "int8", "int8-cpu"
+    file: str
+    precision: str
+    variant: str
+    proto: onnx.ModelProto
+    ship: bool
+    entry: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_list(value: str | Sequence[str], option: str, allowed: Sequence[str]) -> list[str]:
+    items = [v.strip().lower() for v in value.split(",")] if isinstance(value, str) else list(value)
+    items = [v for v in items if v]
+    if not items:
+        raise SegkdError(f"{option}: give at least one of {', '.join(allowed)}")
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise SegkdError(f"{option}: unknown value {bad[0]!r}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(items))  # de-duplicated, in the given order
+
+
+def _other_size(size: tuple[int, int]) -> tuple[int, int]:
+    """A second size for dynamic exports, a multiple of 8 distinct from the traced one."""
+    h, w = size
+    for scale in (0.75, 1.25):
+        other = (max(32, int(h * scale) // 8 * 8), max(32, int(w * scale) // 8 * 8))
+        if other != size:
+            return other
+    return (h + 8, w + 8)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def export_checkpoint(
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    precisions: str | Sequence[str] = ("fp32", "fp16", "int8"),
+    input_size: str | tuple[int, int] | None = None,
+    calib_data: str | None = None,
+    calib_images: int = 32,
+    verify_images: int = 16,
+    output: str = "labels",
+    label_dtype: str = "uint8",
+    dynamic: bool = False,
+    opset: int = 17,
+    simplify: bool = True,
+    int8_method: str = "minmax",
+    int8_variants: str | Sequence[str] = ("tensorrt", "cpu"),
+    tolerances: Tolerances | None = None,
+    require_trt: bool = False,
+    build_engines: bool = True,
+    trt: TrtOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportReport:
+    """Export a segkd checkpoint to `out_dir`; raise SegkdError on bad input or failed checks.
+
+    `calib_data` (a dataset SPEC) supplies INT8 calibration images from its train split
+    and verification images from its val split; None = the data the checkpoint was
+    trained on (its config), else "synthetic".
+    """
+    started = time.perf_counter()
+    say = progress or log.info
+    tol = tolerances or Tolerances()
+    trt_opts = trt or TrtOptions()
+    wanted = _as_list(precisions, "--precision", PRECISIONS)
+    variants = _as_list(int8_variants, "--int8-variants", list(RECIPES)) if "int8" in wanted else []
+    if output not in OUTPUT_NAMES:
+        raise SegkdError(f"--output must be 'logits' or 'labels', got {output!r}")
+    if label_dtype not in ("uint8", "int32"):
+        raise SegkdError(f"--label-dtype must be 'uint8' or 'int32', got {label_dtype!r}")
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise SegkdError(f"--opset must be an integer in {MIN_OPSET}..{MAX_OPSET}, got {opset!r}")
+    if int8_method not in CALIBRATION_METHODS:
+        raise SegkdError(
+            f"--int8-method must be one of {', '.join(CALIBRATION_METHODS)}, got {int8_method!r}"
+        )
+    for name, n in (("--calib-images", calib_images), ("--verify-images", verify_images)):
+        if not isinstance(n, int) or n < 1:
+            raise SegkdError(f"{name} must be a positive integer, got {n!r}")
+
+    if require_trt and build_engines:  # fail before the long ONNX work, not after it
+        reason = tensorrt_unavailable_reason()
+        if reason is not None:
+            raise SegkdError(f"--require-trt: cannot build TensorRT engines: {reason}")
+
+    from distill.checkpoint import checkpoint_specs, load_model
+
+    ckpt_path = Path(ckpt_path)
+    try:
+        model, ckpt = load_model(ckpt_path)
+    except SegkdError:
+        raise
+    except Exception as e:  # torch's unpickler raises assorted errors on arbitrary bytes
+        raise SegkdError(
+            f"cannot read checkpoint {ckpt_path}: not a segkd checkpoint ({type(e).__name__})"
+        ) from None
+    labels, pre = checkpoint_specs(ckpt)
+    size = pre.input_size if input_size is None else parse_size(input_size, "--input-size", 32)
+    pre = pre.with_input_size(size)
+    data_spec = calib_data or str((ckpt.get("config") or {}).get("data") or "synthetic")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SegkdError(f"--out {out}: exists and is not a folder")
+    meta_base = {
+        "arch": ckpt["arch"],
+        "labels": labels.to_dict(),
+        "preprocess": pre.to_dict(),
+        "output": output,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAMES[output],
+    }
+    manifest = Manifest(
+        arch=ckpt["arch"],
+        labels=labels.to_dict(),
+        preprocess=pre.to_dict(),
+        checkpoint={"path": str(ckpt_path.resolve()), "sha256": sha256_of(ckpt_path)},
+        options={
+            "precisions": wanted,
+            "input_size": list(size),
+            "output": output,
+            "label_dtype": label_dtype,
+            "dynamic": dynamic,
+            "opset": opset,
+            "simplify": simplify,
+            "int8_method": int8_method,
+            "int8_variants": variants,
+            "tolerances": asdict(tol),
+        },
+    )
+    # Data problems surface before the long export work, not after it.
+    say(f"loading {verify_images} verification images: {data_spec} val")
+    val_raw, val_labels = load_raw(data_spec, "val", verify_images)
+    with_gt = tuple(val_labels.names) == tuple(labels.names)
+    if not with_gt:
+        manifest.notes.append(
+            f"{data_spec} has other classes than the model: no mIoU vs ground truth"
+        )
+    val = prepare(val_raw, pre)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
+    try:
+        staged = _export_onnx_artifacts(
+            model, staging, size, wanted, variants, output, label_dtype, dynamic, opset,
+            simplify, meta_base, manifest, say,
+        )  # fmt: skip
+        if variants:
+            _quantize(staging, staged, variants, data_spec, calib_images, int8_method, pre,
+                      meta_base, manifest, say)  # fmt: skip
+        ref_labels = _verify_onnx(
+            model, staged, val, val_raw, pre, dynamic, labels, with_gt, tol, say
+        )
+        manifest.verification = {
+            "data": data_spec,
+            "split": "val",
+            "images": len(val),
+            "reference": "PyTorch fp32 (CPU)",
+            "ground_truth": with_gt,
+        }
+        engines = _engines(
+            staging, staged, wanted, variants, size, dynamic, output, meta_base, val, ref_labels,
+            labels, with_gt, tol, require_trt, build_engines, trt_opts, manifest, say,
+        )  # fmt: skip
+        for a in staged.values():
+            if a.ship:
+                manifest.artifacts.append(a.entry)
+        manifest.artifacts.extend(engines)
+        for entry in manifest.artifacts:
+            os.replace(staging / entry["file"], out / entry["file"])
+            sidecar = staging / (entry["file"] + ".json")
+            if sidecar.exists():
+                os.replace(sidecar, out / sidecar.name)
+        written = manifest.to_dict()
+        path = write_json_atomic(written, out / EXPORT_JSON)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportReport(
+        out_dir=out, manifest_path=path, manifest=written, seconds=time.perf_counter() - started
+    )
+
+
+def _stage(staging: Path, a: _Staged, meta_base: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Stamp metadata, check and write one ONNX artifact; fill its export.json entry."""
+    set_metadata(a.proto, {**meta_base, "precision": a.precision, "variant": a.variant})
+    finalize(a.proto, a.file)
+    path = save_onnx(a.proto, staging / a.file)
+    inputs, outputs = io_signature(a.proto)
+    a.entry = {
+        "file": a.file,
+        "format": "onnx",
+        "precision": a.precision,
+        "variant": a.variant,
+        "output": meta_base["output"],
+        **file_facts(path),
+        "inputs": inputs,
+        "outputs": outputs,
+        "input_name": inputs[0]["name"],
+        "output_name": outputs[0]["name"],
+        "opset": default_opset(a.proto),
+        "ir_version": int(a.proto.ir_version),
+        **extra,
+    }
+
+
+def _export_onnx_artifacts(
+    model: torch.nn.Module,
+    staging: Path,
+    size: tuple[int, int],
+    wanted: list[str],
+    variants: list[str],
+    output: str,
+    label_dtype: str,
+    dynamic: bool,
+    opset: int,
+    simplify: bool,
+    meta_base: dict[str, Any],
+    manifest: Manifest,
+    say: Callable[[str], None],
+) -> dict[str, _Staged]:
+    say(f"exporting fp32 ONNX at {size[0]}x{size[1]}{' (dynamic)' if dynamic else ''}")
+    fp32 = export_fp32(
+        model,
+        input_size=size,
+        output=output,
+        label_dtype=label_dtype,
+        dynamic=dynamic,
+        opset=opset,
+        do_simplify=simplify,
+    )
+    manifest.notes.extend(fp32.notes)
+    staged: dict[str, _Staged] = {}
+    # fp32 is always built and verified: it is the source of the other precisions.
+    a = _Staged("fp32", FILES["fp32"], "fp32", "portable", fp32.model, ship="fp32" in wanted)
+    _stage(staging, a, meta_base, {"exporter": fp32.exporter, "simplified": fp32.simplified})
+    staged["fp32"] = a
+    if "fp16" in wanted:
+        say("converting to fp16 ONNX")
+        proto = convert_fp16(fp32.model)
+        a = _Staged("fp16", FILES["fp16"], "fp16", "portable", proto, ship=True)
+        _stage(staging, a, meta_base, {"fp32_ops": list(DEFAULT_FP32_OPS)})
+        staged["fp16"] = a
+    return staged
+
+
+def _quantize(
+    staging: Path,
+    staged: dict[str, _Staged],
+    variants: list[str],
+    data_spec: str,
+    calib_images: int,
+    method: str,
+    pre: PreprocessSpec,
+    meta_base: dict[str, Any],
+    manifest: Manifest,
+    say: Callable[[str], None],
+) -> None:
+    say(f"loading {calib_images} calibration images: {data_spec} train")
+    calib_raw, _ = load_raw(data_spec, "train", calib_images)
+    reader = SampleReader(INPUT_NAME, [p.x for p in prepare(calib_raw, pre)])
+    manifest.calibration = {
+        "data": data_spec,
+        "split": "train",
+        "images": len(reader),
+        "method": method,
+        "preprocessing": "runtime PreprocessSpec.apply at the export size",
+    }
+    for variant in variants:
+        recipe = RECIPES[variant]
+        say(f"quantizing INT8 ({variant}, {method} calibration on {len(reader)} images)")
+        proto = quantize_int8(staging / FILES["fp32"], reader, recipe, method)
+        key = "int8" if variant == "tensorrt" else f"int8-{variant}"
+        a = _Staged(key, recipe.file, "int8", variant, proto, ship=True)
+        quant = {**recipe.describe(), "method": method, "qdq_nodes": count_qdq(proto)}
+        if recipe.symmetric_only:
+            quant["zero_points"] = "all int8 zero (checked)"
+        _stage(staging, a, meta_base, {"quantization": quant})
+        staged[key] = a
+
+
+def _verify_onnx(
+    model: torch.nn.Module,
+    staged: dict[str, _Staged],
+    val: list[Prepared],
+    val_raw: list[RawSample],
+    pre: PreprocessSpec,
+    dynamic: bool,
+    labels: LabelSpec,
+    with_gt: bool,
+    tol: Tolerances,
+    say: Callable[[str], None],
+) -> list[np.ndarray]:
+    """Compare every staged ONNX file with PyTorch; fill entries; SegkdError on a miss.
+
+    Returns the PyTorch reference label maps, against which engines are checked later.
+    """
+    say(f"verifying {len(staged)} ONNX files on {len(val)} held-out images")
+    runners = {k: OnnxRunner(a.proto, a.entry["output"]) for k, a in staged.items()}
+    providers = {k: r.provider for k, r in runners.items()}
+    ref = torch_reference(model)
+    k, ignore = labels.num_classes, labels.ignore_index
+    results, ref_labels, _ = compare(val, runners, ref, k, ignore, with_gt, 1, providers)
+    other: dict[str, Agreement] = {}
+    if dynamic:
+        # Baked-in shape constants only show at another size: check one, at batch 2.
+        size2 = _other_size(pre.input_size)
+        val2 = prepare(val_raw[:4], pre.with_input_size(size2))
+        other, _, _ = compare(val2, runners, ref, k, ignore, with_gt, 2, providers)
+    failures = []
+    for key, a in staged.items():
+        res = results[key]
+        need = tol.min_agreement(a.precision)
+        block = {**res.to_dict(), "min_pixel_agreement": need}
+        checks = [(res, "")] + (
+            [(other[key], " at " + "x".join(map(str, other[key].input_shape[2:])))]
+            if dynamic
+            else []
+        )
+        if a.precision == "fp32":
+            block["max_abs_diff_tolerance"] = tol.fp32_max_abs_diff
+            block["reference"] = "PyTorch fp32"
+            for r, where in checks:
+                if (
+                    r.max_abs_logit_diff is not None
+                    and not r.max_abs_logit_diff <= tol.fp32_max_abs_diff
+                ):
+                    failures.append(
+                        f"{a.file}{where}: max |logit - PyTorch| {r.max_abs_logit_diff:.3g} exceeds "
+                        f"{tol.fp32_max_abs_diff:g}"
+                    )
+                if r.pixel_agreement < need:
+                    failures.append(
+                        f"{a.file}{where}: labels agree with PyTorch on {_pct(r.pixel_agreement)} "
+                        f"of pixels, below {_pct(need)}"
+                    )
+            a.entry["parity"] = block
+        else:
+            block["reference"] = "PyTorch fp32 labels; images held out from calibration"
+            a.entry["agreement"] = block
+            if res.pixel_agreement < need:
+                failures.append(
+                    f"{a.file}: labels agree with fp32 on {_pct(res.pixel_agreement)} of pixels, "
+                    f"below the {a.precision} minimum {_pct(need)} (relax it with --min-agreement-"
+                    f"{a.precision}{', or try another --int8-method' if a.precision == 'int8' else ''})"
+                )
+        if dynamic:
+            a.entry["dynamic_check"] = other[key].to_dict()
+        a.entry["provider"] = res.provider
+    if failures:
+        raise SegkdError("export verification failed: " + "; ".join(failures))
+    return ref_labels
+
+
+def _engines(
+    staging: Path,
+    staged: dict[str, _Staged],
+    wanted: list[str],
+    variants: list[str],
+    size: tuple[int, int],
+    dynamic: bool,
+    output: str,
+    meta_base: dict[str, Any],
+    val: list[Prepared],
+    ref_labels: list[np.ndarray],
+    labels: LabelSpec,
+    with_gt: bool,
+    tol: Tolerances,
+    require_trt: bool,
+    build: bool,
+    opts: TrtOptions,
+    manifest: Manifest,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Build and check one engine per precision where TensorRT is present; else record why not."""
+    if not build:
+        manifest.skipped.append(Skipped("tensorrt engines", "not requested (build_engines=False)"))
+        return []
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        if require_trt:
+            raise SegkdError(f"--require-trt: cannot build TensorRT engines: {reason}")
+        manifest.skipped.append(Skipped("tensorrt engines", reason))
+        say(f"TensorRT engines skipped: {reason} (the ONNX files are complete)")
+        return []
+    entries = []
+    for precision in wanted:
+        key = precision
+        if precision == "int8" and "tensorrt" not in variants:
+            manifest.skipped.append(
+                Skipped("model.int8.engine", "the TensorRT INT8 variant was not exported")
+            )
+            continue
+        src = staged[key]
+        engine_file = f"model.{precision}.engine"
+        say(f"building TensorRT engine {engine_file} from {src.file}")
+        built = build_engine(
+            staging / src.file,
+            staging / engine_file,
+            precision=precision,
+            onnx_sha256=src.entry["sha256"],
+            input_size=size,
+            dynamic=dynamic,
+            opts=opts,
+        )
+        runner = EngineRunner(built.path, output)
+        res, _, _ = compare(
+            val, {key: runner}, ref_labels, labels.num_classes, labels.ignore_index, with_gt,
+            1, {key: runner.provider},
+        )  # fmt: skip
+        agreement = {**res[key].to_dict(), "min_pixel_agreement": tol.min_agreement(precision)}
+        if res[key].pixel_agreement < tol.min_agreement(precision):
+            raise SegkdError(
+                f"{engine_file}: labels agree with fp32 on {_pct(res[key].pixel_agreement)} of "
+                f"pixels, below the {precision} minimum {_pct(tol.min_agreement(precision))}"
+            )
+        facts = file_facts(built.path)
+        entry = {
+            "file": engine_file,
+            "format": "tensorrt-engine",
+            "precision": precision,
+            "variant": "tensorrt",
+            "output": output,
+            **facts,
+            "inputs": built.inputs,
+            "outputs": built.outputs,
+            "input_name": built.inputs[0]["name"],
+            "output_name": built.outputs[0]["name"],
+            "built_from": {"file": src.file, "sha256": src.entry["sha256"]},
+            "tensorrt_version": built.tensorrt_version,
+            "gpu": built.gpu["name"],
+            "compute_capability": built.gpu["compute_capability"],
+            "strongly_typed": built.strongly_typed,
+            "profile": built.profile,
+            "cache_key": built.cache_key,
+            "from_cache": built.from_cache,
+            "build_seconds": round(built.build_seconds, 2),
+            "agreement": agreement,
+        }
+        sidecar = {**meta_base, "precision": precision, "variant": "tensorrt", **{
+            k: entry[k] for k in ("sha256", "tensorrt_version", "gpu", "compute_capability",
+                                  "input_name", "output_name")
+        }}  # fmt: skip
+        write_json_atomic(sidecar, staging / (engine_file + ".json"))
+        entries.append(entry)
+    return entries
+
+
+def format_summary(report: ExportReport) -> str:
+    """The table `segkd export` prints: one row per artifact, then skips and notes."""
+    rows = [("artifact", "precision", "variant", "size", "check")]
+    for a in report.artifacts:
+        size = f"{a['size_bytes'] / 2**20:.1f} MiB"
+        if "parity" in a:
+            p = a["parity"]
+            diff = p.get("max_abs_logit_diff")
+            diff_txt = f"max|Δlogit| {diff:.1e}, " if isinstance(diff, float) else ""
+            check = f"vs PyTorch: {diff_txt}labels {_pct(p['pixel_agreement'])}"
+        else:
+            g = a.get("agreement", {})
+            check = f"vs fp32: labels {_pct(g.get('pixel_agreement', 0.0))}, mIoU {100 * g.get('miou_vs_fp32', 0.0):.1f}"
+            if g.get("miou_vs_ground_truth") is not None:
+                check += (
+                    f"; mIoU vs GT {100 * g['miou_vs_ground_truth']:.1f}"
+                    f" (fp32 {100 * g['fp32_miou_vs_ground_truth']:.1f})"
+                )
+        rows.append((a["file"], a["precision"], a["variant"], size, check))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+        for r in rows
+    ]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    for s in report.skipped:
+        lines.append(f"skipped {s['what']}: {s['why']}")
+    for n in report.manifest.get("notes", []):
+        lines.append(f"note: {n}")
+    lines.append(f"{report.manifest_path} ({report.seconds:.1f} s)")
+    return "\n".join(lines)

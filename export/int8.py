@@ -1,0 +1,260 @@
+"""INT8 post-training quantization to explicit Q/DQ ONNX, one recipe per target runtime.
+
+TensorRT (both 10.x and 11.x) consumes explicit Q/DQ graphs and rejects non-zero
+zero-points, so its recipe is fully symmetric int8. ONNX Runtime's CPU kernels are
+fastest with unsigned (asymmetric) activations, which fuse Conv+ReLU into QLinearConv
+(DEPLOY_FACTS.md); that recipe would be rejected by TensorRT, hence two artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from export.calibration import SampleReader
+from runtime.errors import SegkdError
+
+CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+# TensorRT's entropy calibrator uses 2048 histogram bins folded into 128 quantized bins.
+CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "minmax": {},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"num_bins": 2048, "percentile": 99.999},
+}
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """Everything that distinguishes one INT8 artifact from another."""
+
+    name: str  # "tensorrt" or "cpu": the variant recorded in export.json
+    file: str
+    activation_type: QuantType
+    weight_type: QuantType
+    op_types: tuple[str, ...] | None  # None = every op type onnxruntime can quantize
+    per_channel: bool
+    extra_options: dict[str, Any] = field(default_factory=dict)
+    symmetric_only: bool = False  # enforce all-zero int8 zero-points after writing
+    float_classifier: bool = True  # keep the last Conv (features -> class scores) in float
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "activations": "int8" if self.activation_type == QuantType.QInt8 else "uint8",
+            "weights": "int8" if self.weight_type == QuantType.QInt8 else "uint8",
+            "op_types": list(self.op_types) if self.op_types else "all",
+            "per_channel": self.per_channel,
+            "format": "QDQ",
+            **{
+                k: v
+                for k, v in self.extra_options.items()
+                if isinstance(v, (bool, int, float, str, list))
+            },
+        }
+
+
+# Symmetric int8 on Conv inputs only: the Q/DQ placement NVIDIA recommends (inputs of
+# quantizable layers, no Q/DQ on their outputs), fp32 biases that TensorRT fuses itself.
+# The PSP pooling MatMuls are left in float: they cost nothing, and their operand, the
+# pooling matrix (1/cells), changes with the input size, so a range calibrated at one
+# size would clip at another in a dynamic graph.
+TENSORRT_RECIPE = Int8Recipe(
+    name="tensorrt",
+    file="model.int8.onnx",
+    activation_type=QuantType.QInt8,
+    weight_type=QuantType.QInt8,
+    op_types=("Conv",),
+    per_channel=True,
+    extra_options={
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul"],
+    },
+    symmetric_only=True,
+)
+
+# Unsigned activations, signed per-channel weights (onnxruntime's guidance for x86
+# with VNNI). Conv outputs keep their Q/DQ here: that DQ->Conv->Q pattern is what
+# onnxruntime fuses into QLinearConv when the session loads; without it the Convs run
+# in float between DQ/Q pairs (measured 3x slower at 512x1024 on 2 cores).
+CPU_RECIPE = Int8Recipe(
+    name="cpu",
+    file="model.int8-cpu.onnx",
+    activation_type=QuantType.QUInt8,
+    weight_type=QuantType.QInt8,
+    op_types=("Conv",),
+    per_channel=True,
+    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+)
+
+RECIPES = {r.name: r for r in (TENSORRT_RECIPE, CPU_RECIPE)}
+
+
+def quantize_int8(
+    fp32_path: Path,
+    reader: SampleReader,
+    recipe: Int8Recipe,
+    method: str = "minmax",
+) -> onnx.ModelProto:
+    """Pre-process, calibrate on `reader` and quantize `fp32_path`; returns the Q/DQ model."""
+    if method not in CALIBRATION_METHODS:
+        raise SegkdError(
+            f"--int8-method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
+        )
+    # onnxruntime's quantizer logs per tensor and prints histogram progress.
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="segkd-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        out = Path(tmp) / "int8.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre))
+        except Exception as e:  # symbolic shape inference can trip on exotic graphs
+            logging.getLogger(__name__).warning(
+                "quant_pre_process failed (%s); quantizing the unprocessed graph", e
+            )
+            pre = fp32_path
+        exclude: list[str] = []
+        if recipe.float_classifier:
+            graph = onnx.load(str(pre))
+            unnamed = any(not n.name for n in graph.graph.node if n.op_type == "Conv")
+            exclude = classifier_convs(graph)  # names unnamed classifier Convs in `graph`
+            if unnamed:  # exclusion goes by node name: quantize the graph that has them
+                pre = Path(tmp) / "named.onnx"
+                onnx.save(graph, str(pre))
+        cache = _calibrate(pre, reader, recipe, method, Path(tmp))
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(pre),
+                str(out),
+                None,
+                calibration_cache_path=str(cache),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(recipe.op_types) if recipe.op_types else None,
+                per_channel=recipe.per_channel,
+                nodes_to_exclude=exclude,
+                activation_type=recipe.activation_type,
+                weight_type=recipe.weight_type,
+                calibrate_method=CALIBRATION_METHODS[method],
+                extra_options=dict(recipe.extra_options),
+            )
+        model = onnx.load(str(out))
+    if recipe.symmetric_only:
+        bad = zero_point_violations(model)
+        if bad:
+            raise SegkdError(
+                f"{recipe.file}: {len(bad)} Q/DQ nodes are not symmetric int8, which TensorRT "
+                f"rejects (e.g. {bad[0]})"
+            )
+    return model
+
+
+def _calibrate(
+    model: Path, reader: SampleReader, recipe: Int8Recipe, method: str, tmp: Path
+) -> Path:
+    """Collect activation ranges on `reader`; returns onnxruntime's calibration-cache JSON.
+
+    Calibrating here rather than inside quantize_static lets the histogram methods get
+    real settings: quantize_static cannot pass bin counts, and onnxruntime's entropy
+    defaults (128 bins, 128 quantized bins) leave a single candidate threshold, the
+    full range, which makes "entropy" identical to min/max.
+    """
+    reader.rewind()
+    calibrator = create_calibrator(
+        model,
+        list(recipe.op_types) if recipe.op_types else None,
+        augmented_model_path=str(tmp / "augmented.onnx"),
+        calibrate_method=CALIBRATION_METHODS[method],
+        extra_options=dict(CALIBRATOR_OPTIONS[method]),
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # histogram progress prints
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+    cache = tmp / "calibration.json"
+    save_tensors_data(ranges, cache)
+    return cache
+
+
+def classifier_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes whose output reaches the graph output without another Conv.
+
+    That is the 1x1 classifier: it runs at 1/8 resolution with a handful of output
+    channels, so it costs almost nothing in float, and its int8 rounding lands directly
+    on the class scores, where it flips the most labels.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        name = stack.pop()
+        node = producers.get(name)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type == "Conv":
+            if not node.name:
+                node.name = f"classifier_conv_{len(found)}"
+            found.append(node.name)
+            continue
+        stack.extend(i for i in node.input if i)
+    return found
+
+
+def _constant_tensors(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    out[node.output[0]] = numpy_helper.to_array(attr.t)
+    return out
+
+
+def zero_point_violations(model: onnx.ModelProto) -> list[str]:
+    """Every Q/DQ node whose zero-point is missing, not int8, or not all zeros.
+
+    A missing zero-point means uint8 in ONNX, so it is a violation too; so is one that
+    is computed at run time, since nothing guarantees it is zero.
+    """
+    consts = _constant_tensors(model)
+    bad = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        label = f"{node.op_type} {node.name or node.output[0]}"
+        if len(node.input) < 3 or not node.input[2]:
+            bad.append(f"{label}: no zero-point (defaults to uint8)")
+            continue
+        zp = consts.get(node.input[2])
+        if zp is None:
+            bad.append(f"{label}: zero-point {node.input[2]} is not a constant")
+        elif zp.dtype != np.int8:
+            bad.append(f"{label}: zero-point is {zp.dtype}, not int8")
+        elif np.any(zp != 0):
+            bad.append(f"{label}: non-zero zero-point {zp.ravel()[:4].tolist()}")
+    return bad
+
+
+def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
+    ops = [n.op_type for n in model.graph.node]
+    return {
+        "QuantizeLinear": ops.count("QuantizeLinear"),
+        "DequantizeLinear": ops.count("DequantizeLinear"),
+    }

@@ -1,0 +1,217 @@
+"""Run exported artifacts next to the PyTorch model on the same preprocessed images.
+
+Each artifact is checked as shipped: a labels graph (in-graph ArgMax) is run with its
+logits tensor exposed as an extra output of an in-memory copy, so the logit error is
+measured on the exact graph in the file, not on a sibling export.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from export.calibration import Prepared
+from runtime.metrics import ConfusionMatrix
+from runtime.postprocess import as_label_batch, restore_size
+
+# Verification is a reference computation: always the CPU provider, whatever is installed.
+PROVIDERS = ["CPUExecutionProvider"]
+
+# x (Bx3xHxW float32) -> (labels BxHxW, logits BxKxHxW float32 or None)
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+def make_session(model: onnx.ModelProto | str, threads: int | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # no per-node warnings in the export log
+    # Idle worker threads sleep instead of spinning: verification is not a latency
+    # measurement, and spinning threads starve everything else on a shared CPU.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        opts.intra_op_num_threads = threads
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, sess_options=opts, providers=PROVIDERS)
+
+
+def _logits_tensor(model: onnx.ModelProto) -> str | None:
+    """Name of the tensor the output ArgMax reads (through Casts), if the output is labels."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    node = producers.get(model.graph.output[0].name)
+    while node is not None and node.op_type in ("Cast", "Identity"):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "ArgMax":
+        return None
+    return node.input[0]
+
+
+def expose_logits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """(model whose LAST output is float logits, whether the logits were added)."""
+    if model.graph.output[0].type.tensor_type.elem_type in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+    ):
+        return model, False
+    name = _logits_tensor(model)
+    if name is None:
+        return model, False
+    elem = onnx.TensorProto.FLOAT
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for vi in inferred.graph.value_info:
+        if vi.name == name:
+            elem = vi.type.tensor_type.elem_type
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    return copy, True
+
+
+class OnnxRunner:
+    """An artifact under test on onnxruntime's CPU provider."""
+
+    def __init__(
+        self, model: onnx.ModelProto, output_kind: str, threads: int | None = None
+    ) -> None:
+        self.output_kind = output_kind
+        probe, added = expose_logits(model)
+        self.session = make_session(probe, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.has_logits = output_kind == "logits" or added
+        self.provider = self.session.get_providers()[0]  # the one that really ran
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outs = self.session.run(None, {self.input_name: x})
+        labels = as_label_batch(outs[0], self.output_kind)
+        logits = None
+        if self.output_kind == "logits":
+            logits = outs[0].astype(np.float32, copy=False)
+        elif self.has_logits:
+            logits = outs[-1].astype(np.float32, copy=False)
+        return labels, logits
+
+
+def torch_reference(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The PyTorch model as x -> float32 logits (B,K,H,W) on the CPU."""
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).float().numpy()
+
+    return run
+
+
+@dataclass
+class Agreement:
+    """How one artifact compares with the fp32 reference on held-out images."""
+
+    images: int = 0
+    input_shape: list[int] = field(default_factory=list)
+    max_abs_logit_diff: float | None = None  # None when the artifact exposes no logits
+    pixel_agreement: float = 0.0
+    miou_vs_reference: float = 0.0
+    miou_vs_ground_truth: float | None = None
+    reference_miou_vs_ground_truth: float | None = None
+    provider: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "input_shape": self.input_shape,
+            # JSON has no infinity: an overflowing fp16 logit is reported as the string "inf".
+            "max_abs_logit_diff": (
+                self.max_abs_logit_diff
+                if self.max_abs_logit_diff is None or math.isfinite(self.max_abs_logit_diff)
+                else "inf"
+            ),
+            "pixel_agreement": self.pixel_agreement,
+            "miou_vs_fp32": self.miou_vs_reference,
+            "miou_vs_ground_truth": self.miou_vs_ground_truth,
+            "fp32_miou_vs_ground_truth": self.reference_miou_vs_ground_truth,
+            "provider": self.provider,
+        }
+
+
+class _Tally:
+    def __init__(self, num_classes: int, ignore_index: int, with_gt: bool) -> None:
+        self.max_abs: float | None = None
+        self.same = 0
+        self.total = 0
+        self.vs_ref = ConfusionMatrix(num_classes, ignore_index)
+        self.vs_gt = ConfusionMatrix(num_classes, ignore_index) if with_gt else None
+
+    def add_logits(self, a: np.ndarray, b: np.ndarray) -> None:
+        d = float(np.max(np.abs(a - b))) if a.size else 0.0
+        if not math.isfinite(d):
+            d = math.inf
+        self.max_abs = d if self.max_abs is None else max(self.max_abs, d)
+
+
+def compare(
+    samples: Sequence[Prepared],
+    runners: Mapping[str, Runner],
+    reference: Callable[[np.ndarray], np.ndarray] | Sequence[np.ndarray],
+    num_classes: int,
+    ignore_index: int,
+    with_ground_truth: bool = True,
+    batch: int = 1,
+    providers: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Agreement], list[np.ndarray], float | None]:
+    """Run every artifact on every sample in batches of `batch`.
+
+    `reference` is the PyTorch model (x -> logits) or the reference label maps of an
+    earlier pass (for TensorRT engines, verified after the ONNX files). Returns each
+    artifact's agreement, the reference labels and the reference mIoU vs ground truth.
+    """
+    tallies = {k: _Tally(num_classes, ignore_index, with_ground_truth) for k in runners}
+    ref_gt = ConfusionMatrix(num_classes, ignore_index) if with_ground_truth else None
+    ref_labels_out: list[np.ndarray] = []
+    shape: list[int] = []
+    for start in range(0, len(samples), batch):
+        group = samples[start : start + batch]
+        x = np.concatenate([s.x for s in group], axis=0)
+        shape = list(x.shape)
+        ref_logits = None
+        if callable(reference):
+            ref_logits = reference(x)
+            ref_labels = as_label_batch(ref_logits, "logits")
+        else:
+            ref_labels = np.stack(reference[start : start + len(group)])
+        ref_labels_out.extend(ref_labels)
+        if ref_gt is not None:
+            for lab, s in zip(ref_labels, group, strict=True):
+                ref_gt.update(restore_size(lab, s.box, s.mask.shape), s.mask)
+        for key, run in runners.items():
+            labels, logits = run(x)
+            t = tallies[key]
+            if labels.shape != ref_labels.shape:
+                raise ValueError(
+                    f"{key}: output {labels.shape} does not match reference {ref_labels.shape}"
+                )
+            if ref_logits is not None and logits is not None:
+                t.add_logits(logits, ref_logits)
+            t.same += int((labels == ref_labels).sum())
+            t.total += int(labels.size)
+            t.vs_ref.update(labels, ref_labels)
+            if t.vs_gt is not None:
+                for lab, s in zip(labels, group, strict=True):
+                    t.vs_gt.update(restore_size(lab, s.box, s.mask.shape), s.mask)
+    ref_miou = ref_gt.summary().miou if ref_gt is not None else None
+    out = {}
+    for key, t in tallies.items():
+        out[key] = Agreement(
+            images=len(samples),
+            input_shape=shape,
+            max_abs_logit_diff=t.max_abs,
+            pixel_agreement=t.same / t.total if t.total else 0.0,
+            miou_vs_reference=t.vs_ref.summary().miou,
+            miou_vs_ground_truth=t.vs_gt.summary().miou if t.vs_gt is not None else None,
+            reference_miou_vs_ground_truth=ref_miou,
+            provider=(providers or {}).get(key, ""),
+        )
+    return out, ref_labels_out, ref_miou

@@ -1,0 +1,330 @@
+"""Export stage on a briefly trained tiny PSPNet-R18: parity, Q/DQ rules, export.json, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from distill.checkpoint import atomic_torch_save, load_model, make_checkpoint
+from distill.data import build_dataset
+from distill.models import build_model
+from export.api import Tolerances, export_checkpoint, format_summary
+from export.int8 import zero_point_violations
+from export.tensorrt_engine import engine_cache_key, tensorrt_unavailable_reason
+from runtime.errors import SegkdError
+from runtime.metadata import artifact_meta, parse_metadata_json, read_export_json, sha256_of
+from runtime.preprocess import PreprocessSpec
+
+SIZE = (64, 128)
+DATA = "synthetic:size=64x128,train=48,val=6"
+CPU = ["CPUExecutionProvider"]
+
+
+def _train_tiny(path: Path) -> Path:
+    """100 SGD steps of pspnet_r18 on 64x128 synthetic scenes.
+
+    Fewer steps leave logit margins so thin that any rounding flips labels, which says
+    nothing about a real student; 100 steps reach ~0.26 mIoU and stable INT8 figures.
+    """
+    torch.manual_seed(0)
+    ds = build_dataset(DATA, "train")
+    pre = PreprocessSpec(input_size=SIZE)
+    model = build_model("pspnet_r18", ds.labels.num_classes, aux=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        batch = [ds[int(i)] for i in rng.integers(0, len(ds), 4)]  # BN needs batch >= 2
+        x = torch.from_numpy(np.stack([pre.normalize(img) for img, _ in batch]))
+        y = torch.from_numpy(np.stack([m for _, m in batch])).long()
+        logits = F.interpolate(model(x)["logits"], size=SIZE, mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, y, ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    ckpt = make_checkpoint(
+        model=model,
+        arch="pspnet_r18",
+        model_kwargs=model.model_kwargs,
+        labels=ds.labels,
+        preprocess=pre,
+        config={"data": DATA},
+    )
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """On a shared 2-core machine, two spinning OpenMP threads ran 4x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train_tiny(tmp_path_factory.mktemp("ckpt") / "student.pt")
+
+
+@pytest.fixture(scope="module")
+def full(ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("export")
+    report = export_checkpoint(
+        ckpt, out, calib_data=DATA, calib_images=12, verify_images=6, int8_method="minmax"
+    )
+    return report
+
+
+def _val_inputs(pre: PreprocessSpec, n: int = 6) -> tuple[np.ndarray, list[np.ndarray]]:
+    ds = build_dataset(DATA, "val")
+    xs = [pre.apply(ds[i][0], input_order="RGB")[0] for i in range(n)]
+    return np.concatenate(xs), [ds[i][1] for i in range(n)]
+
+
+def _torch_logits(ckpt: Path, x: np.ndarray) -> np.ndarray:
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=CPU)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_fp32_labels_match_pytorch(full, ckpt: Path) -> None:
+    x, _ = _val_inputs(PreprocessSpec(input_size=SIZE))
+    ref = _torch_logits(ckpt, x).argmax(1)
+    labels = np.concatenate(
+        [_run(full.out_dir / "model.onnx", x[i : i + 1]) for i in range(len(x))]
+    )
+    assert labels.dtype == np.uint8 and labels.shape == ref.shape
+    assert (labels == ref).mean() >= 0.999
+    parity = full.artifact("model.onnx")["parity"]
+    assert parity["max_abs_logit_diff"] <= 1e-4
+    assert parity["images"] == 6 and parity["pixel_agreement"] >= 0.999
+
+
+def test_opset_ir_single_file_and_metadata(full) -> None:
+    files = sorted(p.name for p in full.out_dir.iterdir())
+    assert files == sorted(
+        ["export.json", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"]
+    ), files  # single files: no .onnx.data, no staging leftovers
+    for name in files[1:]:
+        proto = onnx.load(str(full.out_dir / name))
+        opset = {i.domain: i.version for i in proto.opset_import}
+        assert opset.get("", opset.get("ai.onnx")) == 17
+        assert proto.ir_version <= 13  # what onnxruntime 1.31 accepts
+        meta = {p.key: p.value for p in proto.metadata_props}
+        parsed = parse_metadata_json(meta["segkd"], name)
+        assert parsed.preprocess.input_size == SIZE
+        assert parsed.output == "labels" and parsed.output_name == "labels"
+        assert parsed.precision == full.artifact(name)["precision"]
+        ort.InferenceSession(str(full.out_dir / name), providers=CPU)
+
+
+def test_export_json_is_complete(full, ckpt: Path) -> None:
+    d = read_export_json(full.out_dir)
+    assert d["checkpoint"]["sha256"] == sha256_of(ckpt)
+    assert d["preprocess"]["input_size"] == list(SIZE)
+    assert d["labels"]["names"] == list(build_dataset(DATA, "val").labels.names)
+    by_file = {a["file"]: a for a in d["artifacts"]}
+    assert set(by_file) == {
+        "model.onnx",
+        "model.fp16.onnx",
+        "model.int8.onnx",
+        "model.int8-cpu.onnx",
+    }
+    for name, a in by_file.items():
+        path = full.out_dir / name
+        assert a["sha256"] == sha256_of(path) and a["size_bytes"] == path.stat().st_size
+        assert a["inputs"] == [{"name": "input", "shape": [1, 3, *SIZE], "dtype": "float32"}]
+        assert a["outputs"] == [{"name": "labels", "shape": [1, *SIZE], "dtype": "uint8"}]
+        assert a["opset"] == 17 and a["ir_version"] <= 13
+        meta = artifact_meta(d, a, full.manifest_path)
+        assert meta.precision == a["precision"] and meta.input_name == "input"
+        assert ("parity" in a) == (a["precision"] == "fp32")
+    assert by_file["model.int8.onnx"]["variant"] == "tensorrt"
+    assert by_file["model.int8-cpu.onnx"]["variant"] == "cpu"
+    # Calibration and verification images come from different splits.
+    assert d["calibration"]["split"] == "train" and d["verification"]["split"] == "val"
+    assert d["calibration"]["images"] == 12 and d["verification"]["images"] == 6
+    if tensorrt_unavailable_reason() is not None:
+        assert [s["what"] for s in d["skipped"]] == ["tensorrt engines"]
+        assert "tensorrt" in format_summary(full)
+    summary = format_summary(full)
+    assert all(name in summary for name in by_file)
+
+
+def _zero_points(proto: onnx.ModelProto) -> list[np.ndarray]:
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    out = []
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert len(node.input) == 3 and node.input[2] in inits, node.name
+            out.append(inits[node.input[2]])
+    return out
+
+
+def test_tensorrt_int8_is_symmetric(full) -> None:
+    proto = onnx.load(str(full.out_dir / "model.int8.onnx"))
+    zps = _zero_points(proto)
+    convs = sum(n.op_type == "Conv" for n in proto.graph.node)
+    assert len(zps) >= 2 * convs > 0  # every Conv has quantized activation and weight
+    assert all(z.dtype == np.int8 and not z.any() for z in zps)
+    assert zero_point_violations(proto) == []
+    # The CPU variant uses unsigned activations, which the check must flag for TensorRT.
+    cpu = onnx.load(str(full.out_dir / "model.int8-cpu.onnx"))
+    assert any("uint8" in v for v in zero_point_violations(cpu))
+
+
+def test_int8_agrees_with_fp32_on_held_out_images(full, ckpt: Path) -> None:
+    # Images 0..5 of the val split; calibration read the train split.
+    x, _ = _val_inputs(PreprocessSpec(input_size=SIZE))
+    ref = _torch_logits(ckpt, x).argmax(1)
+    for name in ("model.int8.onnx", "model.int8-cpu.onnx", "model.fp16.onnx"):
+        labels = np.concatenate([_run(full.out_dir / name, x[i : i + 1]) for i in range(len(x))])
+        floor = 0.99 if "fp16" in name else 0.98
+        assert (labels == ref).mean() >= floor, name
+        g = full.artifact(name)["agreement"]
+        assert g["pixel_agreement"] >= floor and g["images"] == 6
+        assert 0.0 <= g["miou_vs_ground_truth"] <= 1.0
+        assert math.isclose(g["pixel_agreement"], float((labels == ref).mean()), abs_tol=1e-9)
+
+
+def test_dynamic_logits_export_at_other_sizes(ckpt: Path, tmp_path: Path) -> None:
+    report = export_checkpoint(
+        ckpt, tmp_path, precisions="fp32", output="logits", dynamic=True,
+        calib_data=DATA, verify_images=2,
+    )  # fmt: skip
+    a = report.artifact("model.onnx")
+    assert a["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    assert a["dynamic_check"]["input_shape"][0] == 2
+    ds = build_dataset(DATA, "val")
+    for size, batch in ((SIZE, 1), ((48, 96), 2), ((80, 192), 1)):
+        pre = PreprocessSpec(input_size=size)
+        x = np.concatenate([pre.apply(ds[i][0], input_order="RGB")[0] for i in range(batch)])
+        got = _run(tmp_path / "model.onnx", x)
+        want = _torch_logits(ckpt, x)
+        assert got.shape == want.shape == (batch, ds.labels.num_classes, *size)
+        assert np.abs(got - want).max() <= 1e-4
+
+
+def test_fp16_only_with_int32_labels(ckpt: Path, tmp_path: Path) -> None:
+    report = export_checkpoint(
+        ckpt, tmp_path, precisions="fp16", label_dtype="int32", calib_data=DATA, verify_images=1
+    )
+    # fp32 is built and verified as the source, but only what was asked for is shipped.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.fp16.onnx"]
+    assert report.artifact("model.fp16.onnx")["outputs"][0]["dtype"] == "int32"
+    x, _ = _val_inputs(PreprocessSpec(input_size=SIZE), 1)
+    assert _run(tmp_path / "model.fp16.onnx", x).dtype == np.int32
+    inits = onnx.load(str(tmp_path / "model.fp16.onnx")).graph.initializer
+    assert {i.data_type for i in inits if len(i.dims) == 4} == {onnx.TensorProto.FLOAT16}
+
+
+def test_failed_verification_leaves_folder_untouched(ckpt: Path, tmp_path: Path) -> None:
+    (tmp_path / "export.json").write_text('{"old": true}')
+    impossible = Tolerances(fp32_min_agreement=1.01)
+    with pytest.raises(SegkdError, match=r"model\.onnx"):
+        export_checkpoint(
+            ckpt, tmp_path, precisions="fp32", calib_data=DATA, verify_images=1,
+            tolerances=impossible,
+        )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json"]
+    assert json.loads((tmp_path / "export.json").read_text()) == {"old": True}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "culprit"),
+    [
+        ({"input_size": "0x128"}, "--input-size"),
+        ({"input_size": "wide"}, "--input-size"),
+        ({"input_size": (16, 16)}, "--input-size"),
+        ({"precisions": "fp32,fp8"}, "--precision"),
+        ({"int8_method": "mse"}, "--int8-method"),
+        ({"output": "probs"}, "--output"),
+        ({"opset": 9}, "--opset"),
+    ],
+)
+def test_bad_arguments(ckpt: Path, tmp_path: Path, kwargs: dict, culprit: str) -> None:
+    with pytest.raises(SegkdError, match=culprit):
+        export_checkpoint(ckpt, tmp_path / "out", calib_data=DATA, **kwargs)
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.pt"
+    bogus.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(SegkdError, match=r"model\.pt"):
+        export_checkpoint(bogus, tmp_path / "out")
+    with pytest.raises(SegkdError, match="not found"):
+        export_checkpoint(tmp_path / "missing.pt", tmp_path / "out")
+
+
+def test_engine_cache_key_covers_every_input() -> None:
+    base = {
+        "onnx_sha256": "ab" * 32,
+        "tensorrt_version": "10.3.0",
+        "gpu_name": "Orin",
+        "compute_capability": "8.7",
+        "precision": "int8",
+        "input_shape": [1, 3, 512, 1024],
+    }
+    key = engine_cache_key(**base)
+    assert key == engine_cache_key(**dict(reversed(list(base.items()))))
+    changed = {
+        "onnx_sha256": "cd" * 32,
+        "tensorrt_version": "11.4.0",
+        "gpu_name": "NVIDIA H100",
+        "compute_capability": "9.0",
+        "precision": "fp16",
+        "input_shape": [1, 3, 1024, 2048],
+    }
+    for field, value in changed.items():
+        assert engine_cache_key(**{**base, field: value}) != key, field
+
+
+@pytest.mark.skipif(
+    tensorrt_unavailable_reason() is None, reason="TensorRT is installed: --require-trt passes"
+)
+def test_require_trt_fails_fast_without_tensorrt(ckpt: Path, tmp_path: Path) -> None:
+    with pytest.raises(SegkdError, match="--require-trt"):
+        export_checkpoint(ckpt, tmp_path / "out", require_trt=True)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(
+    tensorrt_unavailable_reason() is not None,
+    reason=f"TensorRT engines cannot be built here: {tensorrt_unavailable_reason()}",
+)
+def test_tensorrt_engines(ckpt: Path, tmp_path: Path) -> None:
+    from export.tensorrt_engine import TrtOptions
+
+    report = export_checkpoint(
+        ckpt, tmp_path, calib_data=DATA, calib_images=8, verify_images=4,
+        require_trt=True, trt=TrtOptions(cache_dir=tmp_path / "cache", workspace_gib=1.0),
+    )  # fmt: skip
+    for precision in ("fp32", "fp16", "int8"):
+        a = report.artifact(f"model.{precision}.engine")
+        assert a["sha256"] == sha256_of(tmp_path / a["file"])
+        assert a["agreement"]["pixel_agreement"] >= a["agreement"]["min_pixel_agreement"]
+        assert (tmp_path / f"{a['file']}.json").is_file()
+    # A second export reuses the cached engines.
+    again = export_checkpoint(
+        ckpt, tmp_path / "again", precisions="fp32", calib_data=DATA, verify_images=2,
+        require_trt=True, trt=TrtOptions(cache_dir=tmp_path / "cache", workspace_gib=1.0),
+    )  # fmt: skip
+    assert again.artifact("model.fp32.engine")["from_cache"] is True
