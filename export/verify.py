@@ -113,6 +113,7 @@ class Agreement:
     images: int = 0
     input_shape: list[int] = field(default_factory=list)
     max_abs_logit_diff: float | None = None  # None when the artifact exposes no logits
+    max_abs_logit: float | None = None  # largest |logit| seen: float error scales with it
     pixel_agreement: float = 0.0
     miou_vs_reference: float = 0.0
     miou_vs_ground_truth: float | None = None
@@ -129,6 +130,7 @@ class Agreement:
                 if self.max_abs_logit_diff is None or math.isfinite(self.max_abs_logit_diff)
                 else "inf"
             ),
+            "max_abs_logit": self.max_abs_logit,
             "pixel_agreement": self.pixel_agreement,
             "miou_vs_fp32": self.miou_vs_reference,
             "miou_vs_ground_truth": self.miou_vs_ground_truth,
@@ -140,6 +142,7 @@ class Agreement:
 class _Tally:
     def __init__(self, num_classes: int, ignore_index: int, with_gt: bool) -> None:
         self.max_abs: float | None = None
+        self.scale: float | None = None
         self.same = 0
         self.total = 0
         self.vs_ref = ConfusionMatrix(num_classes, ignore_index)
@@ -150,6 +153,8 @@ class _Tally:
         if not math.isfinite(d):
             d = math.inf
         self.max_abs = d if self.max_abs is None else max(self.max_abs, d)
+        m = float(np.max(np.abs(b))) if b.size else 0.0
+        self.scale = m if self.scale is None else max(self.scale, m)
 
 
 def compare(
@@ -208,6 +213,7 @@ def compare(
             images=len(samples),
             input_shape=shape,
             max_abs_logit_diff=t.max_abs,
+            max_abs_logit=t.scale,
             pixel_agreement=t.same / t.total if t.total else 0.0,
             miou_vs_reference=t.vs_ref.summary().miou,
             miou_vs_ground_truth=t.vs_gt.summary().miou if t.vs_gt is not None else None,
