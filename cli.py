@@ -31,14 +31,10 @@ def _size(value: str | None, option: str) -> tuple[int, int] | None:
 
 
 def _write_json(path: Path | None, data: Any) -> None:
-    if path is None:
-        return
-    import json
+    if path is not None:
+        from runtime.atomic_io import write_json_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+        write_json_atomic(data, path)
 
 
 @app.command()

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-DATA = "synthetic:size=128x256,val=50"
-COMMON = ["--data", DATA, "--crop-size", "64x128", "--batch-size", "4", "--num-workers", "1"]
+DATA = "synthetic:val=50"
+COMMON = ["--data", DATA, "--crop-size", "128x256", "--batch-size", "4", "--num-workers", "1"]
 
 # name -> extra arguments of `segkd distill` (None: the student trained alone)
 ROWS: dict[str, list[str] | None] = {

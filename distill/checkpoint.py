@@ -8,9 +8,7 @@ not create is ever unpickled.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import torch
 
+from runtime.atomic_io import atomic_output
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.preprocess import PreprocessSpec
@@ -27,25 +26,9 @@ FORMAT_VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through a temporary file and a rename: a crash never leaves half a file."""
+    with atomic_output(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def make_checkpoint(

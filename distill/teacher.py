@@ -8,7 +8,6 @@ never rewritten.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,19 +18,12 @@ from torch import nn
 
 from distill.checkpoint import atomic_torch_save, load_checkpoint
 from distill.losses.pid import PositionReadout, fit_position_readout
+from runtime.atomic_io import sha256_of as file_sha256
 from runtime.errors import SegkdError
 
 log = logging.getLogger(__name__)
 
 READOUT_KEY = "position_readout"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sidecar_path(teacher_path: Path) -> Path:

@@ -7,14 +7,12 @@ or replaced copy.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic_io import write_json_atomic as _write_json
 from runtime.metadata import EXPORT_FORMAT, EXPORT_VERSION, sha256_of
 
 
@@ -63,16 +61,5 @@ def file_facts(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Strict JSON (no NaN/inf), written atomically."""
+    return _write_json(data, path, strict=True)

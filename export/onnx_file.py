@@ -7,13 +7,12 @@ is checked, carries its metadata under the "segkd" key and is replaced atomicall
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from runtime.atomic_io import write_bytes_atomic
 from runtime.errors import SegkdError
 from runtime.metadata import METADATA_KEY
 
@@ -127,20 +126,7 @@ def finalize(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
 
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Serialize `model` into ONE file (no external .onnx.data), via temp file + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, model.SerializeToString())
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:

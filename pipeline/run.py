@@ -17,15 +17,9 @@ from typing import Any
 
 from pipeline.config import section_hash_view
 from pipeline.steps import Step, StepRunner
+from runtime.atomic_io import write_json_atomic
 from runtime.errors import SegkdError
 from runtime.sizes import parse_size
-
-
-def _json_write(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 def _fresh(folder: Path) -> None:
@@ -262,7 +256,7 @@ class Pipeline:
             result = evaluate_on_dataset(
                 model, self.cfg["data"], ev["split"], ev["max_images"], backend, self.cfg["device"]
             )
-            _json_write({"name": name, "model": str(model), **result.to_dict()}, path)
+            write_json_atomic({"name": name, "model": str(model), **result.to_dict()}, path)
 
         self.runner.run(
             Step(
@@ -287,7 +281,7 @@ class Pipeline:
             frames = [img[:, :, ::-1].copy() for img, _, _ in samples()]  # RGB -> camera BGR
             with open_model(model, backend, self.cfg["device"], threads=b["threads"]) as seg:
                 res = benchmark(seg, frames, iters=int(b["iters"]), warmup=int(b["warmup"]))
-            _json_write({"name": name, **res.to_dict()}, path)
+            write_json_atomic({"name": name, **res.to_dict()}, path)
 
         self.runner.run(
             Step(

@@ -6,12 +6,12 @@ any file may have a sidecar `<file>.json` with the same keys as the ONNX "segkd"
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runtime.atomic_io import sha256_of
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.preprocess import PreprocessSpec
@@ -132,14 +132,6 @@ def sidecar_meta(path: Path) -> ModelMeta | None:
             if isinstance(art, dict) and art.get("file") == path.name:
                 return artifact_meta(export, art, path.parent / EXPORT_JSON)
     return None
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path, meta: ModelMeta) -> None:
