@@ -104,8 +104,9 @@ def artifact_name(entry: dict[str, Any]) -> tuple[str, str]:
     label = entry["precision"] + (
         f" ({variant})" if variant and entry["precision"] == "int8" else ""
     )
-    key = file.replace("model.", "").replace(".onnx", "").replace(".engine", "-trt") or "fp32"
-    key = "fp32" if key == "model" else key
+    # model.onnx -> fp32, model.int8-cpu.onnx -> int8-cpu, model.fp16.engine -> fp16-trt
+    stem = file.removesuffix(".onnx").removesuffix(".engine").removeprefix("model")
+    key = (stem.lstrip(".") or "fp32") + ("-trt" if file.endswith(".engine") else "")
     return f"{backend} {label}", f"{backend}-{key}"
 
 
@@ -203,12 +204,16 @@ class Pipeline:
         folder = self.out / "export"
         manifest = folder / "export.json"
         e = self.cfg["export"]
-        listed: list[Path] = []
-        if manifest.is_file():  # a deleted artifact makes the export step stale
+
+        def outputs() -> list[Path]:
+            """export.json and every artifact it lists: a deleted artifact makes the step stale."""
+            if not manifest.is_file():
+                return [manifest]
             try:
-                listed = [folder / a["file"] for a in json.loads(manifest.read_text())["artifacts"]]
-            except (json.JSONDecodeError, KeyError):
-                listed = []
+                files = [a["file"] for a in json.loads(manifest.read_text())["artifacts"]]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                return [manifest, folder / ".unreadable-export-json"]  # forces a re-export
+            return [manifest, *(folder / f for f in files)]
 
         def run() -> None:
             from export.api import export_checkpoint
@@ -236,7 +241,7 @@ class Pipeline:
             Step(
                 "export",
                 run,
-                outputs=[manifest, *listed],
+                outputs=outputs,
                 inputs=[student],
                 settings=section_hash_view(self.cfg, "data", "export"),
             )
@@ -401,10 +406,10 @@ def run_pipeline(
                 "pixel_agreement": (
                     (entry or {}).get("agreement") or (entry or {}).get("parity") or {}
                 ).get("pixel_agreement"),
-                "latency_ms": {k: e2e[k] for k in ("p50", "p99", "mean")},
-                "fps": bench["fps"],
+                "latency_ms": {k: e2e[f"{k}_ms"] for k in ("p50", "p99", "mean")},
+                "fps": e2e["fps"],
                 "stages_ms": {
-                    s: bench[s]["mean"] for s in ("preprocess", "inference", "postprocess")
+                    s: bench[s]["mean_ms"] for s in ("preprocess", "inference", "postprocess")
                 },
                 "iou": ev.get("iou") or ev.get("metrics", {}).get("iou"),
             }

@@ -23,9 +23,13 @@ from runtime.atomic_io import sha256_of as sha256_file
 class Step:
     name: str
     run: Callable[[], None]
-    outputs: Sequence[Path]
+    # A list, or a function for steps whose outputs are only known once they ran (export).
+    outputs: Sequence[Path] | Callable[[], Sequence[Path]]
     inputs: Sequence[Path] = ()
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def output_paths(self) -> list[Path]:
+        return [Path(p) for p in (self.outputs() if callable(self.outputs) else self.outputs)]
 
     def key(self) -> str:
         h = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
@@ -59,7 +63,7 @@ class StepRunner:
             return False
         outputs = saved.get("outputs", {})
         return all(
-            p.is_file() and outputs.get(str(p)) == sha256_file(p) for p in map(Path, step.outputs)
+            p.is_file() and outputs.get(str(p)) == sha256_file(p) for p in step.output_paths()
         )
 
     def run(self, step: Step) -> bool:
@@ -73,12 +77,13 @@ class StepRunner:
         t0 = time.perf_counter()
         step.run()
         seconds = time.perf_counter() - t0
-        missing = [str(p) for p in step.outputs if not Path(p).is_file()]
+        produced = step.output_paths()
+        missing = [str(p) for p in produced if not p.is_file()]
         if missing:
             raise RuntimeError(f"step {step.name} finished without writing {', '.join(missing)}")
         stamp = {
             "key": key,
-            "outputs": {str(p): sha256_file(Path(p)) for p in step.outputs},
+            "outputs": {str(p): sha256_file(p) for p in produced},
             "seconds": seconds,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
