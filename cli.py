@@ -163,7 +163,7 @@ def distill(
     kd_temperature: float = 1.0,
     w_idd: Annotated[float, typer.Option(help="weight of inter-class distance distillation")] = 1.0,
     idd_distance: Annotated[str, typer.Option(help="euclidean or cosine")] = "euclidean",
-    idd_scale: Annotated[str, typer.Option(help="adapter, normalize, both or none")] = "adapter",
+    idd_scale: Annotated[str, typer.Option(help="normalize, adapter, both or none")] = "normalize",
     w_pid: Annotated[float, typer.Option(help="weight of position information distillation")] = 5.0,
     pid_mode: Annotated[
         str, typer.Option(help="teacher_readout or student_readout")

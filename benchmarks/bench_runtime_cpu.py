@@ -55,7 +55,9 @@ def main() -> None:
     for path, backend in candidates:
         with open_model(path, backend, "cpu") as seg:
             results.append(benchmark(seg, frame_size=size, iters=args.iters, warmup=args.warmup))
-    print(format_table(results))
+    from rich.console import Console
+
+    Console(width=200).print(format_table(results))
 
     demo_path = args.export / args.demo_model
     with tempfile.TemporaryDirectory() as tmp:

@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "kd_temperature": 1.0,
         "w_idd": 1.0,
         "idd_distance": "euclidean",
-        "idd_scale": "adapter",
+        "idd_scale": "normalize",
         "w_pid": 5.0,
         "pid_mode": "teacher_readout",
         "w_cwd": 3.0,

@@ -53,6 +53,7 @@ def make(losses=("kd", "idd", "pid", "cwd"), **cfg) -> tuple[DistillObjective, T
     teacher = TinySegmentor(8, seed=1)
     student = TinySegmentor(4, seed=2)
     readout = PositionReadout(8, 2, hidden=4)
+    cfg.setdefault("idd_scale", "adapter")  # these tests exercise the shared IDD/PID adapter
     config = DistillConfig(losses=losses, **cfg)
     return DistillObjective(teacher, 4, K, config, readout), student
 
