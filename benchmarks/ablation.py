@@ -24,12 +24,16 @@ COMMON = ["--data", DATA, "--crop-size", "128x256", "--batch-size", "4", "--num-
 ROWS: dict[str, list[str] | None] = {
     "student alone": None,
     "+KD": ["--losses", "kd"],
-    "+KD+IDD": ["--losses", "kd,idd"],
-    "+KD+IDD+PID": ["--losses", "kd,idd,pid"],
+    # The first rows ran with the adapter, then the default: named so they reproduce.
+    "+KD+IDD": ["--losses", "kd,idd", "--idd-scale", "adapter"],
+    "+KD+IDD+PID": ["--losses", "kd,idd,pid", "--idd-scale", "adapter"],
     "+CWD": ["--losses", "cwd"],
     "+KD+IDD (normalize)": ["--losses", "kd,idd", "--idd-scale", "normalize"],
-    "+KD+IDD (cosine)": ["--losses", "kd,idd", "--idd-distance", "cosine"],
-}
+    "+KD+IDD (cosine)": ["--losses", "kd,idd", "--idd-distance", "cosine", "--idd-scale", "adapter"],
+    "+KD+IDD+PID (normalize, w_kd 1)": [
+        "--losses", "kd,idd,pid", "--idd-scale", "normalize", "--w-kd", "1",
+    ],
+}  # fmt: skip
 
 
 def segkd(*args: str) -> None:
