@@ -30,6 +30,7 @@ ROWS: dict[str, list[str] | None] = {
     "+CWD": ["--losses", "cwd"],
     "+KD+IDD (normalize)": ["--losses", "kd,idd", "--idd-scale", "normalize"],
     "+KD+IDD (cosine)": ["--losses", "kd,idd", "--idd-distance", "cosine", "--idd-scale", "adapter"],
+    "+KD (w_kd 1)": ["--losses", "kd", "--w-kd", "1"],
     "+KD+IDD+PID (normalize, w_kd 1)": [
         "--losses", "kd,idd,pid", "--idd-scale", "normalize", "--w-kd", "1",
     ],
