@@ -159,7 +159,7 @@ def distill(
     student: Annotated[str, typer.Option(help="student architecture")] = "pspnet_r18",
     losses: Annotated[str, typer.Option(help="comma-separated: kd, idd, pid, cwd")] = "kd,idd,pid",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/distill"),
-    w_kd: Annotated[float, typer.Option(help="weight of pixel-wise KD")] = 10.0,
+    w_kd: Annotated[float, typer.Option(help="weight of pixel-wise KD")] = 1.0,
     kd_temperature: float = 1.0,
     w_idd: Annotated[float, typer.Option(help="weight of inter-class distance distillation")] = 1.0,
     idd_distance: Annotated[str, typer.Option(help="euclidean or cosine")] = "euclidean",

@@ -4,36 +4,38 @@ Every run is a real `segkd train` / `segkd distill` command; results are collect
 each run's summary.json (final val mIoU on the whole val split, not the best-of-evals,
 which would favour noisy rows). Finished runs are skipped, so the script resumes.
 
-    python benchmarks/ablation.py --out runs/ablation --seeds 0 1 2 --json docs/ablation.json
+    python benchmarks/ablation.py --out runs/ablation --seeds 0 1 2 --json docs/results/ablation.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-DATA = "synthetic:val=50"
-COMMON = ["--data", DATA, "--crop-size", "128x256", "--batch-size", "4", "--num-workers", "1"]
-
-# name -> extra arguments of `segkd distill` (None: the student trained alone)
-ROWS: dict[str, list[str] | None] = {
-    "student alone": None,
-    "+KD": ["--losses", "kd"],
-    # The first rows ran with the adapter, then the default: named so they reproduce.
-    "+KD+IDD": ["--losses", "kd,idd", "--idd-scale", "adapter"],
-    "+KD+IDD+PID": ["--losses", "kd,idd,pid", "--idd-scale", "adapter"],
-    "+CWD": ["--losses", "cwd"],
-    "+KD+IDD (normalize)": ["--losses", "kd,idd", "--idd-scale", "normalize"],
-    "+KD+IDD (cosine)": ["--losses", "kd,idd", "--idd-distance", "cosine", "--idd-scale", "adapter"],
-    "+KD (w_kd 1)": ["--losses", "kd", "--w-kd", "1"],
-    "+KD+IDD+PID (normalize, w_kd 1)": [
-        "--losses", "kd,idd,pid", "--idd-scale", "normalize", "--w-kd", "1",
-    ],
+# name -> (command, its extra arguments). Every distillation row runs at the library
+# defaults (DistillConfig) unless it names an option; `--extra` adds arguments (e.g.
+# weights) to every distillation row alike. "(lr x2)" is a control: KD at w_kd 1 roughly
+# doubles the gradient, so part of a KD gain could be nothing but a larger step.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "student alone": ("train", []),
+    "+KD": ("distill", ["--losses", "kd"]),
+    "+KD+IDD": ("distill", ["--losses", "kd,idd"]),
+    "+KD+IDD+PID": ("distill", ["--losses", "kd,idd,pid"]),
+    "+CWD": ("distill", ["--losses", "cwd"]),
+    "student alone (lr x2)": ("train", ["--lr", "0.02"]),
+    "+KD+IDD (adapter)": ("distill", ["--losses", "kd,idd", "--idd-scale", "adapter"]),
+    "+KD+IDD (cosine)": ("distill", ["--losses", "kd,idd", "--idd-distance", "cosine"]),
+    "+CWD+IDD+PID": ("distill", ["--losses", "cwd,idd,pid"]),
+    "+KD+IDD+PID (student readout)": (
+        "distill", ["--losses", "kd,idd,pid", "--pid-mode", "student_readout"],
+    ),
 }  # fmt: skip
 
 
@@ -47,16 +49,29 @@ def final_miou(run: Path) -> float:
     return float(json.loads((run / "summary.json").read_text())["final"]["val_miou"])
 
 
+def run_dir(out: Path, row: str, seed: int) -> Path:
+    name = row.replace(" ", "_").replace("+", "p").replace("(", "").replace(")", "")
+    return out / f"{name}-s{seed}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--teacher-model", default="pspnet_r101")
-    ap.add_argument("--teacher-iters", type=int, default=400)
+    ap.add_argument("--data", default="synthetic:size=128x256,val=50")
+    ap.add_argument("--crop-size", default="64x128")
+    ap.add_argument("--batch-size", type=int, default=4, help="students' batch size")
+    ap.add_argument("--teacher-model", default="pspnet_r18")
+    ap.add_argument("--teacher-iters", type=int, default=2400)
+    ap.add_argument("--teacher-batch-size", type=int, default=8)
     ap.add_argument("--student-model", default="pspnet_r18")
-    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--iters", type=int, default=400)
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help="subset of rows to run")
-    ap.add_argument("--extra", nargs="*", default=[], help="extra args for every distill run")
+    ap.add_argument(
+        "--extra",
+        default="",
+        help='extra arguments for every distillation row, one string: --extra="--w-kd 1"',
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
         "--shard",
@@ -64,11 +79,18 @@ def main() -> None:
         help="i/n: run every n-th job from i (parallel single-thread runs)",
     )
     args = ap.parse_args()
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        ap.error(f"unknown row(s) {unknown}; known: {list(ROWS)}")
+    extra_all = shlex.split(args.extra)
+    common = ["--data", args.data, "--crop-size", args.crop_size, "--num-workers", "1"]
 
+    # The teacher is trained once in OUT/teacher (resumable); a finished one is reused.
     teacher = args.out / "teacher"
     if not (teacher / "summary.json").is_file():
-        segkd("train", *COMMON, "--model", args.teacher_model, "--iters", str(args.teacher_iters),
-              "--eval-interval", str(args.teacher_iters), "--role", "teacher", "--out", str(teacher),
+        segkd("train", *common, "--batch-size", str(args.teacher_batch_size), "--model",
+              args.teacher_model, "--iters", str(args.teacher_iters), "--eval-interval",
+              str(args.teacher_iters), "--role", "teacher", "--out", str(teacher),
               *(["--resume"] if (teacher / "resume.pt").is_file() else []))  # fmt: skip
     results: dict[str, dict[str, float]] = {}
     t0 = time.time()
@@ -82,27 +104,22 @@ def main() -> None:
     index, count = (int(v) for v in args.shard.split("/"))
     mine = set(order[index::count])
     for seed, row in order:
-        extra = ROWS[row]
-        run = (
-            args.out
-            / f"{row.replace(' ', '_').replace('+', 'p').replace('(', '').replace(')', '')}-s{seed}"
-        )
+        command, extra = ROWS[row]
+        run = run_dir(args.out, row, seed)
         if not (run / "summary.json").is_file():
             if (seed, row) not in mine:
                 continue  # another shard runs it; the last, unsharded call aggregates
             if run.exists():
-                import shutil
-
                 shutil.rmtree(run)
-            base = [*COMMON, "--iters", str(args.iters), "--eval-interval", str(args.iters),
-                    "--seed", str(seed), "--out", str(run)]  # fmt: skip
-            if extra is None:
-                segkd("train", "--model", args.student_model, *base)
+            base = [*common, "--batch-size", str(args.batch_size), "--iters", str(args.iters),
+                    "--eval-interval", str(args.iters), "--seed", str(seed), "--out", str(run)]  # fmt: skip
+            if command == "train":
+                segkd("train", "--model", args.student_model, *base, *extra)
             else:
                 segkd("distill", "--teacher", str(teacher / "best.pt"), "--student",
-                      args.student_model, *base, *extra, *args.extra)  # fmt: skip
+                      args.student_model, *base, *extra, *extra_all)  # fmt: skip
         results.setdefault(row, {})[str(seed)] = final_miou(run)
-        print(f"{row:24s} seed {seed}: {100 * results[row][str(seed)]:.2f}", flush=True)
+        print(f"{row:32s} seed {seed}: {100 * results[row][str(seed)]:.2f}", flush=True)
     table = {
         row: {
             "seeds": v,
@@ -112,21 +129,24 @@ def main() -> None:
         for row, v in results.items()
     }
     out = {
-        "data": DATA,
+        "data": args.data,
+        "crop_size": args.crop_size,
         "teacher": {
             "model": args.teacher_model,
             "iters": args.teacher_iters,
+            "batch_size": args.teacher_batch_size,
             "val_miou": final_miou(teacher),
         },
         "student": args.student_model,
         "iters": args.iters,
-        "common": COMMON,
+        "batch_size": args.batch_size,
+        "extra": extra_all,
         "rows": table,
         "seconds": time.time() - t0,
     }
     print(f"teacher {args.teacher_model}: {100 * out['teacher']['val_miou']:.2f}")
     for row, r in table.items():
-        print(f"{row:24s} {100 * r['mean']:.2f} ± {100 * r['std']:.2f}  (n={len(r['seeds'])})")
+        print(f"{row:32s} {100 * r['mean']:.2f} ± {100 * r['std']:.2f}  (n={len(r['seeds'])})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))

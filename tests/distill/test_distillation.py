@@ -206,3 +206,18 @@ def test_config_parses_strings_and_round_trips() -> None:
     assert DistillConfig.from_dict(config.to_dict()) == config
     assert config.active("kd") and not config.active("pid")
     assert not DistillConfig(losses=("kd",), w_kd=0).active("kd")
+
+
+def test_cli_distill_defaults_are_the_library_defaults() -> None:
+    # The CLI spells its defaults out (typer needs literals); they must not drift.
+    import dataclasses
+    import inspect
+
+    import cli
+
+    params = inspect.signature(cli.distill).parameters
+    defaults = DistillConfig()
+    for f in dataclasses.fields(DistillConfig):
+        if f.name in params and f.name != "losses":
+            assert params[f.name].default == getattr(defaults, f.name), f.name
+    assert tuple(params["losses"].default.split(",")) == defaults.losses
