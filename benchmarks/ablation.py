@@ -32,6 +32,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "student alone (lr x2)": ("train", ["--lr", "0.02"]),
     "+KD+IDD (adapter)": ("distill", ["--losses", "kd,idd", "--idd-scale", "adapter"]),
     "+KD+IDD (cosine)": ("distill", ["--losses", "kd,idd", "--idd-distance", "cosine"]),
+    "+CWD+IDD": ("distill", ["--losses", "cwd,idd"]),
     "+CWD+IDD+PID": ("distill", ["--losses", "cwd,idd,pid"]),
     "+KD+IDD+PID (student readout)": (
         "distill", ["--losses", "kd,idd,pid", "--pid-mode", "student_readout"],
