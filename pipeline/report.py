@@ -307,7 +307,10 @@ def _distillation_section(report: Mapping[str, Any]) -> list[str]:
     if isinstance(baseline, Mapping):
         out.append(
             f"Student alone: {fmt_pct(baseline.get('val_miou'))} mIoU; distilled: "
-            f"{fmt_pct(student.get('val_miou'))}; distillation adds **{fmt_pts(gain)} pts**."
+            f"{fmt_pct(student.get('val_miou'))}; distillation adds **{fmt_pts(gain)} pts**. "
+            "Both are one run each: a gap smaller than the seed-to-seed spread of such runs "
+            "is noise (measure it with several `seed` values; for the synthetic default see "
+            "docs/BENCHMARKS.md, distillation ablation)."
         )
     else:
         out.append("No student-alone baseline was trained, so the gain is not measured.")
