@@ -171,7 +171,8 @@ def _figure_jobs(report: Mapping[str, Any], fig_dir: Path) -> dict[str, Callable
         )
     if timed:
         jobs["latency"] = lambda: figures.plot_latency(timed, fig_dir / "latency.png")
-    examples = list(report.get("examples") or [])
+    # report.json keeps only the examples' shapes, so a report re-rendered from it has none.
+    examples = [ex for ex in report.get("examples") or [] if ex.get("image") is not None]
     if examples:
         jobs["examples"] = lambda: figures.plot_examples(
             examples,

@@ -242,3 +242,13 @@ def test_formatting_helpers() -> None:
     assert table.splitlines() == ["| a | b |", "| --- | ---: |", "| x\\|y | 1.5 |"]
     data = to_jsonable({"a": np.float64(0.5), "b": np.zeros(3), "c": (np.int64(2), Path("p"))})
     assert data == {"a": 0.5, "c": [2, "p"]}
+
+
+def test_rerender_from_report_json(tmp_path: Path) -> None:
+    # report.json keeps only the examples' shapes: re-rendering from it must not fail on them.
+    write_report(make_report(), tmp_path / "run")
+    data = json.loads((tmp_path / "run" / "report.json").read_text())
+    files = write_report(data, tmp_path / "again")
+    md = files["markdown"].read_text()
+    assert "KeyError" not in md and "examples" not in files
+    assert "**61.23%**" in md
