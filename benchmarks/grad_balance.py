@@ -7,7 +7,7 @@ training batches, for a fresh student (step 0) and optionally a trained one, so 
 term weights can be set from measurements instead of guessed.
 
     python benchmarks/grad_balance.py --teacher runs/teacher/best.pt \
-        --student-checkpoint runs/student/best.pt --data synthetic:size=128x256 --crop-size 64x128
+        --student-checkpoint runs/student/best.pt --w-idd 8
 """
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ from distill.teacher import cached_readout
 from distill.training.config import TrainConfig
 from distill.training.distill_run import readout_batches
 from runtime.sizes import parse_size
+
+TERM_OPTIONS = {
+    "w_kd": float,
+    "kd_temperature": float,
+    "w_idd": float,
+    "idd_scale": str,
+    "w_pid": float,
+    "w_cwd": float,
+}
 
 
 def term_grad_norms(
@@ -64,11 +73,9 @@ def main() -> None:
     ap.add_argument("--crop-size", default="64x128")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--w-kd", type=float, default=1.0)
-    ap.add_argument("--w-idd", type=float, default=1.0)
-    ap.add_argument("--w-pid", type=float, default=5.0)
-    ap.add_argument("--w-cwd", type=float, default=3.0)
-    ap.add_argument("--idd-scale", default="normalize")
+    # Unset options take the library defaults (DistillConfig).
+    for name, kind in TERM_OPTIONS.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -82,14 +89,8 @@ def main() -> None:
     teacher, tckpt = load_model(args.teacher)
     found = cached_readout(args.teacher, tckpt)
     losses = ("kd", "idd", "cwd", "pid") if found is not None else ("kd", "idd", "cwd")
-    dcfg = DistillConfig(
-        losses=losses,
-        w_kd=args.w_kd,
-        w_idd=args.w_idd,
-        w_pid=args.w_pid,
-        w_cwd=args.w_cwd,
-        idd_scale=args.idd_scale,
-    )
+    chosen = {k: getattr(args, k) for k in TERM_OPTIONS if getattr(args, k) is not None}
+    dcfg = DistillConfig(losses=losses, **chosen)
     num_classes = int(tckpt["num_classes"])
 
     students: dict[str, torch.nn.Module] = {"fresh": build_model(args.student, num_classes)}

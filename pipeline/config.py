@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from distill.distillation import DistillConfig
 from runtime.errors import SegkdError
 
 
@@ -53,21 +54,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "student": _training("pspnet_r18", 200),
     "baseline": True,  # also train the student alone, to report what distillation adds
-    "distill": {
-        # The library defaults (DistillConfig; tests check they agree), chosen from the
-        # synthetic ablation: docs/BENCHMARKS.md and docs/METHOD.md say why.
-        "losses": ["cwd", "idd", "pid"],
-        "w_kd": 1.0,
-        "kd_temperature": 4.0,
-        "w_idd": 8.0,
-        "idd_distance": "euclidean",
-        "idd_scale": "normalize",
-        "w_pid": 5.0,
-        "pid_mode": "teacher_readout",
-        "w_cwd": 3.0,
-        "cwd_temperature": 4.0,
-        "aux_weight": 0.4,
-    },
+    # The library's defaults (chosen from the synthetic ablation: docs/METHOD.md says why),
+    # every key but ignore_index, which follows the dataset.
+    "distill": {k: v for k, v in DistillConfig().to_dict().items() if k != "ignore_index"},
     "export": {
         "precisions": ["fp32", "fp16", "int8"],
         "input_size": None,  # None: the size recorded in the student checkpoint

@@ -64,11 +64,3 @@ def test_missing_or_broken_file_is_named(tmp_path: Path) -> None:
     bad.write_text("student: [unclosed\n")
     with pytest.raises(SegkdError, match=r"cannot parse .*bad\.yaml"):
         load_config(bad)
-
-
-def test_pipeline_distill_defaults_are_the_library_defaults() -> None:
-    from distill.distillation import DistillConfig
-
-    library = DistillConfig().to_dict()
-    library.pop("ignore_index")
-    assert DEFAULTS["distill"] == library
