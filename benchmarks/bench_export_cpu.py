@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import onnxruntime as ort
 
 from export.api import Tolerances, export_checkpoint, format_summary
 from runtime.errors import SegkdError
+from runtime.machine import cpu_info
 from runtime.sizes import parse_size
 
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['median_ms']:10.1f} {r['p90_ms']:8.1f} {speed:>8s} {miou:>6s} {agree:>8s}"
         )
     env = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
         "onnxruntime": ort.__version__,

@@ -34,6 +34,7 @@ from distill.distillation import DistillConfig, DistillObjective
 from distill.losses import PositionReadout, idd_loss
 from distill.losses.labels import resize_labels
 from runtime.errors import SegkdError
+from runtime.machine import cpu_info
 from runtime.sizes import parse_size
 
 IGNORE = 255
@@ -202,7 +203,7 @@ def environment(device: torch.device) -> dict[str, object]:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info(),
         "cpu_count": os.cpu_count(),
     }
     if hasattr(os, "getloadavg"):

@@ -36,6 +36,7 @@ import psutil
 
 from runtime.errors import SegkdError
 from runtime.labels import CITYSCAPES
+from runtime.machine import cpu_info
 from runtime.preprocess import PreprocessSpec
 from runtime.segmenter import Segmenter
 from runtime.sizes import parse_size
@@ -187,7 +188,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "samples": [[f, r / MB] for f, r in probe.samples],
         "machine": {
             "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_info(),
             "cores": psutil.cpu_count(),
         },
     }

@@ -26,7 +26,14 @@ from export.calibration import Prepared, RawSample, SampleReader, load_raw, prep
 from export.fp16 import DEFAULT_FP32_OPS, convert_fp16
 from export.int8 import CALIBRATION_METHODS, RECIPES, count_qdq, quantize_int8
 from export.manifest import Manifest, Skipped, file_facts, write_json_atomic
-from export.onnx_file import default_opset, finalize, io_signature, save_onnx, set_metadata
+from export.onnx_file import (
+    MAX_OPSET,
+    default_opset,
+    finalize,
+    io_signature,
+    save_onnx,
+    set_metadata,
+)
 from export.onnx_fp32 import INPUT_NAME, OUTPUT_NAMES, export_fp32
 from export.tensorrt_engine import (
     EngineRunner,
@@ -37,6 +44,7 @@ from export.tensorrt_engine import (
 from export.verify import Agreement, OnnxRunner, compare, torch_reference
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
+from runtime.machine import cpu_info
 from runtime.metadata import EXPORT_JSON, PRECISIONS, sha256_of
 from runtime.preprocess import PreprocessSpec
 from runtime.sizes import parse_size
@@ -44,7 +52,7 @@ from runtime.sizes import parse_size
 log = logging.getLogger(__name__)
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
-MIN_OPSET, MAX_OPSET = 13, 20  # per-channel Q/DQ needs 13; TensorRT 10.3's parser stops at 20
+MIN_OPSET = 13  # per-channel Q/DQ needs 13; MAX_OPSET is TensorRT 10.3's ceiling (onnx_file)
 
 
 @dataclass(frozen=True)
@@ -249,6 +257,8 @@ def export_checkpoint(
             "images": len(val),
             "reference": "PyTorch fp32 (CPU)",
             "ground_truth": with_gt,
+            # INT8 kernels, and so the agreement figures, depend on the CPU's ISA
+            "cpu": cpu_info(),
         }
         engines = _engines(
             staging, staged, wanted, variants, size, dynamic, output, meta_base, val, ref_labels,

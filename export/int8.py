@@ -53,6 +53,8 @@ class Int8Recipe:
     extra_options: dict[str, Any] = field(default_factory=dict)
     symmetric_only: bool = False  # enforce all-zero int8 zero-points after writing
     float_classifier: bool = True  # keep the last Conv (features -> class scores) in float
+    reduce_range: bool = False  # 7-bit weights: see CPU_RECIPE
+    float_pooled_context: bool = False  # keep Convs on pooled context maps in float
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,9 @@ class Int8Recipe:
             "weights": "int8" if self.weight_type == QuantType.QInt8 else "uint8",
             "op_types": list(self.op_types) if self.op_types else "all",
             "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "float_classifier": self.float_classifier,
+            "float_pooled_context": self.float_pooled_context,
             "format": "QDQ",
             **{
                 k: v
@@ -90,10 +95,18 @@ TENSORRT_RECIPE = Int8Recipe(
     symmetric_only=True,
 )
 
-# Unsigned activations, signed per-channel weights (onnxruntime's guidance for x86
-# with VNNI). Conv outputs keep their Q/DQ here: that DQ->Conv->Q pattern is what
-# onnxruntime fuses into QLinearConv when the session loads; without it the Convs run
-# in float between DQ/Q pairs (measured 3x slower at 512x1024 on 2 cores).
+# Unsigned activations, signed per-channel weights (onnxruntime's fastest x86 kernels).
+# Conv outputs keep their Q/DQ here: that DQ->Conv->Q pattern is what onnxruntime fuses
+# into QLinearConv when the session loads; without it the Convs run in float between
+# DQ/Q pairs (measured 3x slower at 512x1024 on 2 cores).
+# Weights use 7 bits (reduce_range). On x86 CPUs without VNNI (AVX2, AVX-512 without
+# VNNI) onnxruntime multiplies u8 x s8 with VPMADDUBSW, which adds two products into a
+# saturating int16: 2 x 255 x 127 overflows it, 2 x 255 x 63 cannot. With 8-bit weights
+# the same file agreed with fp32 on 99.15 % of pixels on a VNNI CPU and 95.5 % on an
+# AVX2 one; with 7-bit weights it gives the same labels on both, at the same speed
+# (docs/BENCHMARKS.md, "INT8 on CPUs without VNNI"). The 7th bit is partly won back by
+# leaving the Convs on pooled context (the pyramid bins, at most 6x6 cells) in float:
+# they cost nothing there, and were the layers whose int8 rounding flipped most labels.
 CPU_RECIPE = Int8Recipe(
     name="cpu",
     file="model.int8-cpu.onnx",
@@ -102,6 +115,8 @@ CPU_RECIPE = Int8Recipe(
     op_types=("Conv",),
     per_channel=True,
     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    reduce_range=True,
+    float_pooled_context=True,
 )
 
 RECIPES = {r.name: r for r in (TENSORRT_RECIPE, CPU_RECIPE)}
@@ -131,13 +146,15 @@ def quantize_int8(
             )
             pre = fp32_path
         exclude: list[str] = []
-        if recipe.float_classifier:
+        if recipe.float_classifier or recipe.float_pooled_context:
             graph = onnx.load(str(pre))
-            unnamed = any(not n.name for n in graph.graph.node if n.op_type == "Conv")
-            exclude = classifier_convs(graph)  # names unnamed classifier Convs in `graph`
-            if unnamed:  # exclusion goes by node name: quantize the graph that has them
+            if name_unnamed_convs(graph):  # exclusion goes by node name
                 pre = Path(tmp) / "named.onnx"
                 onnx.save(graph, str(pre))
+            if recipe.float_classifier:
+                exclude += classifier_convs(graph)
+            if recipe.float_pooled_context:
+                exclude += pooled_context_convs(graph)
         cache = _calibrate(pre, reader, recipe, method, Path(tmp))
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
@@ -148,6 +165,7 @@ def quantize_int8(
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(recipe.op_types) if recipe.op_types else None,
                 per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
                 nodes_to_exclude=exclude,
                 activation_type=recipe.activation_type,
                 weight_type=recipe.weight_type,
@@ -191,6 +209,48 @@ def _calibrate(
     return cache
 
 
+def name_unnamed_convs(model: onnx.ModelProto) -> bool:
+    """Give every unnamed Conv a unique name; True if any was renamed."""
+    taken = {n.name for n in model.graph.node}
+    renamed = False
+    for i, node in enumerate(model.graph.node):
+        if node.op_type == "Conv" and not node.name:
+            name = f"conv_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            renamed = True
+    return renamed
+
+
+# Ops that average over space (PSP's pooling exports as two MatMuls with fixed matrices).
+_POOLING_OPS = frozenset({"MatMul", "AveragePool", "GlobalAveragePool", "ReduceMean"})
+# Ops that pass a feature map through unchanged in the sense that matters here.
+_PASS_THROUGH_OPS = frozenset(
+    {"Relu", "Transpose", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
+)
+
+
+def pooled_context_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes whose input is a spatially pooled map (pyramid bins).
+
+    Walks back from each Conv's data input through pass-through ops; a pooling op found
+    before any Conv means the Conv runs on a handful of cells, where float costs nothing.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        src = producers.get(node.input[0])
+        while src is not None and src.op_type in _PASS_THROUGH_OPS:
+            src = producers.get(src.input[0])
+        if src is not None and src.op_type in _POOLING_OPS:
+            found.append(node.name)
+    return found
+
+
 def classifier_convs(model: onnx.ModelProto) -> list[str]:
     """Names of the Conv nodes whose output reaches the graph output without another Conv.
 
@@ -209,8 +269,6 @@ def classifier_convs(model: onnx.ModelProto) -> list[str]:
             continue
         seen.add(id(node))
         if node.op_type == "Conv":
-            if not node.name:
-                node.name = f"classifier_conv_{len(found)}"
             found.append(node.name)
             continue
         stack.extend(i for i in node.input if i)

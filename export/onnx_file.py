@@ -16,8 +16,13 @@ from runtime.atomic_io import write_bytes_atomic
 from runtime.errors import SegkdError
 from runtime.metadata import METADATA_KEY
 
-# onnxruntime 1.31 loads IR version <= 13; onnx 1.23 helpers write 14 (DEPLOY_FACTS.md).
-MAX_IR_VERSION = 13
+# The oldest runtimes segkd supports fix the ceiling, not whatever happens to be installed:
+# TensorRT 10.3 (JetPack 6) parses with ONNX 1.16, whose IR version is 10 and whose
+# TensorRT parser stops at opset 20; onnxruntime 1.18 (the floor in pyproject.toml) is
+# built on ONNX 1.16 too. onnx 1.23's helpers write IR 14. IR 11-14 only add data types
+# (4-bit, float8 variants...) that no segkd graph uses.
+MAX_IR_VERSION = 10
+MAX_OPSET = 20
 
 _PROTOBUF_LIMIT = 2**31 - 1  # a single-file ModelProto cannot exceed 2 GiB
 
@@ -111,9 +116,15 @@ def io_signature(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], list[dic
 
 
 def finalize(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
-    """Cap the IR version, drop unused opset imports and run the full checker."""
+    """Cap the IR version, drop unused opset imports, check the opset and run the full checker."""
     cap_ir_version(model)
     prune_opset_imports(model)
+    opset = default_opset(model)
+    if opset > MAX_OPSET:
+        raise SegkdError(
+            f"{where}: opset {opset} is newer than TensorRT 10.3 (JetPack 6) parses "
+            f"(at most {MAX_OPSET})"
+        )
     if model.ByteSize() > _PROTOBUF_LIMIT:
         raise SegkdError(f"{where}: model is larger than 2 GiB and cannot be a single ONNX file")
     try:

@@ -416,7 +416,7 @@ def _machine_section(machine: Mapping[str, Any] | None) -> list[str]:
     if not machine:
         return [*out, "Not recorded."]
     labels = {
-        "cpu": "CPU", "cores": "cores", "gpu": "GPU", "python": "Python", "torch": "PyTorch",
+        "cpu": "CPU", "cpu_flags": "CPU flags", "cores": "cores", "gpu": "GPU", "python": "Python", "torch": "PyTorch",
         "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT",
     }  # fmt: skip
     rows = [[labels.get(k, k), v if v is not None else "not available"] for k, v in machine.items()]

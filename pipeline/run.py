@@ -19,6 +19,7 @@ from pipeline.config import section_hash_view
 from pipeline.steps import Step, StepRunner
 from runtime.atomic_io import write_json_atomic
 from runtime.errors import SegkdError
+from runtime.machine import cpu_info
 from runtime.sizes import parse_size
 
 
@@ -62,18 +63,10 @@ def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str):  # t
 
 
 def machine_info() -> dict[str, Any]:
-    import os
-
-    info: dict[str, Any] = {"python": platform.python_version(), "cores": os.cpu_count()}
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info["cpu"] = cpu
+    cpu = cpu_info()
+    info: dict[str, Any] = {"python": platform.python_version(), "cores": cpu["cores"]}
+    info["cpu"] = cpu["model"]
+    info["cpu_flags"] = " ".join(cpu["flags"]) or None
     try:
         import torch
 

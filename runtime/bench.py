@@ -9,7 +9,6 @@ host<->device copies included; for TensorRT also the CUDA graph launch), postpro
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import SegkdError
+from runtime.machine import cpu_info, describe_cpu
 from runtime.segmenter import Segmenter
 
 STAGES = ("preprocess", "inference", "postprocess", "end_to_end")
@@ -70,6 +70,7 @@ class BenchResult:
     postprocess: LatencyStats
     end_to_end: LatencyStats
     host: str
+    cpu: dict[str, Any]  # model, cores and ISA flags (runtime.machine)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -104,7 +105,7 @@ def synthetic_frame(size: tuple[int, int] = (1024, 2048), seed: int = 0) -> np.n
 
 
 def _host() -> str:
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    return f"{platform.system()}, {describe_cpu()}, Python {platform.python_version()}"
 
 
 def benchmark(
@@ -166,6 +167,7 @@ def benchmark(
         iters=iters,
         warmup=warmup,
         host=_host(),
+        cpu=cpu_info(),
         **stats,
     )
 

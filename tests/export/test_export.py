@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,8 @@ from distill.checkpoint import atomic_torch_save, load_model, make_checkpoint
 from distill.data import build_dataset
 from distill.models import build_model
 from export.api import Tolerances, export_checkpoint, format_summary
-from export.int8 import zero_point_violations
+from export.int8 import CPU_RECIPE, pooled_context_convs, zero_point_violations
+from export.onnx_file import MAX_IR_VERSION
 from export.tensorrt_engine import engine_cache_key, tensorrt_unavailable_reason
 from runtime.errors import SegkdError
 from runtime.metadata import artifact_meta, parse_metadata_json, read_export_json, sha256_of
@@ -82,7 +87,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def full(ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("export")
     report = export_checkpoint(
-        ckpt, out, calib_data=DATA, calib_images=12, verify_images=6, int8_method="minmax"
+        ckpt, out, calib_data=DATA, calib_images=32, verify_images=6, int8_method="minmax"
     )
     return report
 
@@ -126,7 +131,7 @@ def test_opset_ir_single_file_and_metadata(full) -> None:
         proto = onnx.load(str(full.out_dir / name))
         opset = {i.domain: i.version for i in proto.opset_import}
         assert opset.get("", opset.get("ai.onnx")) == 17
-        assert proto.ir_version <= 13  # what onnxruntime 1.31 accepts
+        assert proto.ir_version <= MAX_IR_VERSION  # TensorRT 10.3 / onnxruntime 1.18
         meta = {p.key: p.value for p in proto.metadata_props}
         parsed = parse_metadata_json(meta["segkd"], name)
         assert parsed.preprocess.input_size == SIZE
@@ -152,7 +157,7 @@ def test_export_json_is_complete(full, ckpt: Path) -> None:
         assert a["sha256"] == sha256_of(path) and a["size_bytes"] == path.stat().st_size
         assert a["inputs"] == [{"name": "input", "shape": [1, 3, *SIZE], "dtype": "float32"}]
         assert a["outputs"] == [{"name": "labels", "shape": [1, *SIZE], "dtype": "uint8"}]
-        assert a["opset"] == 17 and a["ir_version"] <= 13
+        assert a["opset"] == 17 and a["ir_version"] <= MAX_IR_VERSION
         meta = artifact_meta(d, a, full.manifest_path)
         assert meta.precision == a["precision"] and meta.input_name == "input"
         assert ("parity" in a) == (a["precision"] == "fp32")
@@ -160,7 +165,7 @@ def test_export_json_is_complete(full, ckpt: Path) -> None:
     assert by_file["model.int8-cpu.onnx"]["variant"] == "cpu"
     # Calibration and verification images come from different splits.
     assert d["calibration"]["split"] == "train" and d["verification"]["split"] == "val"
-    assert d["calibration"]["images"] == 12 and d["verification"]["images"] == 6
+    assert d["calibration"]["images"] == 32 and d["verification"]["images"] == 6
     if tensorrt_unavailable_reason() is not None:
         assert [s["what"] for s in d["skipped"]] == ["tensorrt engines"]
         assert "tensorrt" in format_summary(full)
@@ -191,17 +196,90 @@ def test_tensorrt_int8_is_symmetric(full) -> None:
 
 
 def test_int8_agrees_with_fp32_on_held_out_images(full, ckpt: Path) -> None:
-    # Images 0..5 of the val split; calibration read the train split.
+    # Images 0..5 of the val split; calibration read the train split. On this model the
+    # INT8 files agree on 99.1-99.4 % of pixels; a model trained by another CPU's kernels
+    # (other float rounding, other weights) measured 98.7 %, hence the floor.
     x, _ = _val_inputs(PreprocessSpec(input_size=SIZE))
     ref = _torch_logits(ckpt, x).argmax(1)
     for name in ("model.int8.onnx", "model.int8-cpu.onnx", "model.fp16.onnx"):
         labels = np.concatenate([_run(full.out_dir / name, x[i : i + 1]) for i in range(len(x))])
-        floor = 0.99 if "fp16" in name else 0.98
+        floor = 0.99 if "fp16" in name else 0.985
         assert (labels == ref).mean() >= floor, name
         g = full.artifact(name)["agreement"]
         assert g["pixel_agreement"] >= floor and g["images"] == 6
         assert 0.0 <= g["miou_vs_ground_truth"] <= 1.0
         assert math.isclose(g["pixel_agreement"], float((labels == ref).mean()), abs_tol=1e-9)
+        # mIoU against the ground truth within half a point of the fp32 file's
+        assert abs(g["miou_vs_ground_truth"] - g["fp32_miou_vs_ground_truth"]) <= 0.005, name
+
+
+def test_cpu_int8_weights_cannot_saturate_without_vnni(full) -> None:
+    # x86 CPUs without VNNI add pairs of u8 x s8 products in a saturating int16:
+    # 2 x 255 x 127 overflows it, 2 x 255 x 64 does not. Every quantized Conv weight of
+    # the CPU file must therefore lie in [-64, 64] (7-bit weights).
+    proto = onnx.load(str(full.out_dir / "model.int8-cpu.onnx"))
+    inits = {i.name: i for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    weights = []
+    for node in proto.graph.node:
+        if node.op_type != "Conv":
+            continue
+        dq = producers.get(node.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            weights.append(numpy_helper.to_array(inits[dq.input[0]]))
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
+    assert CPU_RECIPE.describe()["reduce_range"] is True
+    # The Convs on pooled context (PSP's four bins) and the classifier stay in float.
+    assert len(pooled_context_convs(onnx.load(str(full.out_dir / "model.onnx")))) == 4
+    float_convs = [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Conv" and node_producer_op(producers, n.input[1]) != "DequantizeLinear"
+    ]
+    assert len(float_convs) == 4 + 1, float_convs
+
+
+def node_producer_op(producers: dict[str, onnx.NodeProto], tensor: str) -> str | None:
+    node = producers.get(tensor)
+    return None if node is None else node.op_type
+
+
+_LABELS_SCRIPT = """
+import sys, numpy as np, onnxruntime as ort
+x = np.load(sys.argv[1]); s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+name = s.get_inputs()[0].name
+np.save(sys.argv[3], np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]))
+"""
+
+
+def _qemu_unavailable() -> str | None:
+    if platform.machine() != "x86_64":
+        return f"emulates an x86 CPU without VNNI; this machine is {platform.machine()}"
+    if shutil.which("qemu-x86_64") is None:
+        return "qemu-x86_64 (Debian's qemu-user) is not installed; `make test` installs it as root"
+    return None
+
+
+@pytest.mark.skipif(_qemu_unavailable() is not None, reason=str(_qemu_unavailable()))
+def test_int8_files_give_the_same_labels_on_a_cpu_without_vnni(full, tmp_path: Path) -> None:
+    # The same files and inputs, run natively and under qemu as a Haswell (AVX2, no
+    # VNNI, no AVX-512) CPU: the kernels differ, the labels must not. 8-bit CPU weights
+    # agreed on only 95.6 % of pixels here (saturating VPMADDUBSW).
+    x, _ = _val_inputs(PreprocessSpec(input_size=SIZE), 3)
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "labels.py"
+    script.write_text(_LABELS_SCRIPT)
+    for name in ("model.int8-cpu.onnx", "model.int8.onnx"):
+        native, emulated = tmp_path / "native.npy", tmp_path / "emulated.npy"
+        args = [str(script), str(tmp_path / "x.npy"), str(full.out_dir / name)]
+        subprocess.run([sys.executable, *args, str(native)], check=True)
+        subprocess.run(
+            ["qemu-x86_64", "-cpu", "Haswell", sys.executable, *args, str(emulated)],
+            check=True, stderr=subprocess.DEVNULL, timeout=600,
+        )  # fmt: skip
+        same = float((np.load(native) == np.load(emulated)).mean())
+        assert same >= 0.999, (name, same)
 
 
 def test_dynamic_logits_export_at_other_sizes(ckpt: Path, tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def colour_model(tmp_path_factory: pytest.TempPathFactory) -> Segmenter:
         [helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 4, 6])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 writes 14 by default
+    model.ir_version = 8  # onnx 1.23 writes IR 14; older onnxruntime releases refuse it
     meta = {
         "arch": "rgb-argmax",
         "labels": RGB.to_dict(),
