@@ -8,13 +8,16 @@ comparison, then runs every file on held-out val images:
   * under `qemu-x86_64 -cpu Haswell` (AVX2 without VNNI or AVX-512), when qemu-user is
     installed, so a VNNI machine also shows what an AVX2-only CPU computes.
 Each row gives pixel agreement with PyTorch fp32 labels and mIoU against the ground
-truth next to the fp32 file's. Emulation changes only which kernels run, not speed
-figures: this script times nothing.
+truth next to the fp32 file's. With --iters N it also times every file natively in this
+interpreter (median of N, --threads intra-op threads), round-robin across files so that
+a shared machine's load falls on all of them alike: compare the ratios, not the
+milliseconds. Emulated runs are never timed.
 
 Run from the repository root:
     python benchmarks/int8_isa.py CKPT [--data synthetic:size=64x128,train=48,val=6]
         [--size 64x128] [--calib-images 32] [--images 6]
-        [--runner /path/to/other/python ...] [--json out.json]
+        [--runner /path/to/other/python ...] [--iters 0 --threads 2] [--native-only]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ import argparse
 import dataclasses
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cv2
 import numpy as np
 import onnx
 import torch
@@ -70,10 +76,41 @@ def _labels(
 
 
 def _miou(pred: np.ndarray, masks: np.ndarray, num_classes: int) -> float:
+    """mIoU of label maps against masks, resizing labels (nearest) to the mask size."""
     cm = ConfusionMatrix(num_classes)
     for p, m in zip(pred, masks, strict=True):
+        if p.shape != m.shape:
+            p = cv2.resize(p, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_NEAREST)
         cm.update(p, m)
     return float(cm.summary().miou)
+
+
+def _time_round_robin(
+    folder: Path, files: list[str], x: np.ndarray, iters: int, threads: int
+) -> dict[str, float]:
+    """Median ms per file, one run of each file per round so load hits all alike."""
+    if iters < 1:
+        return {}
+    import onnxruntime as ort
+
+    sessions = {}
+    for name in files:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        s = ort.InferenceSession(str(folder / name), opts, providers=["CPUExecutionProvider"])
+        feed = {s.get_inputs()[0].name: x}
+        s.run(None, feed)  # warm-up
+        sessions[name] = (s, feed)
+    times: dict[str, list[float]] = {n: [] for n in files}
+    for _ in range(iters):
+        for name, (s, feed) in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {n: round(statistics.median(v), 1) for n, v in times.items()}
+    for n, ms in out.items():
+        print(f"{n:26s} {ms:8.1f} ms  ({out['model.onnx'] / ms:.2f}x fp32)", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--runner", action="append", default=None, help="python with onnxruntime")
+    ap.add_argument("--iters", type=int, default=0, help="time each file natively N times")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--native-only", action="store_true", help="skip the qemu runs")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     size = parse_size(args.size)
     runners = args.runner or [sys.executable]
-    qemu = shutil.which("qemu-x86_64")
+    qemu = None if args.native_only else shutil.which("qemu-x86_64")
 
     with tempfile.TemporaryDirectory(prefix="segkd-isa-") as tmp_name:
         tmp = Path(tmp_name)
@@ -116,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rows: list[dict[str, Any]] = []
         files = ["model.onnx", "model.int8.onnx", "model.int8-cpu.onnx", "model.int8-cpu-8bit.onnx"]
+        timings = _time_round_robin(tmp / "export", files, x[:1], args.iters, args.threads)
         for runner in runners:
             modes = [("native", [runner])]
             if qemu:
@@ -126,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     pred, ort_version = _labels(
                         cmd, script, tmp / "x.npy", tmp / "export" / name, tmp / "y.npy"
                     )
-                    if pred.shape != ref.shape:  # labels at input size; masks are at it too here
+                    if pred.shape != ref.shape:
                         raise SystemExit(f"{name}: labels {pred.shape} vs reference {ref.shape}")
                     miou = _miou(pred, masks, labels.num_classes)
                     fp32_miou = miou if name == "model.onnx" else fp32_miou
@@ -151,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "calib_images": args.calib_images,
         "images": args.images,
         "rows": rows,
+        "timing": {"iters": args.iters, "threads": args.threads, "median_ms": timings},
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
