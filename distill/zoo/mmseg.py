@@ -6,6 +6,8 @@ decode_heads/{psp,aspp,fcn}_head.py, configs/_base_/models/{pspnet,deeplabv3,fcn
   `stem.0..8`, then max-pool and four stages of torchvision-style (v1.5, stride on the 3x3)
   bottlenecks. d8: strides (1, 2, 1, 1), dilations (1, 1, 2, 4), contract_dilation: the
   first block of a dilated stage uses half the dilation (1 in layer3, 2 in layer4).
+  ResNet-18's BasicBlock puts stride and dilation on conv1 only (conv2 is a plain 3x3); the
+  r18-d8 configs narrow the heads to 128 channels (aux 64).
 - ConvModule = conv (no bias) -> `bn` -> ReLU. A decode head ends in Dropout2d(0.1) and a
   1x1 `conv_seg` with bias; `channels` is 512 for these heads (256 for the aux head).
 - PSPHead: pooling scales (1, 2, 3, 6), each AdaptiveAvgPool -> 1x1 ConvModule to 512,
@@ -73,12 +75,44 @@ def _bn_relu_conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     ]
 
 
+class BasicBlock(nn.Module):
+    """mmseg's BasicBlock: the dilation (and stride) sit on conv1 only; conv2 is a plain
+    3x3 (padding 1), unlike torchvision's and CIRKD's, which dilate both."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        first_dilation: int = 1,
+        downsample: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        d = first_dilation
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, d, dilation=d, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + identity)
+
+
+BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
 class MMSegResNet(nn.Module):
     """ResNetV1c (deep stem) or ResNetV1b (7x7 stem) at output stride 8; returns (c3, c4)."""
 
     def __init__(self, depth: int, deep_stem: bool = True, stem_channels: int = 64) -> None:
         super().__init__()
-        blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}[depth]
+        blocks = BLOCKS[depth]
+        block: type[BasicBlock] | type[Bottleneck] = BasicBlock if depth == 18 else Bottleneck
         self.deep_stem = deep_stem
         if deep_stem:
             half = stem_channels // 2
@@ -97,14 +131,14 @@ class MMSegResNet(nn.Module):
         ):
             planes = 64 * 2**i
             first = dilation // 2 if dilation > 1 else dilation  # contract_dilation
-            out = planes * Bottleneck.expansion
+            out = planes * block.expansion
             down = None
             if stride != 1 or inplanes != out:
                 down = nn.Sequential(
                     nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
                 )
-            layer = [Bottleneck(inplanes, planes, stride, first_dilation=first, downsample=down)]
-            layer += [Bottleneck(out, planes, first_dilation=dilation) for _ in range(1, n)]
+            layer = [block(inplanes, planes, stride, first_dilation=first, downsample=down)]
+            layer += [block(out, planes, first_dilation=dilation) for _ in range(1, n)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             inplanes = out
         self.out_channels = inplanes
@@ -220,7 +254,7 @@ def build(
     state: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: Path, name: str | None
 ) -> ZooTeacher:
     deep_stem = "backbone.stem.0.weight" in state
-    depth = resnet_depth(state, "backbone.", path, (50, 101, 152))
+    depth = resnet_depth(state, "backbone.", path, (18, 50, 101, 152))
     kind = head_kind(state)
     if name is not None:  # e.g. mmseg:pspnet_r101:FILE; must agree with the keys
         want_kind, _, want_depth = name.partition("_r")

@@ -87,7 +87,16 @@ def basic_v1b(P, x, key, planes, stride, dil, prev):
     return F.relu(out + x)
 
 
-def dilated_stages(P, x, prefix, depth, first_dilation):
+def basic_mmseg(P, x, key, planes, stride, dil):
+    """mmseg's BasicBlock: conv1 carries stride and dilation, conv2 is a plain 3x3."""
+    out = P.cbr(x, f"{key}.conv1", f"{key}.bn1", planes, 3, stride, dil)
+    out = P.cbr(out, f"{key}.conv2", f"{key}.bn2", planes, 3, 1, 1, relu=False)
+    if stride != 1 or x.shape[1] != planes:
+        x = P.cbr(x, f"{key}.downsample.0", f"{key}.downsample.1", planes, 1, stride, relu=False)
+    return F.relu(out + x)
+
+
+def dilated_stages(P, x, prefix, depth, first_dilation, basic=None):
     """layer1..4, strides (1, 2, 1, 1), dilations (1, 1, 2, 4); returns (c3, c4).
 
     first_dilation(d): the first block's dilation in a stage of dilation d (mmseg's
@@ -101,7 +110,9 @@ def dilated_stages(P, x, prefix, depth, first_dilation):
             key = f"{prefix}layer{i + 1}.{j}"
             d = first_dilation(dil) if j == 0 else dil
             s = stride if j == 0 else 1
-            if depth == 18:
+            if depth == 18 and basic is not None:
+                x = basic(P, x, key, planes, s, d)
+            elif depth == 18:
                 prev = dil  # CIRKD: previous_dilation is the stage's dilation
                 x = basic_v1b(P, x, key, planes, s, d, prev)
             else:
@@ -124,34 +135,37 @@ def mmseg_forward(P, x, depth, head, num_classes):
     x = P.cbr(x, f"{s}.0", f"{s}.1", 32, 3, 2)
     x = P.cbr(x, f"{s}.3", f"{s}.4", 32, 3)
     x = P.cbr(x, f"{s}.6", f"{s}.7", 64, 3)
-    c3, c4 = dilated_stages(P, maxpool(x), "backbone.", depth, lambda d: d // 2 if d > 1 else d)
+    c3, c4 = dilated_stages(
+        P, maxpool(x), "backbone.", depth, lambda d: d // 2 if d > 1 else d, basic_mmseg
+    )
+    ch, aux_ch = (128, 64) if depth == 18 else (512, 256)  # the r18-d8 configs' widths
     h = "decode_head"
     if head == "psp":
         outs = [c4] + [
             up(
-                mmseg_cm(P, F.adaptive_avg_pool2d(c4, s), f"{h}.psp_modules.{i}.1", 512),
+                mmseg_cm(P, F.adaptive_avg_pool2d(c4, s), f"{h}.psp_modules.{i}.1", ch),
                 c4.shape[-2:],
                 False,
             )
             for i, s in enumerate((1, 2, 3, 6))
         ]
-        feat = mmseg_cm(P, torch.cat(outs, 1), f"{h}.bottleneck", 512, 3)
+        feat = mmseg_cm(P, torch.cat(outs, 1), f"{h}.bottleneck", ch, 3)
     elif head == "aspp":
         outs = [
             up(
-                mmseg_cm(P, F.adaptive_avg_pool2d(c4, 1), f"{h}.image_pool.1", 512),
+                mmseg_cm(P, F.adaptive_avg_pool2d(c4, 1), f"{h}.image_pool.1", ch),
                 c4.shape[-2:],
                 False,
             )
         ]
         for i, d in enumerate((1, 12, 24, 36)):
-            outs.append(mmseg_cm(P, c4, f"{h}.aspp_modules.{i}", 512, 1 if d == 1 else 3, d))
-        feat = mmseg_cm(P, torch.cat(outs, 1), f"{h}.bottleneck", 512, 3)
+            outs.append(mmseg_cm(P, c4, f"{h}.aspp_modules.{i}", ch, 1 if d == 1 else 3, d))
+        feat = mmseg_cm(P, torch.cat(outs, 1), f"{h}.bottleneck", ch, 3)
     else:  # fcn_r50-d8: num_convs 2, concat_input
-        y = mmseg_cm(P, mmseg_cm(P, c4, f"{h}.convs.0", 512, 3), f"{h}.convs.1", 512, 3)
-        feat = mmseg_cm(P, torch.cat([c4, y], 1), f"{h}.conv_cat", 512, 3)
+        y = mmseg_cm(P, mmseg_cm(P, c4, f"{h}.convs.0", ch, 3), f"{h}.convs.1", ch, 3)
+        feat = mmseg_cm(P, torch.cat([c4, y], 1), f"{h}.conv_cat", ch, 3)
     logits = P.conv(feat, f"{h}.conv_seg", num_classes, 1, bias=True)
-    a = mmseg_cm(P, c3, "auxiliary_head.convs.0", 256, 3)
+    a = mmseg_cm(P, c3, "auxiliary_head.convs.0", aux_ch, 3)
     aux = P.conv(a, "auxiliary_head.conv_seg", num_classes, 1, bias=True)
     return logits, feat, aux
 

@@ -143,13 +143,21 @@ def _segkd(*args: object) -> subprocess.CompletedProcess[str]:
 SYN = ("--data", "synthetic:size=64x64,train=4,val=2")
 
 
+@pytest.mark.parametrize("source", ["cirkd", "mmseg"])
 def test_distill_from_a_zoo_file_maps_classes_and_caches_the_readout_beside_it(
-    cirkd_r18: Path, tmp_path: Path
+    cirkd_r18: Path, tmp_path: Path, source: str
 ) -> None:
-    """`segkd distill --teacher FILE`: a Cityscapes-19 CIRKD teacher on the 12-class synthetic
+    """`segkd distill --teacher FILE`: a Cityscapes-19 zoo teacher on the 12-class synthetic
     set runs, its readout lands in <file>.readout.pt, and the user's file is not rewritten."""
-    teacher = tmp_path / cirkd_r18.name
-    shutil.copy(cirkd_r18, teacher)
+    if source == "cirkd":
+        teacher = tmp_path / cirkd_r18.name
+        shutil.copy(cirkd_r18, teacher)
+    else:  # mmseg's {'meta', 'state_dict'} wrapper, PSPNet-R18-d8
+        P = ref.Params(11)
+        with torch.no_grad():
+            ref.mmseg_forward(P, torch.zeros(1, 3, 32, 32), 18, "psp", 19)
+        teacher = tmp_path / "pspnet_r18-d8_512x1024_80k_cityscapes.pth"
+        torch.save({"meta": {"CLASSES": CITYSCAPES_CLASSES}, "state_dict": P.state}, teacher)
     before = hashlib.sha256(teacher.read_bytes()).hexdigest()
     r = _segkd(
         "distill", "--teacher", teacher, *SYN, "--iters", "2", "--batch-size", "2",
@@ -157,11 +165,11 @@ def test_distill_from_a_zoo_file_maps_classes_and_caches_the_readout_beside_it(
         "--device", "cpu", "--out", tmp_path / "run",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "distilled from cirkd_psp_r18" in r.stdout
-    assert (tmp_path / "psp_resnet18_citys_best_model.readout.pt").is_file()
+    assert f"distilled from {source}_psp" in r.stdout
+    assert teacher.with_name(teacher.stem + ".readout.pt").is_file()
     assert hashlib.sha256(teacher.read_bytes()).hexdigest() == before
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
-    assert ckpt["distillation"]["teacher"]["source"] == "cirkd"
+    assert ckpt["distillation"]["teacher"]["source"] == source
 
 
 def test_distill_refuses_a_teacher_whose_classes_do_not_fit(tmp_path: Path) -> None:

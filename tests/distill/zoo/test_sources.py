@@ -43,8 +43,8 @@ def check(teacher, x, expected, with_aux=True):
 
 @pytest.mark.parametrize(
     ("depth", "head"),
-    [(101, "psp"), (50, "aspp"), (50, "fcn")],
-    ids=["pspnet_r101", "deeplabv3_r50", "fcn_r50"],
+    [(101, "psp"), (50, "aspp"), (50, "fcn"), (18, "psp")],
+    ids=["pspnet_r101", "deeplabv3_r50", "fcn_r50", "pspnet_r18"],
 )
 def test_mmseg_checkpoint(tmp_path: Path, depth: int, head: str) -> None:
     torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def test_mmseg_checkpoint(tmp_path: Path, depth: int, head: str) -> None:
     torch.save({"meta": meta, "state_dict": OrderedDict(state)}, path)
     teacher = load_zoo_teacher(path)  # detected from the keys
     assert teacher.source == "mmseg" and teacher.arch.endswith(f"_r{depth}")
-    assert teacher.num_classes == 19 and teacher.feat_channels == 512
+    assert teacher.num_classes == 19 and teacher.feat_channels == (128 if depth == 18 else 512)
     assert teacher.labels.names[6] == "traffic light"
     assert teacher.preprocess.color_order == "RGB" and not teacher.convention.align_corners
     check(teacher, x, expected)
