@@ -45,7 +45,9 @@ def input_affine(
     return scale.float().view(1, 3, 1, 1), shift.float().view(1, 3, 1, 1), flip
 
 
-def class_indices(teacher: LabelSpec, dataset: Sequence[str], path: Path) -> list[int] | None:
+def class_indices(
+    teacher: LabelSpec, dataset: Sequence[str], path: Path, option: str = "--teacher"
+) -> list[int] | None:
     """None when the classes are the same; else the teacher's index of each dataset class."""
     t_names = normalized_names(teacher.names)
     d_names = normalized_names(dataset)
@@ -54,7 +56,7 @@ def class_indices(teacher: LabelSpec, dataset: Sequence[str], path: Path) -> lis
     missing = [n for n, k in zip(dataset, d_names, strict=False) if k not in t_names]
     if missing:
         raise SegkdError(
-            f"--teacher {path}: its {teacher.num_classes} classes ({', '.join(teacher.names[:4])}, "
+            f"{option} {path}: its {teacher.num_classes} classes ({', '.join(teacher.names[:4])}, "
             f"...) do not cover the dataset's {len(dataset)}: no {', '.join(missing[:4])}"
             + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         )

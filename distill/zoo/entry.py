@@ -70,7 +70,7 @@ def load_any_model(
     record = teacher_record(zoo, spec)
     model: nn.Module = zoo
     if dataset is not None:
-        index = class_indices(zoo.labels, dataset.names, spec.path)
+        index = class_indices(zoo.labels, dataset.names, spec.path, option="model")
         if index is not None:
             same = PreprocessSpec.from_dict(record["preprocess"])
             model = ConvertedTeacher(zoo, same, index)

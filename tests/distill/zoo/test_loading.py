@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from distill.zoo import load_zoo_teacher, parse_teacher_spec
+from distill.zoo.base import VOC_NAMES
 from distill.zoo.convert import ConvertedTeacher, class_indices, input_affine
 from distill.zoo.entry import load_any_model, load_teacher
 from runtime.errors import SegkdError
@@ -123,6 +124,28 @@ def test_converted_teacher_sees_its_convention_and_the_dataset_classes(cirkd_r18
         full = model.teacher.extract(own)
     assert got["logits"].shape == (1, 2, 8, 8) and got["feat"].shape == (1, 128, 8, 8)
     assert torch.allclose(got["logits"], full["logits"][:, [0, 13]], rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_outputs_land_on_the_students_grid(tmp_path: Path) -> None:
+    """torchvision's MobileNetV3 DeepLabV3 is at 1/16: its logits/feat are brought to the
+    1/8 grid a segkd student predicts on, at odd sizes too."""
+    from distill.models import build_model
+
+    P = ref.Params(13)
+    with torch.no_grad():
+        ref.torchvision_forward(P, torch.zeros(1, 3, 32, 32), "deeplabv3_mobilenet_v3_large", 21)
+    path = tmp_path / "deeplabv3_mobilenet_v3_large-fc3c493d.pth"
+    torch.save(P.state, path)
+    student = PreprocessSpec(input_size=(66, 75))
+    model, _, _ = load_teacher(path, VOC_NAMES, student)
+    x = torch.zeros(1, 3, 66, 75)
+    with torch.no_grad():
+        got = model.extract(x)
+        own = model.teacher.extract(x)
+        s_logits = build_model("pspnet_r18", 21, aux=False).eval().extract(x)["logits"]
+    assert own["logits"].shape[-2:] == (5, 5)  # 1/16
+    assert got["logits"].shape == s_logits.shape == (1, 21, 9, 10)
+    assert got["feat"].shape == (1, 256, 9, 10)
 
 
 def test_eval_loader_keeps_the_sources_preprocessing(cirkd_r18: Path) -> None:
