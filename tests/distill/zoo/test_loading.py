@@ -155,6 +155,12 @@ def test_eval_loader_keeps_the_sources_preprocessing(cirkd_r18: Path) -> None:
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 40, 48))
     assert out.shape == (1, 19, 40, 48)
+    from distill.data.synthetic import SYNTHETIC  # 12 of the 19 Cityscapes classes
+
+    model, record = load_any_model(cirkd_r18, dataset=SYNTHETIC)
+    assert record["labels"]["names"] == list(SYNTHETIC.names)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 40, 48)).shape == (1, 12, 40, 48)
 
 
 def _segkd(*args: object) -> subprocess.CompletedProcess[str]:
@@ -207,9 +213,19 @@ def test_distill_refuses_a_teacher_whose_classes_do_not_fit(tmp_path: Path) -> N
     assert str(voc) in errors[0] and "do not cover" in errors[0]
 
 
-def test_eval_of_a_prefixed_zoo_file(cirkd_r18: Path, tmp_path: Path) -> None:
+def test_eval_of_a_prefixed_zoo_file(tmp_path: Path) -> None:
+    """`segkd eval mmseg:FILE`: an mmseg file whose meta names the synthetic set's 12 classes
+    (so it runs at mmseg's 512x512, not the 1024x2048 of a Cityscapes-19 teacher)."""
+    from distill.data.synthetic import SYNTHETIC
+
+    P = ref.Params(17)
+    with torch.no_grad():
+        ref.mmseg_forward(P, torch.zeros(1, 3, 32, 32), 18, "psp", SYNTHETIC.num_classes)
+    path = tmp_path / "pspnet_r18-d8_synthetic.pth"
+    torch.save({"meta": {"CLASSES": SYNTHETIC.names}, "state_dict": P.state}, path)
     out = tmp_path / "eval.json"
-    r = _segkd("eval", f"cirkd:{cirkd_r18}", *SYN, "--device", "cpu", "--json", out)
+    r = _segkd("eval", f"mmseg:{path}", *SYN, "--device", "cpu", "--json", out)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["num_samples"] == 2 and len(result["iou"]) == 12
+    assert result["model"]["input_size"] == [512, 512]
