@@ -193,3 +193,14 @@ def labels_for(num_classes: int, names: Sequence[str] | None, path: Path) -> Lab
 def normalized_names(names: Sequence[str]) -> tuple[str, ...]:
     """Names compared across sources: case, '_' (torchvision's '__background__')."""
     return tuple(n.lower().replace("_", " ").strip() for n in names)
+
+
+def split_name(name: str, sep: str) -> tuple[str, str]:
+    """'pspnet_r101-d8' -> ('pspnet', '101'); 'deeplabv3_resnet101' with sep '_resnet' likewise."""
+    kind, _, rest = name.partition(sep)
+    digits = ""
+    for ch in rest:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return kind, digits

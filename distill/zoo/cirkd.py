@@ -38,6 +38,7 @@ from distill.zoo.base import (
     labels_for,
     load_strict,
     resnet_depth,
+    split_name,
     tensor,
 )
 from runtime.errors import SegkdError
@@ -193,7 +194,7 @@ def build(
     else:
         raise SegkdError(f"{path}: a CIRKD head other than PSPNet or DeepLabV3")
     if name is not None:
-        want, _, want_depth = name.partition("_resnet")
+        want, want_depth = split_name(name, "_resnet")
         want = {"pspnet": "psp"}.get(want, want)
         if want != arch or (want_depth and want_depth != str(depth)):
             raise SegkdError(f"{path}: named {name!r}, but its keys hold {arch} on ResNet-{depth}")

@@ -39,6 +39,7 @@ from distill.zoo.base import (
     labels_for,
     load_strict,
     resnet_depth,
+    split_name,
     tensor,
 )
 from runtime.errors import SegkdError
@@ -257,7 +258,7 @@ def build(
     depth = resnet_depth(state, "backbone.", path, (18, 50, 101, 152))
     kind = head_kind(state)
     if name is not None:  # e.g. mmseg:pspnet_r101:FILE; must agree with the keys
-        want_kind, _, want_depth = name.partition("_r")
+        want_kind, want_depth = split_name(name, "_r")
         if want_kind != ARCH_NAMES.get(kind) or (want_depth and want_depth != str(depth)):
             raise SegkdError(
                 f"{path}: named {name!r}, but its keys hold a {kind} head on ResNet-{depth}"

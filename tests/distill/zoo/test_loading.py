@@ -74,6 +74,7 @@ def test_prefix_forces_the_source_and_names_are_checked(cirkd_r18: Path) -> None
     spec = parse_teacher_spec(f"torchvision:deeplabv3_resnet101:{cirkd_r18}")
     assert (spec.source, spec.name, spec.path) == ("torchvision", "deeplabv3_resnet101", cirkd_r18)
     assert load_zoo_teacher(f"cirkd:psp_resnet18:{cirkd_r18}").arch == "cirkd_psp_r18"
+    assert load_zoo_teacher(f"cirkd:pspnet_resnet18_citys:{cirkd_r18}").arch == "cirkd_psp_r18"
     with pytest.raises(SegkdError, match="forced as mmseg"):
         load_zoo_teacher(f"mmseg:{cirkd_r18}")
     with pytest.raises(SegkdError, match="named 'deeplabv3_resnet101'"):
