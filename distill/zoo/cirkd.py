@@ -10,9 +10,11 @@ models/pspnet.py, models/deeplabv3.py, dataset/cityscapes.py, eval.py, train_bas
   AdaptiveAvgPool 1/2/3/6, upsampled with align_corners=True; `block` = 3x3 conv from 2x in
   to 256 (128 for ResNet-18) + BN + ReLU + Dropout(0.1); `classifier` 1x1. The feature is
   the block's output.
-- DeepLabV3 `head`: `aspp` with 512 channels per branch (b0 1x1, b1..b3 3x3 at rates
-  12/24/36, b4 image pooling upsampled with align_corners=True), `project` 1x1 + BN + ReLU +
-  Dropout(0.5); `block` = 3x3 conv 512 + BN + ReLU + Dropout(0.1) + 1x1 classifier.
+- DeepLabV3 `head`: `aspp` (b0 1x1, b1..b3 3x3 at rates 12/24/36, b4 image pooling upsampled
+  with align_corners=True), `project` 1x1 + BN + ReLU + Dropout(0.5); `block` = 3x3 conv +
+  BN + ReLU + Dropout(0.1) + 1x1 classifier. Width: 512 in the current code (CIRKDv2, its
+  78.30 teacher), 256 (128 for ResNet-18) in the first release (the CVPR 2022 paper's 78.07
+  teacher); read from the file's keys.
 - `auxlayer` (_FCNHead on layer3): 3x3 conv to in/4 + BN + ReLU + Dropout(0.1) + 1x1.
 - Checkpoints are torch.save(model.state_dict()) (DDP's `module.` unwrapped, though files
   saved from the wrapper keep the prefix).
@@ -126,9 +128,9 @@ class ASPP(nn.Module):
 
 
 class DeepLabHead(nn.Module):
-    def __init__(self, cin: int, num_classes: int) -> None:
+    def __init__(self, cin: int, num_classes: int, channels: int = 512) -> None:
         super().__init__()
-        self.channels = 512
+        self.channels = channels
         self.aspp = ASPP(cin, self.channels)
         self.block = nn.Sequential(
             *_cbr(self.channels, self.channels, 3),
@@ -153,11 +155,17 @@ class FCNHead(nn.Module):
 
 
 class CIRKDSegmentor(nn.Module):
-    def __init__(self, arch: str, depth: int, num_classes: int, aux: bool) -> None:
+    def __init__(
+        self, arch: str, depth: int, num_classes: int, aux: bool, aspp_channels: int = 512
+    ) -> None:
         super().__init__()
         self.pretrained = DilatedResNet(depth, deep_stem=True)
         cin = self.pretrained.out_channels
-        self.head = PSPHead(cin, num_classes) if arch == "psp" else DeepLabHead(cin, num_classes)
+        self.head: nn.Module = (
+            PSPHead(cin, num_classes)
+            if arch == "psp"
+            else DeepLabHead(cin, num_classes, aspp_channels)
+        )
         if aux:
             self.auxlayer = FCNHead(cin // 2, num_classes)
 
@@ -199,7 +207,10 @@ def build(
         if want != arch or (want_depth and want_depth != str(depth)):
             raise SegkdError(f"{path}: named {name!r}, but its keys hold {arch} on ResNet-{depth}")
     num_classes = int(tensor(state, classifier, path).shape[0])
-    net = CIRKDSegmentor(arch, depth, num_classes, aux="auxlayer.block.0.weight" in state)
+    width = int(state["head.aspp.b0.0.weight"].shape[0]) if arch == "deeplabv3" else 512
+    net = CIRKDSegmentor(
+        arch, depth, num_classes, aux="auxlayer.block.0.weight" in state, aspp_channels=width
+    )
     full = f"cirkd_{arch}_r{depth}"
     load_strict(net, state, path, f"CIRKD {full}")
     net.eval()

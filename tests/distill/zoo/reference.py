@@ -171,7 +171,7 @@ def mmseg_forward(P, x, depth, head, num_classes):
 
 
 # -- CIRKD -----------------------------------------------------------------------------------
-def cirkd_forward(P, x, depth, head, num_classes):
+def cirkd_forward(P, x, depth, head, num_classes, width=512):
     p = "pretrained"
     x = P.cbr(x, f"{p}.conv1", f"{p}.bn1", 64, 3, 2)
     x = P.cbr(x, f"{p}.conv2", f"{p}.bn2", 64, 3)
@@ -199,13 +199,13 @@ def cirkd_forward(P, x, depth, head, num_classes):
         logits = P.conv(feat, "head.classifier", num_classes, 1, bias=True)
     else:
         a = "head.aspp"
-        outs = [P.cbr(c4, f"{a}.b0.0", f"{a}.b0.1", 512)]
+        outs = [P.cbr(c4, f"{a}.b0.0", f"{a}.b0.1", width)]
         for i, r in enumerate((12, 24, 36)):
-            outs.append(P.cbr(c4, f"{a}.b{i + 1}.block.0", f"{a}.b{i + 1}.block.1", 512, 3, 1, r))
-        g = P.cbr(F.adaptive_avg_pool2d(c4, 1), f"{a}.b4.gap.1", f"{a}.b4.gap.2", 512)
+            outs.append(P.cbr(c4, f"{a}.b{i + 1}.block.0", f"{a}.b{i + 1}.block.1", width, 3, 1, r))
+        g = P.cbr(F.adaptive_avg_pool2d(c4, 1), f"{a}.b4.gap.1", f"{a}.b4.gap.2", width)
         outs.append(up(g, size, True))
-        y = P.cbr(torch.cat(outs, 1), f"{a}.project.0", f"{a}.project.1", 512)
-        feat = P.cbr(y, "head.block.0", "head.block.1", 512, 3)
+        y = P.cbr(torch.cat(outs, 1), f"{a}.project.0", f"{a}.project.1", width)
+        feat = P.cbr(y, "head.block.0", "head.block.1", width, 3)
         logits = P.conv(feat, "head.block.4", num_classes, 1, bias=True)
     h = P.cbr(c3, "auxlayer.block.0", "auxlayer.block.1", c3.shape[1] // 4, 3)
     aux = P.conv(h, "auxlayer.block.4", num_classes, 1, bias=True)

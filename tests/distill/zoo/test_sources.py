@@ -69,19 +69,21 @@ def test_mmseg_checkpoint(tmp_path: Path, depth: int, head: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("depth", "head", "ddp"), [(101, "deeplabv3", True), (50, "psp", False)],
-    ids=["deeplabv3_r101_module_prefix", "psp_r50"],
+    ("depth", "head", "ddp", "width"),
+    [(101, "deeplabv3", True, 512), (50, "deeplabv3", False, 256), (50, "psp", False, 512)],
+    ids=["deeplabv3_r101_module_prefix", "deeplabv3_r50_first_release_256", "psp_r50"],
 )  # fmt: skip
-def test_cirkd_checkpoint(tmp_path: Path, depth: int, head: str, ddp: bool) -> None:
+def test_cirkd_checkpoint(tmp_path: Path, depth: int, head: str, ddp: bool, width: int) -> None:
+    """CIRKDv2's DeepLabV3 is 512 wide; the first release (the paper's teachers) 256."""
     torch.set_num_threads(1)
-    state, expected, x = make(ref.cirkd_forward, depth, head, 19, seed=3)
+    state, expected, x = make(ref.cirkd_forward, depth, head, 19, width, seed=3)
     if ddp:  # saved from the DistributedDataParallel wrapper
         state = {f"module.{k}": v for k, v in state.items()}
     path = tmp_path / f"{head}_resnet{depth}_citys_best_model.pth"
     torch.save(state, path)
     teacher = load_zoo_teacher(path)
     assert teacher.source == "cirkd"
-    assert teacher.feat_channels == (512 if head == "deeplabv3" else 256)
+    assert teacher.feat_channels == (width if head == "deeplabv3" else 256)
     assert teacher.preprocess.color_order == "BGR" and teacher.preprocess.std == (1.0, 1.0, 1.0)
     assert teacher.convention.align_corners
     check(teacher, x, expected)
