@@ -153,7 +153,11 @@ def _is_main_process() -> bool:
 @app.command()
 def distill(
     teacher: Annotated[
-        Path, typer.Option(help="teacher checkpoint (.pt) trained on the same classes")
+        str,
+        typer.Option(
+            help="teacher: a segkd .pt, or a model-zoo file (mmseg, cirkd, torchvision; "
+            "force with mmseg:FILE, cirkd:FILE, torchvision:NAME:FILE)"
+        ),
     ],
     data: Annotated[str, typer.Option(help="dataset SPEC")] = "synthetic",
     student: Annotated[str, typer.Option(help="student architecture")] = "pspnet_r18",
@@ -305,7 +309,12 @@ def export(
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help=".pt, .onnx, .engine or an export folder")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help=".pt, .onnx, .engine, an export folder, or a model-zoo .pth (mmseg:FILE, ...)"
+        ),
+    ],
     data: Annotated[str, typer.Option(help="dataset SPEC")] = "synthetic",
     split: Annotated[str, typer.Option(help="dataset split")] = "val",
     reference: Annotated[

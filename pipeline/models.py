@@ -15,11 +15,26 @@ from runtime.loader import open_segmenter
 from runtime.segmenter import Segmenter
 
 
-def torch_model_loader(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
-    """Rebuilds a .pt checkpoint for the torch backend (needs segkd's training package)."""
-    from distill.checkpoint import load_model
+def torch_model_loader(
+    path: Path | str, device: str, dataset: LabelSpec | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Rebuilds a .pt/.pth for the torch backend (needs segkd's training package): a segkd
+    checkpoint, or a model-zoo file (mmseg/cirkd/torchvision; reduced to `dataset`'s classes
+    when they are a subset of the teacher's)."""
+    from distill.zoo.entry import load_any_model
 
-    return load_model(path, device)
+    return load_any_model(path, device, dataset)
+
+
+def _zoo_prefixed(model: str | Path) -> Path | None:
+    """The file of 'mmseg:FILE' / 'torchvision:NAME:FILE' style model names, else None."""
+    text = str(model)
+    if ":" not in text or Path(text).exists():
+        return None
+    from distill.zoo import parse_teacher_spec
+
+    spec = parse_teacher_spec(text)
+    return spec.path if spec.source is not None else None
 
 
 def open_model(
@@ -28,14 +43,20 @@ def open_model(
     device: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
+    dataset: LabelSpec | None = None,
 ) -> Segmenter:
     opts = {"intra_op_threads": threads} if threads else {}
+    prefixed = _zoo_prefixed(model)
+
+    def loader(path: Path, dev: str) -> tuple[Any, dict[str, Any]]:
+        return torch_model_loader(model if prefixed is not None else path, dev, dataset)
+
     return open_segmenter(
-        model,
+        prefixed if prefixed is not None else model,
         backend=backend,
         device=device,
         precision=precision,
-        torch_model_loader=torch_model_loader,
+        torch_model_loader=loader,
         **opts,
     )
 
@@ -71,7 +92,7 @@ def evaluate_on_dataset(
     from tqdm import tqdm
 
     samples, labels, encode, n = dataset_split(data, split, max_images)
-    with open_model(model, backend, device, precision) as seg:
+    with open_model(model, backend, device, precision, dataset=labels) as seg:
         bar = tqdm(
             total=n, desc=f"eval {Path(str(model)).name}", disable=not show_progress, leave=False
         )

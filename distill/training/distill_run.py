@@ -20,7 +20,6 @@ from distill.distillation import DistillConfig, DistillObjective
 from distill.losses.pid import PositionReadout
 from distill.teacher import (
     cached_readout,
-    check_teacher_fits,
     file_sha256,
     fit_readout_entry,
     store_readout_sidecar,
@@ -28,6 +27,7 @@ from distill.teacher import (
 from distill.training.config import TrainConfig
 from distill.training.distributed import DistContext, barrier, init_distributed
 from distill.training.trainer import pick_device, train
+from distill.zoo.entry import load_teacher
 from runtime.labels import LabelSpec
 from runtime.preprocess import PreprocessSpec
 
@@ -87,7 +87,7 @@ def probe_batch(cfg: TrainConfig, preprocess: PreprocessSpec) -> torch.Tensor:
 
 def run_distillation(
     config: TrainConfig,
-    teacher_path: Path,
+    teacher_spec: Path | str,
     distill_config: DistillConfig,
     readout_iters: int = 200,
 ) -> dict[str, Any]:
@@ -95,9 +95,12 @@ def run_distillation(
     cfg = config.resolved(dataset_defaults(spec))
     ctx = init_distributed(cfg.device)
     device = pick_device(cfg.device, ctx)
-    teacher, tckpt = load_model(teacher_path, device="cpu")
     labels: LabelSpec = build_dataset(cfg.data, "val").labels
-    check_teacher_fits(tckpt, labels.names, teacher_path)
+    # A segkd checkpoint or a model-zoo file (mmseg/cirkd/torchvision): zoo teachers come
+    # wrapped so they see each batch in their own input convention and the dataset's classes.
+    teacher, tckpt, teacher_path = load_teacher(
+        teacher_spec, labels.names, PreprocessSpec(input_size=cfg.export_size)
+    )
 
     need_readout = distill_config.active("pid")
     readout, teacher_report = (None, {})
@@ -128,6 +131,7 @@ def run_distillation(
         "path": str(teacher_path),
         "sha256": file_sha256(teacher_path),
         "arch": tckpt["arch"],
+        "source": tckpt.get("source", "segkd"),
         "val_miou": tckpt.get("metrics", {}).get("val_miou"),
         "position_report": teacher_report,
     }

@@ -1,0 +1,77 @@
+"""Reading a zoo file with torch.load(weights_only=True) and nothing but plain data.
+
+mmsegmentation checkpoints are {'meta': {...}, 'state_dict': {...}} (meta holds versions,
+the config text, CLASSES/PALETTE; newer ones numpy scalars such as the seed); CIRKD and
+torchvision files are bare state dicts, CIRKD's sometimes with DDP's 'module.' prefix.
+The only non-builtin types allowed are numpy's scalar/array reconstructors and dtypes:
+data, not code. Anything else is refused with one line, and its payload never runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.errors import SegkdError
+
+
+def _numpy_globals() -> list[Any]:
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed core to _core
+    allowed: list[Any] = [
+        core.multiarray.scalar,
+        core.multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+    ]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by their class
+    if dtypes is not None:
+        for name in dir(dtypes):
+            obj = getattr(dtypes, name)
+            if isinstance(obj, type) and issubclass(obj, np.dtype) and obj is not np.dtype:
+                allowed.append(obj)
+    return allowed
+
+
+def read_weights_file(path: Path) -> Any:
+    """The unpickled object, or one SegkdError line (missing, corrupt, or not plain data)."""
+    if not path.is_file():
+        raise SegkdError(f"teacher file not found: {path}")
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_globals()):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SegkdError(
+            f"refused to load {path}: it holds objects other than tensors and plain data "
+            f"(weights_only=True); load only files from sources you trust ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SegkdError(f"cannot read {path}: corrupt or truncated ({msg[:160]})") from None
+    except Exception as e:  # arbitrary bytes: the weights-only unpickler fails in other ways
+        raise SegkdError(
+            f"cannot read {path}: corrupt or not a weights file ({type(e).__name__})"
+        ) from None
+
+
+def split_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict with DDP's 'module.' prefix removed, meta dict or {})."""
+    meta: dict[str, Any] = {}
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise SegkdError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise SegkdError(f"{path}: entry {bad[0]!r} of the state dict is not a tensor")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj), meta
