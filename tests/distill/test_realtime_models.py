@@ -305,3 +305,33 @@ def test_pspnet_r18_distils_into_realtime_student_with_every_term(
         k.startswith("conv1.") for k in changed
     )
     assert objective.teacher.training is False
+
+
+# ---------------------------------------------------------------- ONNX at other sizes
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dynamic_onnx_export_matches_torch_at_untraced_sizes(arch: str, tmp_path) -> None:
+    """Resize sizes come from the tensors they join, so nothing of the traced size is
+    baked in: a dynamic-axes export is right at sizes it never saw."""
+    ort = pytest.importorskip("onnxruntime")
+    model = _well_conditioned(build_model(arch, K))
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 64, 64),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}},
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for hw in [(64, 128), (96, 160)]:
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        (out,) = session.run(None, {"input": x.numpy()})
+        assert out.shape == (1, K, *hw) and ref.std() > 0.05
+        np.testing.assert_allclose(out, ref, atol=1e-4 * max(1.0, float(np.abs(ref).max())), rtol=0)
