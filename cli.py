@@ -109,7 +109,10 @@ def train(
     sync_bn: Annotated[bool, typer.Option(help="SyncBatchNorm under torchrun")] = False,
     deep_stem: bool = False,
     backbone_weights: Annotated[
-        Path | None, typer.Option(help="local torchvision-format ImageNet ResNet state dict")
+        Path | None,
+        typer.Option(
+            help="local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file"
+        ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from resume.pt")] = False,
     role: Annotated[
@@ -193,7 +196,10 @@ def distill(
     sync_bn: bool = False,
     deep_stem: bool = False,
     backbone_weights: Annotated[
-        Path | None, typer.Option(help="local torchvision-format ResNet state dict")
+        Path | None,
+        typer.Option(
+            help="local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file"
+        ),
     ] = None,
     resume: bool = False,
 ) -> None:
