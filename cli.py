@@ -48,20 +48,25 @@ def models(
         Path | None, typer.Option("--json", help="also write the table as JSON")
     ] = None,
 ) -> None:
-    """List every architecture with its parameter count and GMACs (aux head included)."""
+    """List every architecture with its parameter count and GMACs, training-only heads
+    (aux, boundary) included and as exported (deploy)."""
     from distill.models.complexity import model_table
 
     size = parse_size(input_size, "--input-size", minimum=32)
     rows = model_table(size, num_classes=num_classes, deep_stem=deep_stem)
     stem = "deep stem" if deep_stem else "torchvision stem"
-    table = Table(
-        title=f"segkd models at {input_size}, {num_classes} classes, {stem}, aux head included"
-    )
-    for col in ("arch", "params (M)", "GMACs", "feat channels"):
+    table = Table(title=f"segkd models at {input_size}, {num_classes} classes, ResNets with {stem}")
+    cols = ("arch", "params (M)", "GMACs", "deploy params (M)", "deploy GMACs", "feat channels")
+    for col in cols:
         table.add_column(col, justify="left" if col == "arch" else "right")
     for r in rows:
         table.add_row(
-            r["arch"], f"{r['params_m']:.2f}", f"{r['gmacs']:.1f}", str(r["feat_channels"])
+            r["arch"],
+            f"{r['params_m']:.2f}",
+            f"{r['gmacs']:.1f}",
+            f"{r['deploy_params_m']:.2f}",
+            f"{r['deploy_gmacs']:.1f}",
+            str(r["feat_channels"]),
         )
     console.print(table)
     _write_json(json_out, rows)
@@ -104,7 +109,10 @@ def train(
     sync_bn: Annotated[bool, typer.Option(help="SyncBatchNorm under torchrun")] = False,
     deep_stem: bool = False,
     backbone_weights: Annotated[
-        Path | None, typer.Option(help="local torchvision-format ImageNet ResNet state dict")
+        Path | None,
+        typer.Option(
+            help="local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file"
+        ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from resume.pt")] = False,
     role: Annotated[
@@ -192,7 +200,10 @@ def distill(
     sync_bn: bool = False,
     deep_stem: bool = False,
     backbone_weights: Annotated[
-        Path | None, typer.Option(help="local torchvision-format ResNet state dict")
+        Path | None,
+        typer.Option(
+            help="local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file"
+        ),
     ] = None,
     resume: bool = False,
 ) -> None:

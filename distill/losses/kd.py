@@ -21,11 +21,18 @@ def pixel_kd_loss(
 
     `labels` (B x H x W, any resolution) only select the pixels: they are resized NEAREST
     to the logit size and ignore pixels drop out. None means every pixel counts.
+    Student logits at another resolution than the teacher's (a student of another
+    output stride, or odd sizes rounded differently) are resized bilinearly to the
+    teacher's, as CWD does.
     """
-    if student_logits.shape != teacher_logits.shape:
+    if student_logits.shape[:2] != teacher_logits.shape[:2]:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ; KD needs the same classes and size"
+            f"{tuple(teacher_logits.shape)} differ in batch or classes; KD needs the same"
+        )
+    if student_logits.shape[-2:] != teacher_logits.shape[-2:]:
+        student_logits = F.interpolate(
+            student_logits, size=teacher_logits.shape[-2:], mode="bilinear", align_corners=False
         )
     t = float(temperature)
     log_ps = F.log_softmax(student_logits.float() / t, dim=1)

@@ -1,4 +1,5 @@
-"""Supervised loss: cross-entropy on the main logits plus the auxiliary head's cross-entropy."""
+"""Supervised loss: cross-entropy on the main logits plus the auxiliary head's cross-entropy
+(and, for a model with a boundary head such as PIDNet, its boundary losses)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.losses.boundary import (
+    BAS_WEIGHT,
+    BOUNDARY_WEIGHT,
+    boundary_aware_labels,
+    boundary_bce,
+)
 from runtime.labels import IGNORE_INDEX
 
 
@@ -26,12 +33,25 @@ def upsampled_cross_entropy(
 
 
 class SegmentationLoss(nn.Module):
-    """CE(logits) + aux_weight * CE(aux); returns the unweighted terms and their weighted sum."""
+    """CE(logits) + aux_weight * CE(aux); returns the unweighted terms and their weighted sum.
 
-    def __init__(self, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX) -> None:
+    When the model's output also has "boundary" (PIDNet's D head), PIDNet's two boundary
+    terms join: "boundary" (balanced BCE, weight 20) and "bas" (CE of the main logits on
+    the pixels the boundary head marks, weight 1); see distill.losses.boundary.
+    """
+
+    def __init__(
+        self,
+        aux_weight: float = 0.4,
+        ignore_index: int = IGNORE_INDEX,
+        boundary_weight: float = BOUNDARY_WEIGHT,
+        bas_weight: float = BAS_WEIGHT,
+    ) -> None:
         super().__init__()
         self.aux_weight = float(aux_weight)
         self.ignore_index = int(ignore_index)
+        self.boundary_weight = float(boundary_weight)
+        self.bas_weight = float(bas_weight)
 
     def forward(
         self, out: dict[str, torch.Tensor], labels: torch.Tensor
@@ -44,5 +64,11 @@ class SegmentationLoss(nn.Module):
             aux = upsampled_cross_entropy(out["aux"], labels, self.ignore_index)
             terms["aux"] = aux
             loss = loss + self.aux_weight * aux
+        boundary = out.get("boundary")
+        if boundary is not None:
+            terms["boundary"] = boundary_bce(boundary, labels, self.ignore_index)
+            bas_labels = boundary_aware_labels(boundary, labels, ignore_index=self.ignore_index)
+            terms["bas"] = upsampled_cross_entropy(out["logits"], bas_labels, self.ignore_index)
+            loss = loss + self.boundary_weight * terms["boundary"] + self.bas_weight * terms["bas"]
         terms["loss"] = loss
         return terms

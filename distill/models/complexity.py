@@ -10,9 +10,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def count_params(model: nn.Module) -> int:
-    """All parameters, auxiliary head included."""
-    return sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module, with_aux: bool = True) -> int:
+    """All parameters, training-only heads (aux, boundary) included unless `with_aux` is
+    False: then what an exported model holds."""
+    total = sum(p.numel() for p in model.parameters())
+    if not with_aux and hasattr(model, "training_heads"):
+        total -= sum(p.numel() for head in model.training_heads() for p in head.parameters())
+    return total
 
 
 def count_macs(
@@ -40,26 +44,36 @@ def _on_meta(model: nn.Module) -> bool:
 def model_table(
     input_size: tuple[int, int], num_classes: int = 19, deep_stem: bool = False
 ) -> list[dict[str, Any]]:
-    """One row per registered architecture: arch, params_m, gmacs, feat_channels.
+    """One row per registered architecture: arch, params_m, gmacs (training-only heads
+    included), deploy_params_m, deploy_gmacs (the exported graph: no aux / boundary
+    head; what the DDRNet and PIDNet papers report), feat_channels.
 
     METHOD.md's reference figures are for the deep stem (what SKD/IFVD/CIRKD use);
-    the torchvision stem is about 0.15 M parameters and 15 GMAC lighter.
+    the torchvision stem is about 0.15 M parameters and 15 GMAC lighter. `deep_stem`
+    applies to the ResNets only: the real-time networks have their own stem.
     """
-    from distill.models.registry import available_models, build_model
+    from distill.models.registry import available_models, build_model, resnet_models
 
     rows = []
     for arch in available_models():
+        stem = {"deep_stem": deep_stem} if arch in resnet_models() else {}
         with torch.device("meta"):  # no weights allocated or initialised
-            model = build_model(arch, num_classes, deep_stem=deep_stem)
+            model = build_model(arch, num_classes, **stem)
         params, macs = count_params(model), count_macs(model, input_size)
+        deploy_params = count_params(model, with_aux=False)
+        deploy_macs = count_macs(model, input_size, with_aux=False)
         rows.append(
             {
                 "arch": arch,
                 "params_m": round(params / 1e6, 2),
                 "gmacs": round(macs / 1e9, 1),
+                "deploy_params_m": round(deploy_params / 1e6, 2),
+                "deploy_gmacs": round(deploy_macs / 1e9, 1),
                 "feat_channels": model.feat_channels,
                 "params": params,
                 "macs": macs,
+                "deploy_params": deploy_params,
+                "deploy_macs": deploy_macs,
             }
         )
     return rows

@@ -1,4 +1,5 @@
-"""Named architectures (`pspnet_r18`, `deeplabv3_r101`, ...) and ImageNet backbone loading."""
+"""Named architectures (`pspnet_r18`, `deeplabv3_r101`, `ddrnet23_slim`, `pidnet_s`) and
+ImageNet backbone loading."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.models.ddrnet import DDRNet
 from distill.models.heads import DeepLabV3Head, PSPHead
+from distill.models.pidnet import PIDNet
 from distill.models.resnet import DilatedResNet
-from distill.models.segmentor import Segmentor
+from distill.models.segmentor import SegmentationNet, Segmentor
 from runtime.errors import SegkdError
 
 log = logging.getLogger(__name__)
@@ -26,8 +29,24 @@ HEADS: dict[str, Callable[[int, int], nn.Module]] = {
 DEPTHS = (18, 50, 101)
 
 
-def available_models() -> list[str]:
+# Real-time two-branch students, at the published widths (distill/models/ddrnet.py,
+# pidnet.py). Each is built from (arch, num_classes, aux).
+REALTIME: dict[str, Callable[[str, int, bool], SegmentationNet]] = {
+    "ddrnet23_slim": lambda arch, k, aux: DDRNet(
+        arch, k, planes=32, spp_planes=128, head_planes=64, aux=aux
+    ),
+    "pidnet_s": lambda arch, k, aux: PIDNet(
+        arch, k, m=2, n=3, planes=32, ppm_planes=96, head_planes=128, aux=aux
+    ),
+}
+
+
+def resnet_models() -> list[str]:
     return [f"{head}_r{depth}" for head in HEADS for depth in DEPTHS]
+
+
+def available_models() -> list[str]:
+    return resnet_models() + list(REALTIME)
 
 
 def _parse_arch(arch: str) -> tuple[str, int]:
@@ -51,8 +70,11 @@ def build_model(
 
     `model.model_kwargs` holds what rebuilds the same network (not the weights path:
     a checkpoint carries the trained weights itself). The backbone loading report, if
-    any, is kept on `model.backbone_report`.
+    any, is kept on `model.backbone_report`. `deep_stem` is for the ResNets only; the
+    real-time networks have their own stem.
     """
+    if arch in REALTIME:
+        return _build_realtime(arch, num_classes, aux, deep_stem, backbone_weights)
     head_name, depth = _parse_arch(arch)
     if num_classes < 1:
         raise SegkdError(f"num_classes must be >= 1 for {arch}, got {num_classes}")
@@ -73,7 +95,23 @@ def build_model(
     return model
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _build_realtime(
+    arch: str, num_classes: int, aux: bool, deep_stem: bool, backbone_weights: str | None
+) -> SegmentationNet:
+    if num_classes < 1:
+        raise SegkdError(f"num_classes must be >= 1 for {arch}, got {num_classes}")
+    if deep_stem:
+        raise SegkdError(f"--deep-stem is for the ResNet models; {arch} has its own stem")
+    model = REALTIME[arch](arch, num_classes, aux)
+    model.model_kwargs = {"aux": aux}
+    if backbone_weights:
+        from distill.models.realtime_weights import load_realtime_imagenet
+
+        model.backbone_report = load_realtime_imagenet(model, backbone_weights)
+    return model
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SegkdError(f"backbone weights not found: {path}")
     try:
@@ -110,7 +148,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     backbone = model.backbone if isinstance(model, Segmentor) else model
-    source = _read_state_dict(path)
+    source = read_state_dict(path)
     target = backbone.state_dict()
     ignored = sorted(k for k in source if k.startswith("fc."))
     unexpected = sorted(k for k in source if k not in target and not k.startswith("fc."))

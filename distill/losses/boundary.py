@@ -1,0 +1,71 @@
+"""PIDNet's boundary losses, for a model whose training output has a "boundary" logit map.
+
+From the PIDNet paper and its public training code (XuJiacong/PIDNet):
+- boundary targets come from the label map itself: pixels near a class change (the
+  authors use Canny on the labels, dilated 4x4, a band about 4 pixels wide; here a
+  5x5 window holding two different ids, the same width with no image operator);
+- the boundary head is trained with a class-balanced BCE (positives weighted by the
+  share of negatives and the reverse) at weight 20;
+- boundary-awareness CE (BAS): the main logits' CE again, only on the pixels the
+  boundary head puts above 0.8, at weight 1.
+Everything is computed at label resolution, as the authors upsample every output first.
+Ignore pixels never count, but a class meeting an ignore region still makes an edge.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from runtime.labels import IGNORE_INDEX
+
+BOUNDARY_WEIGHT = 20.0  # [lineage, PIDNet]
+BAS_WEIGHT = 1.0  # [lineage, PIDNet]
+BAS_THRESHOLD = 0.8  # [lineage, PIDNet]
+EDGE_WINDOW = 5
+
+
+def boundary_targets(labels: torch.Tensor, window: int = EDGE_WINDOW) -> torch.Tensor:
+    """B x H x W float map: 1 where a `window` x `window` neighbourhood holds two ids."""
+    x = labels[:, None].float()
+    pad = window // 2
+    high = F.max_pool2d(x, window, stride=1, padding=pad)
+    low = -F.max_pool2d(-x, window, stride=1, padding=pad)
+    return (high != low)[:, 0].float()
+
+
+def _to_label_size(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if tuple(logits.shape[-2:]) == tuple(labels.shape[-2:]):
+        return logits.float()
+    return F.interpolate(
+        logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+    )
+
+
+def boundary_bce(
+    boundary_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Class-balanced BCE of the B x 1 x h x w boundary logits against `boundary_targets`,
+    mean over valid pixels (0 when there is none)."""
+    logits = _to_label_size(boundary_logits, labels)[:, 0]
+    target = boundary_targets(labels)
+    valid = (labels != ignore_index).float()
+    pos = (target * valid).sum()
+    neg = ((1 - target) * valid).sum()
+    total = (pos + neg).clamp_min(1)
+    weight = valid * torch.where(target > 0, neg / total, pos / total)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (per_pixel * weight).sum() / valid.sum().clamp_min(1)
+
+
+def boundary_aware_labels(
+    boundary_logits: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float = BAS_THRESHOLD,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """`labels` kept where sigmoid(boundary) > threshold, ignore elsewhere (no gradient
+    flows through the choice, as in the authors' code)."""
+    with torch.no_grad():
+        prob = torch.sigmoid(_to_label_size(boundary_logits, labels)[:, 0])
+    return torch.where(prob > threshold, labels, torch.full_like(labels, ignore_index))

@@ -1,0 +1,187 @@
+"""Building blocks shared by the two-branch real-time networks (DDRNet, PIDNet).
+
+Both papers build on the same pieces, described here from the papers and the
+authors' public model definitions (ydhongHIT/DDRNet, XuJiacong/PIDNet):
+- a stem of two stride-2 3x3 convs (with bias) + BN + ReLU, to 1/4;
+- ResNet basic blocks (expansion 1) and bottlenecks whose expansion is 2, not 4;
+  the last block of a stage ends without ReLU (fusion adds to it first), and a
+  bottleneck stage's first block has none either;
+- pre-activation convs (BN -> ReLU -> conv) in the context modules and heads;
+- the segmentation head: BN -> ReLU -> 3x3 conv -> BN -> ReLU -> 1x1 classifier.
+Module and index names follow the authors' layout (`conv1.0`, `layer3_.1.bn2`,
+`final_layer.conv2`, `spp.scale1.3`), so their published ImageNet state dicts load by
+name (`distill.models.realtime_weights`).
+
+Every resize takes its target size from the tensor it is added to. That keeps the
+networks correct at any input size (odd sizes round up through the stride-2 convs on
+both branches alike); a static-size export folds those sizes into constants.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def resize_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of `x` to `like`'s spatial size (align_corners=False, as the authors)."""
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1) -> nn.Sequential:
+    """conv (no bias) + BN, no activation: fusion paths (`compression3`, `down3`, `diff3`)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout)
+    )
+
+
+def pre_act_conv(cin: int, cout: int, kernel: int = 1, groups: int = 1) -> nn.Sequential:
+    """BN -> ReLU -> conv (no bias); indices 0/1/2 like the authors' Sequentials."""
+    return nn.Sequential(
+        nn.BatchNorm2d(cin),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False),
+    )
+
+
+def pooled_branch(cin: int, cout: int, kernel: int | None) -> nn.Sequential:
+    """Average pool -> BN -> ReLU -> 1x1 conv (indices 0..3).
+
+    `kernel` k pools with stride k // 2 and padding k // 2, the papers' pairs (5, 2),
+    (9, 4), (17, 8): fixed ops that export as plain AveragePool. None is the image-level
+    branch, a global average (GlobalAveragePool).
+    """
+    pool: nn.Module
+    if kernel is None:
+        pool = nn.AdaptiveAvgPool2d(1)
+    else:
+        pool = nn.AvgPool2d(kernel, stride=kernel // 2, padding=kernel // 2)
+    return nn.Sequential(pool, *pre_act_conv(cin, cout))
+
+
+# The pyramid's pooled branches (kernel, stride = kernel // 2): 1/2, 1/4, 1/8 and global.
+PYRAMID_KERNELS: tuple[int | None, ...] = (5, 9, 17, None)
+
+
+def stem(cout: int) -> nn.Sequential:
+    """Two stride-2 3x3 convs (bias=True, as published) with BN + ReLU: input to 1/4."""
+    return nn.Sequential(
+        nn.Conv2d(3, cout, 3, 2, 1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 2, 1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BasicBlock(nn.Module):
+    expansion: ClassVar[int] = 1
+    first_relu: ClassVar[bool] = True  # a stage's first block ends with ReLU
+
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        relu: bool = True,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) + identity
+        return F.relu(out) if self.relu else out
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride) -> 1x1 to 2 x planes."""
+
+    expansion: ClassVar[int] = 2
+    first_relu: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        relu: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.downsample = downsample
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out)) + identity
+        return F.relu(out) if self.relu else out
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+def first_block(block: Block, cin: int, planes: int, stride: int = 1, relu: bool | None = None):
+    """A stage's first block, with a 1x1 conv + BN shortcut when shape changes."""
+    cout = planes * block.expansion
+    downsample = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+    return block(cin, planes, stride, downsample, block.first_relu if relu is None else relu)
+
+
+def stage(block: Block, cin: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    """`blocks` blocks; the first keeps the block type's default ending, middle ones end
+    with ReLU and the last (if not also the first) ends without."""
+    layers: list[nn.Module] = [first_block(block, cin, planes, stride)]
+    cout = planes * block.expansion
+    layers += [block(cout, planes, relu=i < blocks - 1) for i in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+class SegHead(nn.Module):
+    """BN -> ReLU -> 3x3 conv -> BN -> ReLU -> 1x1 classifier; returns (logits, feat).
+
+    `feat` is the classifier's input (after the second ReLU), the map IDD/PID distil.
+    """
+
+    def __init__(self, cin: int, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = F.relu(self.bn2(self.conv1(F.relu(self.bn1(x)))))
+        return self.conv2(feat), feat
+
+
+def init_weights(module: nn.Module) -> None:
+    """Kaiming (fan_out) convs, unit BN: the authors' initialisation."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
