@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ SECTIONS = ("env", "distill", "torchrun", "inference", "export")
 MIN_SECTION_S = 5.0  # a section is not started with less than this left of the budget
 GRACE_S = 20.0  # past the deadline before a section's process is killed
 FAILED = ("FAILED",)
+STATE_DIRS = ("sections", "logs", "students", "torchrun", "export")
 
 
 def section_function(name: str) -> Any:
@@ -140,6 +142,8 @@ def run_all(args: argparse.Namespace) -> int:
     plan = make_plan(args.device, args.quick, args.budget_s)
     args.budget_s = plan.budget_s
     out: Path = args.out
+    for sub in STATE_DIRS:  # an earlier check's students or results must not be reused
+        shutil.rmtree(out / sub, ignore_errors=True)
     for sub in ("sections", "logs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def nccl_probe(plan: Plan) -> dict[str, Any]:
     try:
         t = torch.ones(4, device=device)
         dist.all_reduce(t)
-        model = build_model("pspnet_r18", NUM_CLASSES).to(device).train()
+        model = build_model("pspnet_r18", NUM_CLASSES, aux=False).to(device).train()
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if cuda else None)
         opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
         h, w = plan.train_size
@@ -144,7 +145,8 @@ def section_torchrun(plan: Plan, out: Path, deadline: float) -> dict[str, Any]:
     if plan.device == "cuda" and not torch.distributed.is_nccl_available():
         raise Skipped("this torch build has no NCCL")
     workdir = out / "torchrun"
-    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)  # the trainer refuses to start over a run
+    workdir.mkdir(parents=True)
     write_teacher(plan, workdir / "teacher.pt")
     env = {
         **os.environ,
