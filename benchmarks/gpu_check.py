@@ -114,6 +114,11 @@ def run_section_process(name: str, args: argparse.Namespace, deadline: float) ->
     return {"status": "failed", "reason": why, "seconds": seconds, "result": {}}
 
 
+def cell(text: Any) -> str:
+    """A markdown table cell: one line, and a '|' in a figure (max |Δlogit|) escaped."""
+    return str(text if text is not None else "").replace("\n", " ").replace("|", "\\|")
+
+
 def markdown(report: dict[str, Any]) -> str:
     env = report["sections"].get("env", {}).get("result", {})
     gpu = env.get("gpu", {}).get("name", "no GPU")
@@ -130,9 +135,9 @@ def markdown(report: dict[str, Any]) -> str:
     for name, sec in report["sections"].items():
         rows = sec.get("result", {}).get("rows", [])
         if sec["status"] != "ok" or not rows:
-            lines.append(f"| {name} | (section) | {sec['status']} | {sec.get('reason') or ''} |")
+            lines.append(f"| {name} | (section) | {sec['status']} | {cell(sec.get('reason'))} |")
         for item, status, figures in rows:
-            lines.append(f"| {name} | {item} | {status} | {figures} |".replace("\n", " "))
+            lines.append(f"| {name} | {cell(item)} | {status} | {cell(figures)} |")
     return "\n".join(lines) + "\n"
 
 
