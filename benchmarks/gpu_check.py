@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(HERE.parents[1]))
     sys.path.insert(0, str(HERE.parent))
 
-from gpu_check_plan import Plan, Skipped, first_line, make_plan  # noqa: E402
+from gpu_check_plan import Plan, Skipped, first_line, make_plan, run_group  # noqa: E402
 
 from runtime.atomic_io import write_json_atomic  # noqa: E402
 
@@ -92,22 +92,17 @@ def run_section_process(name: str, args: argparse.Namespace, deadline: float) ->
     log = out / "logs" / f"{name}.log"
     t0 = time.perf_counter()
     with log.open("w") as f:
-        try:
-            proc = subprocess.run(
-                section_command(name, args, deadline),
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                timeout=max(1.0, deadline - time.time() + GRACE_S),
-                check=False,
-            )
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
+        code = run_group(
+            section_command(name, args, deadline),
+            timeout=max(1.0, deadline - time.time() + GRACE_S),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     if result_file.is_file():
         return json.loads(result_file.read_text())
     seconds = round(time.perf_counter() - t0, 1)
     if code is None:
-        why = f"killed at the time budget ({args.budget_s:g} s) after {seconds} s"
+        why = f"killed {GRACE_S:g} s past its time limit, after {seconds} s"
     else:
         lines = log.read_text(errors="replace").strip().splitlines()
         why = f"process exited with code {code}: {(lines or ['no output'])[-1][:200]}"
@@ -170,8 +165,10 @@ def run_all(args: argparse.Namespace) -> int:
                 "result": {},
             }
         else:
-            print(f"[gpu-check] {name} ({left:.0f} s of the budget left)", flush=True)
-            sec = run_section_process(name, args, deadline)
+            cap = plan.section_caps_s.get(name)
+            until = min(deadline, time.time() + cap) if cap else deadline
+            print(f"[gpu-check] {name} ({until - time.time():.0f} s for it)", flush=True)
+            sec = run_section_process(name, args, until)
         report["sections"][name] = sec
         print(f"[gpu-check] {name}: {sec['status']} ({sec['seconds']} s)"
               f"{': ' + sec['reason'] if sec.get('reason') else ''}", flush=True)  # fmt: skip

@@ -6,7 +6,10 @@ smaller; nothing in the sections branches on "quick" except through these number
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+import signal
+import subprocess
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Real-time students other engineers add to the model registry; each is looked up at run
@@ -46,6 +49,8 @@ class Plan:
     verify_images: int
     ort_iters: int
     budget_s: float  # the whole check, every section together
+    # Most seconds one section may take, so one that hangs cannot starve the others.
+    section_caps_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def dist_backend(self) -> str:
@@ -98,6 +103,8 @@ def make_plan(device: str, quick: bool, budget_s: float | None = None) -> Plan:
         verify_images=4,
         ort_iters=20,
         budget_s=budget_s or 450.0,  # 7.5 min: the issue's 8 min with room to write the report
+        # Expected on an H100/H200: env 10 s, distill 60, torchrun 60, inference 30, export 120.
+        section_caps_s={"env": 60, "distill": 150, "torchrun": 150, "inference": 90, "export": 200},
     )
 
 
@@ -115,3 +122,15 @@ def first_line(e: BaseException) -> str:
 def row(item: str, status: str, figures: str) -> list[str]:
     """One line of the markdown table (section name is added by the driver)."""
     return [item, status, figures]
+
+
+def run_group(cmd: list[str], timeout: float, **kwargs: Any) -> int | None:
+    """Run cmd in its own process group; on timeout kill the whole group (torchrun's
+    workers too, which would otherwise hold the GPU) and return None, else the exit code."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None

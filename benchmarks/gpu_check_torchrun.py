@@ -13,12 +13,11 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from gpu_check_plan import NUM_CLASSES, Plan, Skipped, first_line, row
+from gpu_check_plan import NUM_CLASSES, Plan, Skipped, first_line, row, run_group
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -158,16 +157,18 @@ def section_torchrun(plan: Plan, out: Path, deadline: float) -> dict[str, Any]:
         str(HERE.with_name("gpu_check.py")), "--torchrun-worker", str(workdir),
         "--device", plan.device, *(["--quick"] if plan.quick else []),
     ]  # fmt: skip
-    timeout = max(10.0, deadline - time.time())
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    (workdir / "torchrun.log").write_text(proc.stdout + proc.stderr)
+    log = workdir / "torchrun.log"
+    with log.open("w") as f:
+        code = run_group(
+            cmd, max(10.0, deadline - time.time()), cwd=ROOT, env=env, stdout=f, stderr=f
+        )
+    if code is None:
+        raise RuntimeError("torchrun did not finish within the section's time; killed")
     if not (workdir / "worker.json").is_file():
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"torchrun exited {proc.returncode} without a result: {tail[:200]}")
+        lines = log.read_text(errors="replace").strip().splitlines() or ["no output"]
+        raise RuntimeError(f"torchrun exited {code} without a result: {lines[-1][:200]}")
     worker_result = json.loads((workdir / "worker.json").read_text())
-    result: dict[str, Any] = {"returncode": proc.returncode, **worker_result}
+    result: dict[str, Any] = {"returncode": code, **worker_result}
     rows = []
     d = worker_result["distill"]
     summary_path = workdir / "run" / "summary.json"
