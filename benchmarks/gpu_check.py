@@ -166,6 +166,9 @@ def run_all(args: argparse.Namespace) -> int:
             }
         else:
             cap = plan.section_caps_s.get(name)
+            env = report["sections"].get("env", {}).get("result", {})
+            if name == "export" and env.get("tensorrt", {}).get("available"):
+                cap = None  # engine builds take minutes: the export may use what is left
             until = min(deadline, time.time() + cap) if cap else deadline
             print(f"[gpu-check] {name} ({until - time.time():.0f} s for it)", flush=True)
             sec = run_section_process(name, args, until)
