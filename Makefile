@@ -27,7 +27,7 @@ LOCK_FLAGS ?= --upgrade
 LOCK_ARGS  := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
 OUT        ?= runs/demo
 
-.PHONY: setup demo test test-tools lint lock test-latest clean
+.PHONY: setup demo test test-tools lint lock test-latest clean gpu-wheels gpu-site gpu-check
 
 # The installer itself, pinned by hash, outside the project's environments.
 $(UV): requirements/uv.txt
@@ -83,6 +83,46 @@ test-latest: $(UV)
 	  --override requirements/cpu.in -e ".[train,export,dev]"
 	.venv-latest/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE '^(onnx|onnxruntime|numpy|torch|opencv)' || true
 	.venv-latest/bin/python -m pytest -q
+
+# --- GPU check (docs/GPU.md) ------------------------------------------------------------
+# A CUDA machine without network whose Python 3.12 already holds torch (CUDA), onnx,
+# onnxruntime, numpy and OpenCV gets the rest of what segkd imports as wheels, at the
+# lock's versions, prepared here by `make gpu-wheels` into .whl/ (under 64 MiB; OpenCV's
+# wheel alone is 61 MB, so it must be on the machine). Never torch: the machine's stays.
+GPU_WHEELS ?= onnxslim onnxscript onnx-ir ml-dtypes typer pydantic pydantic-core \
+  annotated-types typing-inspection annotated-doc typing-extensions shellingham rich \
+  markdown-it-py mdurl pygments tqdm pyyaml pillow colorama packaging
+GPU_WHEEL_DIR ?= .whl
+GPU_WHEEL_PY  ?= 3.12
+GPU_WHEEL_MAX_MIB ?= 64
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
+  manylinux2014_x86_64 manylinux1_x86_64
+GPU_PYTHON    ?= python3
+GPU_SITE      ?= /tmp/site
+GPU_CHECK_OUT ?= runs/gpu_check
+GPU_CHECK_ARGS ?=
+
+gpu-wheels:
+	rm -rf $(GPU_WHEEL_DIR) && mkdir -p $(GPU_WHEEL_DIR)
+	pins=""; for p in $(GPU_WHEELS); do \
+	  pin=$$(grep -ioE "^$$p==[^ ]+" requirements.lock) || { echo "error: $$p is not in requirements.lock" >&2; exit 2; }; \
+	  pins="$$pins $$pin"; done; \
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_WHEEL_PY) \
+	  --implementation cp $(addprefix --platform ,$(GPU_PLATFORMS)) -d $(GPU_WHEEL_DIR) $$pins
+	@kib=$$(du -sk $(GPU_WHEEL_DIR) | cut -f1); n=$$(ls $(GPU_WHEEL_DIR)/*.whl | wc -l); \
+	  echo "$(GPU_WHEEL_DIR): $$n wheels, $$((kib / 1024)) MiB"; \
+	  [ $$kib -le $$(($(GPU_WHEEL_MAX_MIB) * 1024)) ] || { echo "error: $(GPU_WHEEL_DIR) is over $(GPU_WHEEL_MAX_MIB) MiB" >&2; exit 2; }
+
+# On the GPU machine: the carried wheels into $(GPU_SITE), beside (not over) its own packages.
+gpu-site:
+	@[ -n "$$(ls $(GPU_WHEEL_DIR)/*.whl 2>/dev/null)" ] || { echo "error: no wheels in $(GPU_WHEEL_DIR); run make gpu-wheels first (on a machine with network)" >&2; exit 2; }
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	  --target $(GPU_SITE) $(GPU_WHEEL_DIR)/*.whl
+
+# On the GPU machine: every CUDA path, measured, in under 8 minutes (benchmarks/gpu_check.py).
+gpu-check: $(if $(wildcard $(GPU_WHEEL_DIR)/*.whl),gpu-site,)
+	PYTHONPATH=$(if $(wildcard $(GPU_WHEEL_DIR)/*.whl),$(GPU_SITE):,)$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} \
+	  PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py --device cuda --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-gpu .venv-latest .tools .pytest_cache .ruff_cache

@@ -27,7 +27,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth")
 BACKEND_OPTIONS = {
     "onnxruntime": {"intra_op_threads", "inter_op_threads", "graph_optimization", "trt_cache_dir"},
     "tensorrt": {"cuda_graph"},
-    "torch": {"channels_last"},
+    "torch": {"channels_last", "cuda_graph"},
 }
 # Default precision when a folder holds several: the safest one for each runtime.
 _ONNX_ORDER, _ENGINE_ORDER = ("fp32", "fp16", "int8"), ("fp16", "fp32", "int8")
@@ -55,7 +55,7 @@ def open_segmenter(
     input_size: (H, W) to run a dynamic-shape model at another size than its metadata says.
     verify: check the sha256 recorded in export.json before loading.
     opts: backend options (intra_op_threads, inter_op_threads, graph_optimization,
-      trt_cache_dir for onnxruntime; cuda_graph for tensorrt; channels_last for torch).
+      trt_cache_dir for onnxruntime; cuda_graph for tensorrt; channels_last, cuda_graph for torch).
     """
     path = Path(path)
     if backend not in BACKENDS:

@@ -1,7 +1,9 @@
-"""PyTorch backend: runs an nn.Module eagerly (the reference the exports are checked against).
+"""PyTorch backend: runs an nn.Module (the reference the exports are checked against).
 
 torch is imported only when this backend is built, never when runtime is imported.
 The argmax runs on the device so only the uint8 label map crosses back to the host.
+On CUDA, `cuda_graph=True` records forward + argmax once per input shape and replays it:
+one launch instead of hundreds, which is what small-batch real-time inference is bound by.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class TorchBackend:
         device: str = "auto",
         precision: str = "fp32",
         channels_last: bool = True,
+        cuda_graph: bool = False,
     ) -> None:
         torch = self._torch = _import_torch()
         dev = torch.device(resolve_device(device))
@@ -67,6 +70,11 @@ class TorchBackend:
             log.warning("fp16 autocast needs CUDA; the torch backend runs fp32 on the CPU")
             precision = "fp32"
         self.precision = precision
+        if cuda_graph and not self._cuda:
+            log.warning("CUDA graphs need CUDA; the torch backend runs eagerly on the CPU")
+            cuda_graph = False
+        self.cuda_graph = cuda_graph
+        self._graph: Any = None  # (input shape, CUDAGraph, static input, static labels)
         # channels_last lets cuDNN pick NHWC tensor-core kernels; on CPU it rarely helps.
         self._channels_last = channels_last and self._cuda
         model = model.to(dev).eval()
@@ -87,18 +95,72 @@ class TorchBackend:
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             if self._cuda:
                 x = x.to(self._device)
-                if self._channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16"):
-                logits = self.model(x)
-            if isinstance(logits, dict):  # a model still in training-output mode
-                logits = logits["logits"]
-            if logits.shape[-2:] != x.shape[-2:]:
-                logits = torch.nn.functional.interpolate(
-                    logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
-                )
-            labels = logits.argmax(1).to(torch.uint8)
-            return labels.cpu().numpy()
+            return self.labels_on_device(x).cpu().numpy()
+
+    def labels_on_device(self, x: Any) -> Any:
+        """Bx3xHxW float tensor on this backend's device -> BxHxW uint8 labels, on the device."""
+        with self._torch.inference_mode():
+            if self.cuda_graph:
+                return self._replay(x)
+            return self._forward(x)
+
+    @property
+    def uses_cuda_graph(self) -> bool:
+        return self._graph is not None
+
+    def _forward(self, x: Any) -> Any:
+        torch = self._torch
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # The cast cache would keep fp16 weight copies made during a capture: off for graphs.
+        with torch.autocast(
+            "cuda",
+            dtype=torch.float16,
+            enabled=self.precision == "fp16",
+            cache_enabled=not self.cuda_graph,
+        ):
+            logits = self.model(x)
+        if isinstance(logits, dict):  # a model still in training-output mode
+            logits = logits["logits"]
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = torch.nn.functional.interpolate(
+                logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return logits.argmax(1).to(torch.uint8)
+
+    def _replay(self, x: Any) -> Any:
+        shape = tuple(x.shape)
+        if self._graph is None or self._graph[0] != shape:
+            self._graph = None  # the old graph's memory pool goes before a new one is recorded
+            self._graph = self._capture(x)
+            if self._graph is None:  # capture failed: keep running eagerly
+                self.cuda_graph = False
+                return self._forward(x)
+        _, graph, static_in, static_out = self._graph
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()  # the next replay overwrites static_out
+
+    def _capture(self, x: Any) -> Any:
+        """Record forward + argmax at x's shape (after warm-up on a side stream, as torch asks)."""
+        torch = self._torch
+        static_in = x.clone()
+        try:
+            side = torch.cuda.Stream(self._device)
+            side.wait_stream(torch.cuda.current_stream(self._device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # cuDNN autotuning and lazy allocations happen here
+                    self._forward(static_in)
+            torch.cuda.current_stream(self._device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("CUDA graph capture failed (%s); running eagerly", first[:160])
+            return None
+        return tuple(x.shape), graph, static_in, static_out
 
     def close(self) -> None:
+        self._graph = None
         self.model = None
