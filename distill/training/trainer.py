@@ -11,6 +11,7 @@ stop with the same one-line error instead of waiting forever in the next collect
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -60,6 +61,13 @@ __all__ = ["SupervisedObjective", "pick_device", "resolve_config", "train", "tra
 log = logging.getLogger(__name__)
 
 EvalHook = Callable[[nn.Module, int], dict[str, Any]]
+# Buffers are broadcast after every step instead (`backward`), so that they are equal on all
+# ranks at evaluation and at the end too; DDP still broadcasts everything once at init.
+NO_FORWARD_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}  # torch < 2.13
+)
 SELECTED_BY = "val_miou"  # native resolution, on the selection images
 
 
@@ -201,9 +209,7 @@ def prepare(
     step: nn.Module = TrainStep(model, objective)
     if ctx.enabled:  # broadcasts rank 0's student AND objective; averages both's gradients
         step = nn.parallel.DistributedDataParallel(
-            step,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,  # done after every step instead (`backward`)
+            step, device_ids=[device.index] if device.type == "cuda" else None, **NO_FORWARD_SYNC
         )
     torch.manual_seed(cfg.seed + ctx.rank)  # from here on, per-rank randomness
     model.train()
