@@ -48,9 +48,12 @@ def run_adapters(out: Path) -> None:
     holder: dict[str, torch.nn.Module] = {}
 
     def factory(student, labels, device):  # type: ignore[no-untyped-def]
-        torch.manual_seed(123)  # the teacher is a file in real runs: the same on every rank
-        teacher = build_model("deeplabv3_r18", labels.num_classes, aux=False).eval()
-        readout = PositionReadout(teacher.feat_channels, 3)
+        # The teacher and its readout are files in real runs: the same on every rank, and
+        # loading them leaves the global generator alone (the adapters draw from it).
+        with torch.random.fork_rng():
+            torch.manual_seed(123)
+            teacher = build_model("deeplabv3_r18", labels.num_classes, aux=False).eval()
+            readout = PositionReadout(teacher.feat_channels, 3)
         dcfg = DistillConfig(
             losses=("kd", "idd", "pid"), idd_scale="adapter", pid_mode="student_readout"
         )
