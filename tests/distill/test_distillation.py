@@ -221,3 +221,26 @@ def test_cli_distill_defaults_are_the_library_defaults() -> None:
         if f.name in params and f.name != "losses":
             assert params[f.name].default == getattr(defaults, f.name), f.name
     assert tuple(params["losses"].default.split(",")) == defaults.losses
+
+
+def test_cli_training_options_default_to_the_train_config() -> None:
+    # `segkd train` and `segkd distill` spell the TrainConfig options out too (cli.py must
+    # import without torch); their defaults must be the dataclass's.
+    import dataclasses
+    import inspect
+
+    import cli
+    from distill.training.config import TrainConfig
+
+    defaults = TrainConfig()
+    own = {"out", "role"}  # each command has its own output folder; distill is a student
+    for command, renamed in ((cli.train, {}), (cli.distill, {"model": "student"})):
+        params = inspect.signature(command).parameters
+        checked = 0
+        for f in dataclasses.fields(TrainConfig):
+            name = renamed.get(f.name, f.name)
+            if name in params and f.name not in own:
+                default = params[name].default
+                assert default == getattr(defaults, f.name), (command.__name__, f.name)
+                checked += 1
+        assert checked >= 17, command.__name__
