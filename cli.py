@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -67,69 +69,96 @@ def models(
     _write_json(json_out, rows)
 
 
-@app.command()
-def train(
-    data: Annotated[
-        str,
-        typer.Option(
-            help="dataset SPEC: synthetic, cityscapes:PATH, voc:PATH, ade20k:PATH, folder:PATH"
-        ),
-    ] = "synthetic",
-    model: Annotated[str, typer.Option(help="architecture, see `segkd models`")] = "pspnet_r18",
-    out: Annotated[Path, typer.Option(help="output folder for checkpoints and logs")] = Path(
-        "runs/train"
+# Options `segkd train` and `segkd distill` share: the CLI type and help live here, the
+# default is TrainConfig's (read without torch), so the two cannot drift apart.
+_TRAIN_OPTIONS: dict[str, tuple[Any, str]] = {
+    "data": (str, "dataset SPEC: synthetic, cityscapes:PATH, voc:PATH, ade20k:PATH, folder:PATH"),
+    "iters": (int | None, "training iterations (dataset default)"),
+    "batch_size": (int | None, "per-process batch size (dataset default)"),
+    "crop_size": (str | None, "training crop HxW (dataset default)"),
+    "export_size": (str | None, "deploy input size HxW, also validated at (dataset default)"),
+    "lr": (float | None, "base learning rate (dataset default)"),
+    "weight_decay": (float | None, "(dataset default)"),
+    "eval_interval": (int | None, "validate + checkpoint every N iterations (default: iters/4)"),
+    "val_images": (
+        int | None,
+        "val images (spread over the split) every evaluation scores (default: all)",
     ),
-    iters: Annotated[int | None, typer.Option(help="training iterations [dataset default]")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="per-process batch size [dataset default]")
-    ] = None,
-    crop_size: Annotated[
-        str | None, typer.Option(help="training crop HxW [dataset default]")
-    ] = None,
-    export_size: Annotated[
-        str | None, typer.Option(help="input size recorded for export HxW [dataset default]")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="base learning rate [dataset default]")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="[dataset default]")] = None,
-    eval_interval: Annotated[
-        int | None, typer.Option(help="validate + checkpoint every N iterations [iters/4]")
-    ] = None,
-    val_images: Annotated[
-        int | None, typer.Option(help="cap on val images for periodic evaluation")
-    ] = None,
-    num_workers: Annotated[int, typer.Option(help="data loader workers per process")] = 1,
-    seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    amp: Annotated[bool, typer.Option(help="mixed precision on CUDA")] = True,
-    sync_bn: Annotated[bool, typer.Option(help="SyncBatchNorm under torchrun")] = False,
-    deep_stem: bool = False,
-    backbone_weights: Annotated[
-        Path | None, typer.Option(help="local torchvision-format ImageNet ResNet state dict")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from resume.pt")] = False,
+    "num_workers": (int, "data loader workers per process"),
+    "seed": (int, "random seed (the same on every process; data order per process)"),
+    "device": (str, "auto, cpu, cuda or cuda:N"),
+    "amp": (bool, "mixed precision on CUDA"),
+    "sync_bn": (bool, "SyncBatchNorm under torchrun"),
+    "deep_stem": (bool, "three-conv stem of the reference code bases"),
+    "backbone_weights": (Path | None, "local torchvision-format ImageNet ResNet state dict"),
+    "resume": (bool, "continue the run in --out from resume.pt"),
+}
+
+
+def _with_train_options(
+    model_option: str, out_default: str, model_help: str
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Append the TrainConfig options (and --MODEL_OPTION, --out) to a command that takes
+    them as **options; typer reads the signature built here."""
+    from distill.training.config import TrainConfig
+
+    defaults = TrainConfig()
+    specs = {
+        model_option: (str, model_help, defaults.model),
+        "out": (Path, "output folder for checkpoints and logs", Path(out_default)),
+        **{k: (t, h, getattr(defaults, k)) for k, (t, h) in _TRAIN_OPTIONS.items()},
+    }
+
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(command, eval_str=True)  # cli.py has string annotations
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[kind, typer.Option(help=text)],
+            )
+            for name, (kind, text, default) in specs.items()
+        ]
+        command.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        return command
+
+    return wrap
+
+
+def _train_config(options: dict[str, Any], model: str, **fixed: Any):  # type: ignore[no-untyped-def]
+    from distill.training.config import TrainConfig
+
+    values = {k: options[k] for k in _TRAIN_OPTIONS}
+    values["crop_size"] = _size(values["crop_size"], "--crop-size")
+    values["export_size"] = _size(values["export_size"], "--export-size")
+    weights = values["backbone_weights"]
+    values["backbone_weights"] = str(weights) if weights else None
+    return TrainConfig(**values, model=model, out=str(options["out"]), **fixed)
+
+
+@app.command()
+@_with_train_options("model", "runs/train", "architecture, see `segkd models`")
+def train(
+    *,
     role: Annotated[
         str, typer.Option(help="teacher, student or model (recorded in the checkpoint)")
     ] = "model",
     readout_iters: Annotated[
         int, typer.Option(help="with --role teacher: fit and store the position readout (0: skip)")
     ] = 200,
+    **options: Any,
 ) -> None:
     """Train a teacher or a baseline student (cross-entropy + auxiliary head)."""
-    from distill.training import TrainConfig
     from distill.training import train as run_training
 
-    cfg = TrainConfig(
-        data=data, model=model, out=str(out), iters=iters, batch_size=batch_size,
-        crop_size=_size(crop_size, "--crop-size"), export_size=_size(export_size, "--export-size"),
-        lr=lr, weight_decay=weight_decay, eval_interval=eval_interval, val_images=val_images,
-        num_workers=num_workers, seed=seed, device=device, amp=amp, sync_bn=sync_bn,
-        deep_stem=deep_stem, backbone_weights=str(backbone_weights) if backbone_weights else None,
-        resume=resume, role=role,
-    )  # fmt: skip
+    model, out = options.pop("model"), options["out"]
     if role not in ("teacher", "student", "model"):
         raise SegkdError(f"--role must be teacher, student or model, got {role!r}")
     if readout_iters < 0:
         raise SegkdError(f"--readout-iters must be >= 0, got {readout_iters}")
+    cfg = _train_config(options, model, role=role)
     summary = run_training(cfg)
     console.print(
         f"[bold]{model}[/]: best val mIoU {summary['best_miou']:.4f} at iteration "
@@ -145,20 +174,17 @@ def train(
 
 
 def _is_main_process() -> bool:
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
 @app.command()
+@_with_train_options("student", "runs/distill", "student architecture")
 def distill(
     teacher: Annotated[
         Path, typer.Option(help="teacher checkpoint (.pt) trained on the same classes")
     ],
-    data: Annotated[str, typer.Option(help="dataset SPEC")] = "synthetic",
-    student: Annotated[str, typer.Option(help="student architecture")] = "pspnet_r18",
+    *,
     losses: Annotated[str, typer.Option(help="comma-separated: kd, idd, pid, cwd")] = "cwd,idd,pid",
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/distill"),
     w_kd: Annotated[float, typer.Option(help="weight of pixel-wise KD")] = 1.0,
     kd_temperature: float = 4.0,
     w_idd: Annotated[float, typer.Option(help="weight of inter-class distance distillation")] = 8.0,
@@ -173,28 +199,10 @@ def distill(
     readout_iters: Annotated[
         int, typer.Option(help="iterations to fit the teacher's position readout if not cached")
     ] = 200,
-    iters: Annotated[int | None, typer.Option(help="[dataset default]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[dataset default]")] = None,
-    crop_size: Annotated[str | None, typer.Option(help="HxW [dataset default]")] = None,
-    export_size: Annotated[str | None, typer.Option(help="HxW [dataset default]")] = None,
-    lr: Annotated[float | None, typer.Option(help="[dataset default]")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="[dataset default]")] = None,
-    eval_interval: Annotated[int | None, typer.Option(help="[iters/4]")] = None,
-    val_images: Annotated[int | None, typer.Option(help="cap for periodic evaluation")] = None,
-    num_workers: int = 1,
-    seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    amp: bool = True,
-    sync_bn: bool = False,
-    deep_stem: bool = False,
-    backbone_weights: Annotated[
-        Path | None, typer.Option(help="local torchvision-format ResNet state dict")
-    ] = None,
-    resume: bool = False,
+    **options: Any,
 ) -> None:
     """Distil a student from a frozen teacher with KD, IDD, position distillation (and CWD)."""
     from distill.distillation import DistillConfig
-    from distill.training import TrainConfig
     from distill.training.distill_run import run_distillation
 
     dcfg = DistillConfig(
@@ -202,14 +210,8 @@ def distill(
         idd_distance=idd_distance, idd_scale=idd_scale, w_pid=w_pid, pid_mode=pid_mode,
         w_cwd=w_cwd, cwd_temperature=cwd_temperature,
     )  # fmt: skip
-    cfg = TrainConfig(
-        data=data, model=student, out=str(out), iters=iters, batch_size=batch_size,
-        crop_size=_size(crop_size, "--crop-size"), export_size=_size(export_size, "--export-size"),
-        lr=lr, weight_decay=weight_decay, eval_interval=eval_interval, val_images=val_images,
-        num_workers=num_workers, seed=seed, device=device, amp=amp, sync_bn=sync_bn,
-        deep_stem=deep_stem, backbone_weights=str(backbone_weights) if backbone_weights else None,
-        resume=resume, role="student",
-    )  # fmt: skip
+    student = options.pop("student")
+    cfg = _train_config(options, student, role="student")
     if readout_iters < 1:
         raise SegkdError(f"--readout-iters must be >= 1, got {readout_iters}")
     summary = run_distillation(cfg, teacher, dcfg, readout_iters=readout_iters)

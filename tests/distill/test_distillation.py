@@ -224,8 +224,14 @@ def test_cli_distill_defaults_are_the_library_defaults() -> None:
 
 
 def test_cli_training_options_default_to_the_train_config() -> None:
-    # `segkd train` and `segkd distill` spell the TrainConfig options out too (cli.py must
-    # import without torch); their defaults must be the dataclass's.
+    # cli.py builds the TrainConfig options of `segkd train` and `segkd distill` from the
+    # dataclass, read without torch (cli.py must start without it on a Jetson).
+    import subprocess
+    import sys
+
+    probe = "import sys, cli; assert 'torch' not in sys.modules, 'cli imported torch'"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
     import dataclasses
     import inspect
 
