@@ -267,11 +267,14 @@ def evaluate_and_save(
     write best/last/resume. The final evaluation also scores the whole split, for the
     record: that figure never competes for best.pt."""
     cfg, ctx, progress = run.cfg, run.ctx, run.progress
-    score = lambda indices: evaluate_model(  # noqa: E731
-        run.model, run.val_set, run.labels, run.preprocess, run.device,
-        indices=indices, ctx=ctx, amp=run.amp,
-    )  # fmt: skip
-    scores: ValScores = score(run.selection)
+
+    def score(indices: list[int] | None) -> ValScores:
+        return evaluate_model(
+            run.model, run.val_set, run.labels, run.preprocess, run.device,
+            indices=indices, ctx=ctx, amp=run.amp,
+        )  # fmt: skip
+
+    scores = score(run.selection)
     metrics: dict[str, Any] = {**scores.to_metrics(), "iter": done}
     if done == cfg.iters and len(run.selection) < len(run.val_set):
         metrics.update(score(None).to_metrics("_all"))
