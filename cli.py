@@ -96,14 +96,18 @@ _TRAIN_OPTIONS: dict[str, tuple[Any, str]] = {
 
 
 def _with_train_options(
-    model_option: str, out_default: str, model_help: str
+    model_option: str,
+    out_default: str,
+    model_help: str,
+    extra: dict[str, tuple[Any, str, Any]] | None = None,
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Append the TrainConfig options (and --MODEL_OPTION, --out) to a command that takes
-    them as **options; typer reads the signature built here."""
+    """Append `extra` (name: type, help, default), --MODEL_OPTION, --out and the TrainConfig
+    options to a command that takes them as **options; typer reads the signature built here."""
     from distill.training.config import TrainConfig
 
     defaults = TrainConfig()
     specs = {
+        **(extra or {}),
         model_option: (str, model_help, defaults.model),
         "out": (Path, "output folder for checkpoints and logs", Path(out_default)),
         **{k: (t, h, getattr(defaults, k)) for k, (t, h) in _TRAIN_OPTIONS.items()},
@@ -125,6 +129,54 @@ def _with_train_options(
         return command
 
     return wrap
+
+
+# The DistillConfig options of `segkd distill`. Their CLI default is None, meaning "the
+# dataclass's default", so behaviour cannot drift; the help shows that default, read from
+# distill/distillation.py's source (importing it would import torch).
+_DISTILL_OPTIONS: dict[str, tuple[Any, str]] = {
+    "losses": (str | None, "comma-separated: kd, idd, pid, cwd"),
+    "w_kd": (float | None, "weight of pixel-wise KD"),
+    "kd_temperature": (float | None, "KD softmax temperature"),
+    "w_idd": (float | None, "weight of inter-class distance distillation"),
+    "idd_distance": (str | None, "euclidean or cosine"),
+    "idd_scale": (str | None, "normalize, adapter, both or none"),
+    "w_pid": (float | None, "weight of position information distillation"),
+    "pid_mode": (str | None, "teacher_readout or student_readout"),
+    "w_cwd": (float | None, "weight of channel-wise distillation"),
+    "cwd_temperature": (float | None, "CWD softmax temperature"),
+}
+
+
+def literal_dataclass_defaults(module: str, cls: str) -> dict[str, Any]:
+    """The literal field defaults of dataclass `cls` in `module`, read from its source
+    without importing the module (fields whose default is not a literal are left out)."""
+    import ast
+    import contextlib
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return {}
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    body = next((n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), [])
+    found: dict[str, Any] = {}
+    for stmt in body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value:
+            with contextlib.suppress(ValueError):
+                found[stmt.target.id] = ast.literal_eval(stmt.value)
+    return found
+
+
+def _distill_option_specs() -> dict[str, tuple[Any, str, Any]]:
+    library = literal_dataclass_defaults("distill.distillation", "DistillConfig")
+
+    def shown(name: str) -> str:
+        value = library.get(name)
+        value = ",".join(value) if isinstance(value, tuple) else value
+        return "" if value is None else f" (default: {value})"
+
+    return {k: (t, h + shown(k), None) for k, (t, h) in _DISTILL_OPTIONS.items()}
 
 
 def _train_config(options: dict[str, Any], model: str, **fixed: Any):  # type: ignore[no-untyped-def]
@@ -178,24 +230,14 @@ def _is_main_process() -> bool:
 
 
 @app.command()
-@_with_train_options("student", "runs/distill", "student architecture")
+@_with_train_options(
+    "student", "runs/distill", "student architecture", extra=_distill_option_specs()
+)
 def distill(
     teacher: Annotated[
         Path, typer.Option(help="teacher checkpoint (.pt) trained on the same classes")
     ],
     *,
-    losses: Annotated[str, typer.Option(help="comma-separated: kd, idd, pid, cwd")] = "cwd,idd,pid",
-    w_kd: Annotated[float, typer.Option(help="weight of pixel-wise KD")] = 1.0,
-    kd_temperature: float = 4.0,
-    w_idd: Annotated[float, typer.Option(help="weight of inter-class distance distillation")] = 8.0,
-    idd_distance: Annotated[str, typer.Option(help="euclidean or cosine")] = "euclidean",
-    idd_scale: Annotated[str, typer.Option(help="normalize, adapter, both or none")] = "normalize",
-    w_pid: Annotated[float, typer.Option(help="weight of position information distillation")] = 5.0,
-    pid_mode: Annotated[
-        str, typer.Option(help="teacher_readout or student_readout")
-    ] = "teacher_readout",
-    w_cwd: Annotated[float, typer.Option(help="weight of channel-wise distillation")] = 3.0,
-    cwd_temperature: float = 4.0,
     readout_iters: Annotated[
         int, typer.Option(help="iterations to fit the teacher's position readout if not cached")
     ] = 200,
@@ -205,11 +247,8 @@ def distill(
     from distill.distillation import DistillConfig
     from distill.training.distill_run import run_distillation
 
-    dcfg = DistillConfig(
-        losses=losses, w_kd=w_kd, kd_temperature=kd_temperature, w_idd=w_idd,
-        idd_distance=idd_distance, idd_scale=idd_scale, w_pid=w_pid, pid_mode=pid_mode,
-        w_cwd=w_cwd, cwd_temperature=cwd_temperature,
-    )  # fmt: skip
+    given = {k: options.pop(k) for k in _DISTILL_OPTIONS}
+    dcfg = DistillConfig(**{k: v for k, v in given.items() if v is not None})
     student = options.pop("student")
     cfg = _train_config(options, student, role="student")
     if readout_iters < 1:
