@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -72,72 +74,151 @@ def models(
     _write_json(json_out, rows)
 
 
-@app.command()
-def train(
-    data: Annotated[
-        str,
-        typer.Option(
-            help="dataset SPEC: synthetic, cityscapes:PATH, voc:PATH, ade20k:PATH, folder:PATH"
-        ),
-    ] = "synthetic",
-    model: Annotated[str, typer.Option(help="architecture, see `segkd models`")] = "pspnet_r18",
-    out: Annotated[Path, typer.Option(help="output folder for checkpoints and logs")] = Path(
-        "runs/train"
+# Options `segkd train` and `segkd distill` share: the CLI type and help live here, the
+# default is TrainConfig's (read without torch), so the two cannot drift apart.
+_TRAIN_OPTIONS: dict[str, tuple[Any, str]] = {
+    "data": (str, "dataset SPEC: synthetic, cityscapes:PATH, voc:PATH, ade20k:PATH, folder:PATH"),
+    "iters": (int | None, "training iterations (dataset default)"),
+    "batch_size": (int | None, "per-process batch size (dataset default)"),
+    "crop_size": (str | None, "training crop HxW (dataset default)"),
+    "export_size": (str | None, "deploy input size HxW, also validated at (dataset default)"),
+    "lr": (float | None, "base learning rate (dataset default)"),
+    "weight_decay": (float | None, "(dataset default)"),
+    "eval_interval": (int | None, "validate + checkpoint every N iterations (default: iters/4)"),
+    "val_images": (
+        int | None,
+        "val images (spread over the split) every evaluation scores (default: all)",
     ),
-    iters: Annotated[int | None, typer.Option(help="training iterations [dataset default]")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="per-process batch size [dataset default]")
-    ] = None,
-    crop_size: Annotated[
-        str | None, typer.Option(help="training crop HxW [dataset default]")
-    ] = None,
-    export_size: Annotated[
-        str | None, typer.Option(help="input size recorded for export HxW [dataset default]")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="base learning rate [dataset default]")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="[dataset default]")] = None,
-    eval_interval: Annotated[
-        int | None, typer.Option(help="validate + checkpoint every N iterations [iters/4]")
-    ] = None,
-    val_images: Annotated[
-        int | None, typer.Option(help="cap on val images for periodic evaluation")
-    ] = None,
-    num_workers: Annotated[int, typer.Option(help="data loader workers per process")] = 1,
-    seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    amp: Annotated[bool, typer.Option(help="mixed precision on CUDA")] = True,
-    sync_bn: Annotated[bool, typer.Option(help="SyncBatchNorm under torchrun")] = False,
-    deep_stem: bool = False,
-    backbone_weights: Annotated[
+    "num_workers": (int, "data loader workers per process"),
+    "seed": (int, "random seed (the same on every process; data order per process)"),
+    "device": (str, "auto, cpu, cuda or cuda:N"),
+    "amp": (bool, "mixed precision on CUDA"),
+    "sync_bn": (bool, "SyncBatchNorm under torchrun"),
+    "deep_stem": (bool, "three-conv stem of the reference code bases"),
+    "backbone_weights": (
         Path | None,
-        typer.Option(
-            help="local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file"
-        ),
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from resume.pt")] = False,
+        "local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file",
+    ),
+    "resume": (bool, "continue the run in --out from resume.pt"),
+}
+
+
+def _with_train_options(
+    model_option: str,
+    out_default: str,
+    model_help: str,
+    extra: dict[str, tuple[Any, str, Any]] | None = None,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Append `extra` (name: type, help, default), --MODEL_OPTION, --out and the TrainConfig
+    options to a command that takes them as **options; typer reads the signature built here."""
+    from distill.training.config import TrainConfig
+
+    defaults = TrainConfig()
+    specs = {
+        **(extra or {}),
+        model_option: (str, model_help, defaults.model),
+        "out": (Path, "output folder for checkpoints and logs", Path(out_default)),
+        **{k: (t, h, getattr(defaults, k)) for k, (t, h) in _TRAIN_OPTIONS.items()},
+    }
+
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(command, eval_str=True)  # cli.py has string annotations
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[kind, typer.Option(help=text)],
+            )
+            for name, (kind, text, default) in specs.items()
+        ]
+        command.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        return command
+
+    return wrap
+
+
+# The DistillConfig options of `segkd distill`. Their CLI default is None, meaning "the
+# dataclass's default", so behaviour cannot drift; the help shows that default, read from
+# distill/distillation.py's source (importing it would import torch).
+_DISTILL_OPTIONS: dict[str, tuple[Any, str]] = {
+    "losses": (str | None, "comma-separated: kd, idd, pid, cwd"),
+    "w_kd": (float | None, "weight of pixel-wise KD"),
+    "kd_temperature": (float | None, "KD softmax temperature"),
+    "w_idd": (float | None, "weight of inter-class distance distillation"),
+    "idd_distance": (str | None, "euclidean or cosine"),
+    "idd_scale": (str | None, "normalize, adapter, both or none"),
+    "w_pid": (float | None, "weight of position information distillation"),
+    "pid_mode": (str | None, "teacher_readout or student_readout"),
+    "w_cwd": (float | None, "weight of channel-wise distillation"),
+    "cwd_temperature": (float | None, "CWD softmax temperature"),
+}
+
+
+def literal_dataclass_defaults(module: str, cls: str) -> dict[str, Any]:
+    """The literal field defaults of dataclass `cls` in `module`, read from its source
+    without importing the module (fields whose default is not a literal are left out)."""
+    import ast
+    import contextlib
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return {}
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    body = next((n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), [])
+    found: dict[str, Any] = {}
+    for stmt in body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value:
+            with contextlib.suppress(ValueError):
+                found[stmt.target.id] = ast.literal_eval(stmt.value)
+    return found
+
+
+def _distill_option_specs() -> dict[str, tuple[Any, str, Any]]:
+    library = literal_dataclass_defaults("distill.distillation", "DistillConfig")
+
+    def shown(name: str) -> str:
+        value = library.get(name)
+        value = ",".join(value) if isinstance(value, tuple) else value
+        return "" if value is None else f" (default: {value})"
+
+    return {k: (t, h + shown(k), None) for k, (t, h) in _DISTILL_OPTIONS.items()}
+
+
+def _train_config(options: dict[str, Any], model: str, **fixed: Any):  # type: ignore[no-untyped-def]
+    from distill.training.config import TrainConfig
+
+    values = {k: options[k] for k in _TRAIN_OPTIONS}
+    values["crop_size"] = _size(values["crop_size"], "--crop-size")
+    values["export_size"] = _size(values["export_size"], "--export-size")
+    weights = values["backbone_weights"]
+    values["backbone_weights"] = str(weights) if weights else None
+    return TrainConfig(**values, model=model, out=str(options["out"]), **fixed)
+
+
+@app.command()
+@_with_train_options("model", "runs/train", "architecture, see `segkd models`")
+def train(
+    *,
     role: Annotated[
         str, typer.Option(help="teacher, student or model (recorded in the checkpoint)")
     ] = "model",
     readout_iters: Annotated[
         int, typer.Option(help="with --role teacher: fit and store the position readout (0: skip)")
     ] = 200,
+    **options: Any,
 ) -> None:
     """Train a teacher or a baseline student (cross-entropy + auxiliary head)."""
-    from distill.training import TrainConfig
     from distill.training import train as run_training
 
-    cfg = TrainConfig(
-        data=data, model=model, out=str(out), iters=iters, batch_size=batch_size,
-        crop_size=_size(crop_size, "--crop-size"), export_size=_size(export_size, "--export-size"),
-        lr=lr, weight_decay=weight_decay, eval_interval=eval_interval, val_images=val_images,
-        num_workers=num_workers, seed=seed, device=device, amp=amp, sync_bn=sync_bn,
-        deep_stem=deep_stem, backbone_weights=str(backbone_weights) if backbone_weights else None,
-        resume=resume, role=role,
-    )  # fmt: skip
+    model, out = options.pop("model"), options["out"]
     if role not in ("teacher", "student", "model"):
         raise SegkdError(f"--role must be teacher, student or model, got {role!r}")
     if readout_iters < 0:
         raise SegkdError(f"--readout-iters must be >= 0, got {readout_iters}")
+    cfg = _train_config(options, model, role=role)
     summary = run_training(cfg)
     console.print(
         f"[bold]{model}[/]: best val mIoU {summary['best_miou']:.4f} at iteration "
@@ -153,12 +234,13 @@ def train(
 
 
 def _is_main_process() -> bool:
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
 @app.command()
+@_with_train_options(
+    "student", "runs/distill", "student architecture", extra=_distill_option_specs()
+)
 def distill(
     teacher: Annotated[
         str,
@@ -167,64 +249,20 @@ def distill(
             "force with mmseg:FILE, cirkd:FILE, torchvision:NAME:FILE)"
         ),
     ],
-    data: Annotated[str, typer.Option(help="dataset SPEC")] = "synthetic",
-    student: Annotated[str, typer.Option(help="student architecture")] = "pspnet_r18",
-    losses: Annotated[str, typer.Option(help="comma-separated: kd, idd, pid, cwd")] = "cwd,idd,pid",
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/distill"),
-    w_kd: Annotated[float, typer.Option(help="weight of pixel-wise KD")] = 1.0,
-    kd_temperature: float = 4.0,
-    w_idd: Annotated[float, typer.Option(help="weight of inter-class distance distillation")] = 8.0,
-    idd_distance: Annotated[str, typer.Option(help="euclidean or cosine")] = "euclidean",
-    idd_scale: Annotated[str, typer.Option(help="normalize, adapter, both or none")] = "normalize",
-    w_pid: Annotated[float, typer.Option(help="weight of position information distillation")] = 5.0,
-    pid_mode: Annotated[
-        str, typer.Option(help="teacher_readout or student_readout")
-    ] = "teacher_readout",
-    w_cwd: Annotated[float, typer.Option(help="weight of channel-wise distillation")] = 3.0,
-    cwd_temperature: float = 4.0,
+    *,
     readout_iters: Annotated[
         int, typer.Option(help="iterations to fit the teacher's position readout if not cached")
     ] = 200,
-    iters: Annotated[int | None, typer.Option(help="[dataset default]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[dataset default]")] = None,
-    crop_size: Annotated[str | None, typer.Option(help="HxW [dataset default]")] = None,
-    export_size: Annotated[str | None, typer.Option(help="HxW [dataset default]")] = None,
-    lr: Annotated[float | None, typer.Option(help="[dataset default]")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="[dataset default]")] = None,
-    eval_interval: Annotated[int | None, typer.Option(help="[iters/4]")] = None,
-    val_images: Annotated[int | None, typer.Option(help="cap for periodic evaluation")] = None,
-    num_workers: int = 1,
-    seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    amp: bool = True,
-    sync_bn: bool = False,
-    deep_stem: bool = False,
-    backbone_weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file"
-        ),
-    ] = None,
-    resume: bool = False,
+    **options: Any,
 ) -> None:
     """Distil a student from a frozen teacher with KD, IDD, position distillation (and CWD)."""
     from distill.distillation import DistillConfig
-    from distill.training import TrainConfig
     from distill.training.distill_run import run_distillation
 
-    dcfg = DistillConfig(
-        losses=losses, w_kd=w_kd, kd_temperature=kd_temperature, w_idd=w_idd,
-        idd_distance=idd_distance, idd_scale=idd_scale, w_pid=w_pid, pid_mode=pid_mode,
-        w_cwd=w_cwd, cwd_temperature=cwd_temperature,
-    )  # fmt: skip
-    cfg = TrainConfig(
-        data=data, model=student, out=str(out), iters=iters, batch_size=batch_size,
-        crop_size=_size(crop_size, "--crop-size"), export_size=_size(export_size, "--export-size"),
-        lr=lr, weight_decay=weight_decay, eval_interval=eval_interval, val_images=val_images,
-        num_workers=num_workers, seed=seed, device=device, amp=amp, sync_bn=sync_bn,
-        deep_stem=deep_stem, backbone_weights=str(backbone_weights) if backbone_weights else None,
-        resume=resume, role="student",
-    )  # fmt: skip
+    given = {k: options.pop(k) for k in _DISTILL_OPTIONS}
+    dcfg = DistillConfig(**{k: v for k, v in given.items() if v is not None})
+    student = options.pop("student")
+    cfg = _train_config(options, student, role="student")
     if readout_iters < 1:
         raise SegkdError(f"--readout-iters must be >= 1, got {readout_iters}")
     summary = run_distillation(cfg, teacher, dcfg, readout_iters=readout_iters)

@@ -278,6 +278,7 @@ def _models_section(report: Mapping[str, Any]) -> list[str]:
                 fmt_float(m.get("gmacs"), 1),
                 "x".join(str(v) for v in size) if size else None,
                 fmt_pct(m.get("val_miou")),
+                _train_val_text(m.get("train_val")),
                 m.get("iters"),
                 "yes" if m.get("trained_here") else "no (given)",
             ]
@@ -289,10 +290,18 @@ def _models_section(report: Mapping[str, Any]) -> list[str]:
         "GMACs",
         "input (HxW)",
         "val mIoU",
+        "training val: native / deploy size",
         "iters",
         "trained here",
     ]
-    return ["## Models", "", md_table(header, rows, "llrrlrrl")]
+    return ["## Models", "", md_table(header, rows, "llrrlrrrl")]
+
+
+def _train_val_text(tv: Any) -> str:
+    """The trainer's validation of the checkpoint at native and at deploy input size."""
+    if not isinstance(tv, Mapping) or _num(tv.get("native")) is None:
+        return NA
+    return f"{fmt_pct(tv.get('native'))} / {fmt_pct(tv.get('deploy'))}"
 
 
 def _distillation_section(report: Mapping[str, Any]) -> list[str]:

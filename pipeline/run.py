@@ -315,6 +315,7 @@ class Pipeline:
             "trained_here": trained_here,
             "losses": ckpt.get("distillation", {}).get("config", {}).get("losses"),
             "position": ckpt.get("metrics", {}).get("position"),
+            "train_val": _train_val(ckpt.get("metrics", {})),
         }
 
     def examples(self, models: dict[str, tuple[Path, str]]) -> list[dict[str, Any]]:
@@ -334,6 +335,15 @@ class Pipeline:
                         item["image"], input_order="RGB", out_size=item["ground_truth"].shape[:2]
                     )
         return items
+
+
+def _train_val(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's own validation of this checkpoint: native size and deploy size."""
+    return {
+        "native": metrics.get("val_miou"),
+        "deploy": metrics.get("val_miou_deploy"),
+        "images": metrics.get("val_images"),
+    }
 
 
 def _position_info(pos: dict[str, float] | None) -> dict[str, dict[str, float]] | None:

@@ -252,3 +252,16 @@ def test_rerender_from_report_json(tmp_path: Path) -> None:
     md = files["markdown"].read_text()
     assert "KeyError" not in md and "examples" not in files
     assert "**61.23%**" in md
+
+
+def test_models_show_the_training_validation_at_native_and_deploy_size(tmp_path: Path) -> None:
+    report = make_report()
+    report["student"]["train_val"] = {"native": 0.6543, "deploy": 0.6012, "images": 4}
+    write_report(report, tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    cols = [c.strip() for c in header.strip("|").split(" | ")]
+    col = cols.index("training val: native / deploy size")
+    rows = {r[0]: r for r in _table_rows(md, "| model |")}
+    assert rows["distilled student"][col] == "65.43% / 60.12%"
+    assert rows["teacher"][col] == "–"  # a checkpoint without the figures (e.g. given)

@@ -26,7 +26,7 @@ class TrainConfig:
     warmup_iters: int = 0
     aux_weight: float = 0.4
     eval_interval: int | None = None  # None: 4 evaluations per run
-    val_images: int | None = None  # cap on val images per periodic evaluation (final uses all)
+    val_images: int | None = None  # val images (spread evenly) every evaluation scores; None: all
     log_interval: int = 10
     num_workers: int = 1
     seed: int = 0

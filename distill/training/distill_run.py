@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from distill.checkpoint import load_model
-from distill.data import build_dataset, dataset_defaults, parse_dataset_spec
+from distill.data import build_dataset
 from distill.data.loader import make_train_loader
 from distill.data.transforms import TrainTransform
 from distill.distillation import DistillConfig, DistillObjective
@@ -25,8 +25,9 @@ from distill.teacher import (
     store_readout_sidecar,
 )
 from distill.training.config import TrainConfig
-from distill.training.distributed import DistContext, barrier, init_distributed
-from distill.training.trainer import pick_device, train
+from distill.training.distributed import DistContext, fail_together, init_distributed, shutdown
+from distill.training.setup import pick_device
+from distill.training.trainer import resolve_config, train_resolved
 from distill.zoo.entry import load_teacher
 from runtime.labels import LabelSpec
 from runtime.preprocess import PreprocessSpec
@@ -64,10 +65,10 @@ def ensure_teacher_readout(
     """The teacher's position readout: cached with the teacher, fitted once by rank 0."""
     found = cached_readout(teacher_path, ckpt)
     if found is None:
-        if ctx.is_main:
-            entry = fit_readout_entry(teacher.to(device), readout_batches(cfg), iters, device)
-            store_readout_sidecar(teacher_path, entry)
-        barrier(ctx)
+        with fail_together(ctx):  # the others wait here; a failed fit stops them too
+            if ctx.is_main:
+                entry = fit_readout_entry(teacher.to(device), readout_batches(cfg), iters, device)
+                store_readout_sidecar(teacher_path, entry)
         found = cached_readout(teacher_path, ckpt)
         assert found is not None  # just written by rank 0
     return found
@@ -91,9 +92,21 @@ def run_distillation(
     distill_config: DistillConfig,
     readout_iters: int = 200,
 ) -> dict[str, Any]:
-    spec = parse_dataset_spec(config.data)
-    cfg = config.resolved(dataset_defaults(spec))
+    cfg = resolve_config(config)
     ctx = init_distributed(cfg.device)
+    try:
+        return _distil(cfg, ctx, teacher_spec, distill_config, readout_iters)
+    finally:
+        shutdown(ctx)
+
+
+def _distil(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    teacher_spec: Path | str,
+    distill_config: DistillConfig,
+    readout_iters: int,
+) -> dict[str, Any]:
     device = pick_device(cfg.device, ctx)
     labels: LabelSpec = build_dataset(cfg.data, "val").labels
     # A segkd checkpoint or a model-zoo file (mmseg/cirkd/torchvision): zoo teachers come
@@ -140,8 +153,9 @@ def run_distillation(
         role="student",
         extra={**cfg.extra, "distill": distill_config.to_dict(), "teacher": teacher_info},
     )
-    summary = train(
+    summary = train_resolved(
         cfg,
+        ctx,
         objective_factory=objective_factory,
         eval_hook=eval_hook,
         checkpoint_extra={
@@ -157,7 +171,7 @@ def embed_teacher_readout(config: TrainConfig, run_dir: Path, iters: int) -> dic
     store it inside best.pt and last.pt, so distillation never has to fit it again."""
     from distill.teacher import embed_readout
 
-    cfg = config.resolved(dataset_defaults(parse_dataset_spec(config.data)))
+    cfg = resolve_config(config)
     device = pick_device(cfg.device, DistContext())
     teacher, _ = load_model(run_dir / "best.pt", device=device)
     entry = fit_readout_entry(teacher, readout_batches(cfg), iters, device)

@@ -3,16 +3,22 @@
 One loop for one CPU, one GPU or many GPUs under torchrun (DDP). The objective is an
 nn.Module returning a dict with "loss" plus one entry per logged term, so distillation
 plugs in its teacher and adapters without touching the loop.
+
+Under DDP every rank runs every step of the loop below; a step that can fail on one rank
+only (a refusal, a non-finite loss, a bad batch) runs under `fail_together`, so all ranks
+stop with the same one-line error instead of waiting forever in the next collective.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,57 +26,49 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from distill.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
+from distill.checkpoint import atomic_torch_save, make_checkpoint
 from distill.data import build_dataset, dataset_defaults, parse_dataset_spec
 from distill.data.loader import make_train_loader
 from distill.data.transforms import TrainTransform
-from distill.losses.segmentation import SegmentationLoss
-from distill.models import build_model
 from distill.training.config import TrainConfig
 from distill.training.distributed import (
     DistContext,
-    average_gradients,
-    barrier,
+    broadcast_buffers,
+    fail_together,
     init_distributed,
     shutdown,
 )
-from distill.training.evaluation import evaluate_model
+from distill.training.evaluation import ValScores, evaluate_model, selection_indices
 from distill.training.schedule import poly_lr
+from distill.training.setup import (
+    ObjectiveFactory,
+    Progress,
+    SupervisedObjective,
+    TrainStep,
+    build_networks,
+    build_optimizer,
+    claim_output,
+    pick_device,
+    restore,
+)
+from runtime.atomic_io import write_json_atomic
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.preprocess import PreprocessSpec
 
+__all__ = ["SupervisedObjective", "pick_device", "resolve_config", "train", "train_resolved"]
+
 log = logging.getLogger(__name__)
 
-ObjectiveFactory = Callable[[nn.Module, LabelSpec, torch.device], nn.Module]
 EvalHook = Callable[[nn.Module, int], dict[str, Any]]
-
-
-class SupervisedObjective(nn.Module):
-    """Plain training: cross-entropy (+ aux) in the objective interface the loop expects."""
-
-    def __init__(self, aux_weight: float, ignore_index: int) -> None:
-        super().__init__()
-        self.loss = SegmentationLoss(aux_weight=aux_weight, ignore_index=ignore_index)
-
-    def forward(
-        self, images: torch.Tensor, labels: torch.Tensor, student_out: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        return self.loss(student_out, labels)
-
-
-def pick_device(name: str, ctx: DistContext) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SegkdError(f"--device {name}: CUDA is not available on this machine")
-        return torch.device(
-            "cuda", ctx.local_rank if ctx.enabled else torch.device(name).index or 0
-        )
-    if name != "cpu":
-        raise SegkdError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
-    return torch.device("cpu")
+# Buffers are broadcast after every step instead (`backward`), so that they are equal on all
+# ranks at evaluation and at the end too; DDP still broadcasts everything once at init.
+NO_FORWARD_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}  # torch < 2.13
+)
+SELECTED_BY = "val_miou"  # native resolution, on the selection images
 
 
 class MetricsLog:
@@ -85,6 +83,40 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `prepare`."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    out: Path
+    labels: LabelSpec
+    preprocess: PreprocessSpec
+    train_set: Any
+    val_set: Any
+    selection: list[int]  # the val images every evaluation that can pick best.pt scores
+    model: nn.Module
+    objective: nn.Module
+    step: nn.Module  # TrainStep, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    progress: Progress
+    checkpoint_extra: dict[str, Any]
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
+
+    @property
+    def resume_path(self) -> Path:
+        return self.out / "resume.pt"
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    return config.resolved(dataset_defaults(parse_dataset_spec(config.data)))
+
+
 def train(
     config: TrainConfig,
     objective_factory: ObjectiveFactory | None = None,
@@ -92,174 +124,49 @@ def train(
     checkpoint_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `config.model` on `config.data`; returns the final summary (also in summary.json)."""
-    spec = parse_dataset_spec(config.data)
-    cfg = config.resolved(dataset_defaults(spec))
+    cfg = resolve_config(config)
     ctx = init_distributed(cfg.device)
     try:
-        return _train(cfg, ctx, objective_factory, eval_hook, checkpoint_extra or {})
+        return train_resolved(cfg, ctx, objective_factory, eval_hook, checkpoint_extra)
     finally:
         shutdown(ctx)
 
 
-def _train(
+def train_resolved(
     cfg: TrainConfig,
     ctx: DistContext,
-    objective_factory: ObjectiveFactory | None,
-    eval_hook: EvalHook | None,
-    checkpoint_extra: dict[str, Any],
+    objective_factory: ObjectiveFactory | None = None,
+    eval_hook: EvalHook | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    device = pick_device(cfg.device, ctx)
-    torch.manual_seed(cfg.seed + ctx.rank)
-    out = Path(cfg.out)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    resume_path = out / "resume.pt"
-    if not cfg.resume and ctx.is_main and resume_path.exists():
-        raise SegkdError(
-            f"{out} already holds a run (resume.pt); pass --resume to continue it or choose another --out"
-        )
-    if ctx.is_main:  # temp files of checkpoint writes a killed run left behind (100 MB each)
-        for stale in out.glob(".*.pt.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-    train_set = build_dataset(
-        cfg.data, "train", transform=TrainTransform(cfg.crop_size, scale_range=cfg.scale_range)
-    )
-    val_set = build_dataset(cfg.data, "val")
-    labels: LabelSpec = train_set.labels
-    preprocess = PreprocessSpec(input_size=cfg.export_size)
-
-    model = build_model(
-        cfg.model,
-        labels.num_classes,
-        aux=cfg.aux_weight > 0,
-        deep_stem=cfg.deep_stem,
-        backbone_weights=cfg.backbone_weights,
-    )
-    if cfg.sync_bn and ctx.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    use_cuda = device.type == "cuda"
-    if use_cuda and cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    objective = (
-        objective_factory(model, labels, device)
-        if objective_factory
-        else SupervisedObjective(cfg.aux_weight, labels.ignore_index)
-    ).to(device)
-
-    ddp_model: nn.Module = model
-    if ctx.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if use_cuda else None
-        )
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    objective_params = [p for p in objective.parameters() if p.requires_grad]
-    params += objective_params
-    optimizer = torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    amp = cfg.amp and use_cuda
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    start_it, best_miou, best_it = 0, -1.0, -1
-    if cfg.resume:
-        if not resume_path.exists():
-            raise SegkdError(f"--resume: no resume.pt in {out}; nothing to continue")
-        state = load_checkpoint(resume_path)
-        if state["arch"] != cfg.model:
-            raise SegkdError(f"--resume: {resume_path} is a {state['arch']} run, not {cfg.model}")
-        saved_names = list(state["labels"].get("names", []))
-        if saved_names != list(labels.names):
-            raise SegkdError(
-                f"--resume: {resume_path} was trained on {len(saved_names)} classes, but "
-                f"--data {cfg.data} has {labels.num_classes}; resume with the run's own --data"
-            )
-        try:  # other losses / adapters / a file without train_state: refuse, do not crash
-            model.load_state_dict(state["state_dict"])
-            ts = state["train_state"]
-            objective.load_state_dict(ts["objective"])
-            optimizer.load_state_dict(ts["optimizer"])
-            scaler.load_state_dict(ts["scaler"])
-            start_it, best_miou, best_it = (
-                int(ts["iteration"]),
-                float(ts["best_miou"]),
-                int(ts["best_iter"]),
-            )
-        except (KeyError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SegkdError(
-                f"--resume: {resume_path} does not fit this run's settings ({first[:160]}); "
-                "resume with the options it was started with"
-            ) from None
-        log.info("resumed %s at iteration %d", resume_path, start_it)
-
+    """The loop, for a config `resolve_config` already filled and a joined process group."""
+    run = prepare(cfg, ctx, objective_factory, checkpoint_extra or {})
     loader = make_train_loader(
-        train_set,
-        preprocess,
+        run.train_set,
+        run.preprocess,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
-        seed=cfg.seed + 1000 * start_it,  # a resumed run does not replay the same batches
+        seed=cfg.seed + 1000 * run.progress.iteration,  # a resumed run does not replay batches
         distributed=ctx.enabled,
     )
-    metrics_log = MetricsLog(out / "metrics.jsonl", ctx.is_main)
+    metrics_log = MetricsLog(run.out / "metrics.jsonl", ctx.is_main)
+    metrics_log.write(
+        {"event": "start", "iter": run.progress.iteration, "config": cfg.to_dict(),
+         "selection": selection_record(run)}
+    )  # fmt: skip
     eval_every = cfg.eval_interval or max(1, math.ceil(cfg.iters / 4))
-    if ctx.is_main:
-        metrics_log.write({"event": "start", "iter": start_it, "config": cfg.to_dict()})
-
-    def checkpoint(iteration: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return make_checkpoint(
-            model=model,
-            arch=cfg.model,
-            model_kwargs=model.model_kwargs,
-            labels=labels,
-            preprocess=preprocess,
-            config=cfg.to_dict(),
-            metrics=metrics,
-            iteration=iteration,
-            role=cfg.role,
-            extra=checkpoint_extra,
-        )
-
-    model.train()
     bar = tqdm(
-        total=cfg.iters,
-        initial=start_it,
-        disable=not ctx.is_main,
-        desc=f"{cfg.role} {cfg.model}",
-        dynamic_ncols=True,
-    )
+        total=cfg.iters, initial=run.progress.iteration, disable=not ctx.is_main,
+        desc=f"{cfg.role} {cfg.model}", dynamic_ncols=True,
+    )  # fmt: skip
     t0, last_metrics = time.perf_counter(), {}
-    for it in range(start_it, cfg.iters):
-        lr = poly_lr(cfg.lr, it, cfg.iters, cfg.poly_power, cfg.warmup_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, targets = next(loader)
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if use_cuda and cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
-        with autocast:
-            student_out = ddp_model(images)
-            terms = objective(images, targets, student_out)
-        loss = terms["loss"]
-        if not torch.isfinite(loss.detach()).item():
-            last = out / "last.pt"
-            kept = f"{last} is intact" if last.exists() else "no checkpoint was written yet"
-            raise SegkdError(
-                f"loss became {loss.item()} at iteration {it} "
-                f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); stopped. "
-                f"{kept}; lower --lr or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        average_gradients(objective_params, ctx)  # DDP averages the student's; adapters here
-        scaler.step(optimizer)
-        scaler.update()
+    for it in range(run.progress.iteration, cfg.iters):
+        lr = set_learning_rate(run, it)
+        with fail_together(ctx):  # a bad batch or a non-finite loss on any rank stops all
+            terms = forward(run, next(loader))
+            stop_if_not_finite(terms, it, run.out)
+        backward(run, terms["loss"])
         bar.update(1)
-
         done = it + 1
         if done % cfg.log_interval == 0 or done == cfg.iters:
             record = {k: float(v.detach()) for k, v in terms.items()}
@@ -268,55 +175,176 @@ def _train(
                 {"iter": done, "lr": lr, "time_s": time.perf_counter() - t0, **record}
             )
         if done % eval_every == 0 or done == cfg.iters:
-            final = done == cfg.iters
-            m = evaluate_model(
-                model, val_set, labels, preprocess, device,
-                max_images=None if final else cfg.val_images, ctx=ctx, amp=amp,
-            )  # fmt: skip
-            last_metrics = {
-                "val_miou": m.miou,
-                "val_pixel_acc": m.pixel_acc,
-                "val_iou": m.iou,
-                "val_pixels": m.num_pixels,
-                "iter": done,
-            }
-            if eval_hook is not None:
-                last_metrics.update(eval_hook(model, done))
-            model.train()
-            if ctx.is_main:
-                metrics_log.write({"event": "eval", **last_metrics})
-                ckpt = checkpoint(done, last_metrics)
-                if m.miou > best_miou:
-                    best_miou, best_it = m.miou, done
-                    atomic_torch_save(ckpt, out / "best.pt")
-                atomic_torch_save(ckpt, out / "last.pt")
-                ckpt["train_state"] = {
-                    "objective": objective.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "iteration": done,
-                    "best_miou": best_miou,
-                    "best_iter": best_it,
-                }
-                atomic_torch_save(ckpt, resume_path)  # written last: it never points past last.pt
-                bar.write(f"iter {done}: val mIoU {m.miou:.4f} (best {best_miou:.4f} @ {best_it})")
-            barrier(ctx)
+            last_metrics = evaluate_and_save(run, done, eval_hook, metrics_log, bar)
     bar.close()
+    return write_summary(run, last_metrics, time.perf_counter() - t0)
 
+
+def prepare(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    objective_factory: ObjectiveFactory | None,
+    checkpoint_extra: dict[str, Any],
+) -> Run:
+    """Output folder, data, networks, optimizer, resumed state; then DDP (a collective).
+    Each step fails on every rank or on none."""
+    with fail_together(ctx):  # first, before anything else: rank 0's verdict on --out
+        out = claim_output(cfg, ctx)
+    with fail_together(ctx):
+        device = pick_device(cfg.device, ctx)
+        train_set = build_dataset(
+            cfg.data, "train", transform=TrainTransform(cfg.crop_size, scale_range=cfg.scale_range)
+        )
+        val_set = build_dataset(cfg.data, "val")
+        labels: LabelSpec = train_set.labels
+        model, objective = build_networks(cfg, ctx, labels, device, objective_factory)
+        optimizer = build_optimizer(cfg, model, objective)
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+        progress = Progress()
+        if cfg.resume:
+            progress = restore(
+                out / "resume.pt", cfg, labels, (model, objective), optimizer, scaler
+            )
+            log.info("resumed %s at iteration %d", out / "resume.pt", progress.iteration)
+    step: nn.Module = TrainStep(model, objective)
+    if ctx.enabled:  # broadcasts rank 0's student AND objective; averages both's gradients
+        step = nn.parallel.DistributedDataParallel(
+            step, device_ids=[device.index] if device.type == "cuda" else None, **NO_FORWARD_SYNC
+        )
+    torch.manual_seed(cfg.seed + ctx.rank)  # from here on, per-rank randomness
+    model.train()
+    return Run(
+        cfg=cfg, ctx=ctx, device=device, out=out, labels=labels,
+        preprocess=PreprocessSpec(input_size=cfg.export_size), train_set=train_set,
+        val_set=val_set, selection=selection_indices(len(val_set), cfg.val_images),
+        model=model, objective=objective, step=step, optimizer=optimizer, scaler=scaler,
+        progress=progress, checkpoint_extra=checkpoint_extra,
+    )  # fmt: skip
+
+
+def set_learning_rate(run: Run, it: int) -> float:
+    cfg = run.cfg
+    lr = poly_lr(cfg.lr, it, cfg.iters, cfg.poly_power, cfg.warmup_iters)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def forward(run: Run, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    images, targets = (t.to(run.device, non_blocking=True) for t in batch)
+    if run.device.type == "cuda" and run.cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if run.amp else nullcontext()
+    with autocast:
+        return run.step(images, targets)
+
+
+def stop_if_not_finite(terms: dict[str, torch.Tensor], it: int, out: Path) -> None:
+    loss = terms["loss"].detach()
+    if torch.isfinite(loss).item():
+        return
+    last = out / "last.pt"
+    kept = f"{last} is intact" if last.exists() else "no checkpoint was written yet"
+    raise SegkdError(
+        f"loss became {loss.item()} at iteration {it} "
+        f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); stopped. "
+        f"{kept}; lower --lr or check the data"
+    )
+
+
+def backward(run: Run, loss: torch.Tensor) -> None:
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()  # DDP averages student and adapter gradients here
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    broadcast_buffers(run.step, run.ctx)  # BN statistics: rank 0's, on every rank
+
+
+def evaluate_and_save(
+    run: Run, done: int, eval_hook: EvalHook | None, metrics_log: MetricsLog, bar: tqdm
+) -> dict[str, Any]:
+    """Score the selection images (native and deploy size), pick best.pt on them only,
+    write best/last/resume. The final evaluation also scores the whole split, for the
+    record: that figure never competes for best.pt."""
+    cfg, ctx, progress = run.cfg, run.ctx, run.progress
+
+    def score(indices: list[int] | None) -> ValScores:
+        return evaluate_model(
+            run.model, run.val_set, run.labels, run.preprocess, run.device,
+            indices=indices, ctx=ctx, amp=run.amp,
+        )  # fmt: skip
+
+    scores = score(run.selection)
+    metrics: dict[str, Any] = {**scores.to_metrics(), "iter": done}
+    if done == cfg.iters and len(run.selection) < len(run.val_set):
+        metrics.update(score(None).to_metrics("_all"))
+    if eval_hook is not None:
+        metrics.update(eval_hook(run.model, done))
+    run.model.train()
+    improved = scores.native.miou > progress.best_miou
+    if improved:
+        progress.best_miou, progress.best_iter = scores.native.miou, done
+        progress.best = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    progress.iteration = done
+    with fail_together(ctx):  # rank 0 writes; a failed write stops every rank
+        if ctx.is_main:
+            metrics_log.write({"event": "eval", **metrics})
+            save_checkpoints(run, done, metrics, improved)
+            h, w = scores.deploy_size
+            bar.write(
+                f"iter {done}: val mIoU {scores.native.miou:.4f} native, "
+                f"{scores.deploy.miou:.4f} at {h}x{w} (deploy) on {scores.images}/"
+                f"{len(run.val_set)} images (best {progress.best_miou:.4f} @ {progress.best_iter})"
+            )
+    return metrics
+
+
+def save_checkpoints(run: Run, done: int, metrics: dict[str, Any], improved: bool) -> None:
+    cfg = run.cfg
+    ckpt = make_checkpoint(
+        model=run.model, arch=cfg.model, model_kwargs=run.model.model_kwargs, labels=run.labels,
+        preprocess=run.preprocess, config=cfg.to_dict(), metrics=metrics, iteration=done,
+        role=cfg.role, extra=run.checkpoint_extra,
+    )  # fmt: skip
+    if improved:
+        atomic_torch_save(ckpt, run.out / "best.pt")
+    atomic_torch_save(ckpt, run.out / "last.pt")
+    ckpt["train_state"] = {
+        "objective": run.objective.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        **run.progress.state(),
+    }
+    atomic_torch_save(ckpt, run.resume_path)  # written last: it never points past last.pt
+
+
+def selection_record(run: Run) -> dict[str, Any]:
+    """Which images and which figure choose best.pt (summary.json and the log say it)."""
+    return {
+        "metric": SELECTED_BY,
+        "images": len(run.selection),
+        "of": len(run.val_set),
+        "indices": run.selection,
+        "deploy_size": list(run.preprocess.input_size),
+    }
+
+
+def write_summary(run: Run, last_metrics: dict[str, Any], train_time_s: float) -> dict[str, Any]:
+    cfg, progress = run.cfg, run.progress
     summary = {
         "model": cfg.model,
         "role": cfg.role,
         "iters": cfg.iters,
-        "best_miou": best_miou,
-        "best_iter": best_it,
+        "best_miou": progress.best_miou,
+        "best_iter": progress.best_iter,
+        "best": progress.best,
+        "selection": selection_record(run),
         "final": last_metrics,
-        "train_time_s": time.perf_counter() - t0,
-        "device": str(device),
-        "world_size": ctx.world_size,
-        "checkpoints": {"best": str(out / "best.pt"), "last": str(out / "last.pt")},
+        "train_time_s": train_time_s,
+        "device": str(run.device),
+        "world_size": run.ctx.world_size,
+        "checkpoints": {"best": str(run.out / "best.pt"), "last": str(run.out / "last.pt")},
     }
-    if ctx.is_main:
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out / "summary.json")
+    if run.ctx.is_main:
+        write_json_atomic(summary, run.out / "summary.json")
     return summary

@@ -90,3 +90,38 @@ def test_invalid_settings_are_refused(tmp_path: Path) -> None:
         train(_cfg(tmp_path / "b", batch_size=1))
     with pytest.raises(SegkdError, match="unknown dataset"):
         train(_cfg(tmp_path / "c", data="imagenet:/nowhere"))
+
+
+def test_every_evaluation_that_can_pick_best_scores_the_same_images(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = train(_cfg(out, iters=4, eval_interval=2, val_images=2))
+    evals = [r for r in _log(out) if r.get("event") == "eval"]
+    assert [e["iter"] for e in evals] == [2, 4]
+    # Periodic and final evaluations: the same 2 images (same labelled pixel count) ...
+    assert len({e["val_pixels"] for e in evals}) == 1
+    assert {e["val_images"] for e in evals} == {2}
+    # ... spread over the split, not its first files; the whole split only for the record.
+    assert summary["selection"] == {
+        "metric": "val_miou", "images": 2, "of": 4, "indices": [0, 2], "deploy_size": [64, 128],
+    }  # fmt: skip
+    assert evals[-1]["val_images_all"] == 4 and "val_images_all" not in evals[0]
+    best = next(e for e in evals if e["iter"] == summary["best_iter"])
+    assert summary["best_miou"] == best["val_miou"] == max(e["val_miou"] for e in evals)
+    assert load_checkpoint(out / "best.pt")["metrics"]["val_miou"] == best["val_miou"]
+
+
+def test_validation_also_scores_the_deploy_input_size(tmp_path: Path) -> None:
+    # Native val images are 64x128; the export ships 32x64. The deploy figure must be what
+    # the shipped checkpoint scores through the runtime (resize in, label map back out).
+    from pipeline.models import evaluate_on_dataset
+
+    out = tmp_path / "run"
+    summary = train(_cfg(out, iters=2, eval_interval=2, export_size=(32, 64)))
+    final = summary["final"]
+    assert final["val_images"] == 4 and summary["selection"]["deploy_size"] == [32, 64]
+    shipped = evaluate_on_dataset(out / "last.pt", DATA, "val", backend="torch", device="cpu")
+    assert shipped.num_samples == 4
+    assert final["val_miou_deploy"] == pytest.approx(shipped.miou, abs=1e-9)
+    assert final["val_pixel_acc_deploy"] == pytest.approx(shipped.metrics.pixel_acc, abs=1e-9)
+    assert final["val_miou_deploy"] != final["val_miou"]  # a different figure, not a copy
+    assert summary["best"]["val_miou_deploy"] == final["val_miou_deploy"]
