@@ -228,7 +228,17 @@ def name_unnamed_convs(model: onnx.ModelProto) -> bool:
 _POOLING_OPS = frozenset({"MatMul", "AveragePool", "GlobalAveragePool", "ReduceMean"})
 # Ops that pass a feature map through unchanged in the sense that matters here.
 _PASS_THROUGH_OPS = frozenset(
-    {"Relu", "Transpose", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
+    {
+        "Relu",
+        "BatchNormalization",
+        "Transpose",
+        "Reshape",
+        "Cast",
+        "Identity",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+    }
 )
 
 
