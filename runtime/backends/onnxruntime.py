@@ -85,6 +85,16 @@ def _load_error(path: Path, e: Exception) -> SegkdError:
     return SegkdError(f"cannot load ONNX model {path}: {first[:200]}")
 
 
+def _qdq_fusion_rejected(e: Exception) -> bool:
+    """onnxruntime fused fp16 Q/DQ into a QLinear* op that only takes float32 scales.
+
+    The TensorRT INT8 file (fp16 Q/DQ, opset 19) meets this on the CPU provider: its
+    DQ->Concat->Q becomes QLinearConcat, which then fails type checking. The graph is
+    valid ONNX; it runs once that fusion is switched off (session.disable_quant_qdq).
+    """
+    return "QLinear" in str(e) and "float16" in str(e)
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -97,9 +107,15 @@ class OnnxRuntimeBackend:
         inter_op_threads: int | None = None,
         graph_optimization: str = "all",
         trt_cache_dir: Path | str | None = None,
+        model_bytes: bytes | None = None,
+        allow_spinning: bool = True,
     ) -> None:
+        """`model_bytes`: an in-memory variant of the file at `path` (export verification
+        runs the shipped graph with its logits exposed); `path` then names it in messages.
+        `allow_spinning=False` lets idle worker threads sleep (not a latency setting)."""
         ort = _import_ort()
         self.path = Path(path)
+        source: str | bytes = model_bytes if model_bytes is not None else str(self.path)
         if graph_optimization not in OPT_LEVELS:
             raise SegkdError(
                 f"--graph-optimization {graph_optimization!r}: choose one of {', '.join(OPT_LEVELS)}"
@@ -113,16 +129,17 @@ class OnnxRuntimeBackend:
         if inter_op_threads is not None:
             opts.inter_op_num_threads = int(inter_op_threads)
         opts.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        if not allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(
             device,
             list(ort.get_available_providers()),
             Path(trt_cache_dir) if trt_cache_dir else None,
         )
         kind, index = _split_device(device)
+        self.qdq_fusion = True  # False when onnxruntime's QDQ fusion had to be switched off
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=providers
-            )
+            self.session = self._session(ort, source, opts, providers)
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
             if kind != "auto" or providers == [CPU]:
                 raise _load_error(self.path, e) from None
@@ -130,9 +147,7 @@ class OnnxRuntimeBackend:
             log.info("%s: GPU providers failed (%s); retrying on the CPU", self.path, e)
             providers = [CPU]
             try:
-                self.session = ort.InferenceSession(
-                    str(self.path), sess_options=opts, providers=providers
-                )
+                self.session = self._session(ort, source, opts, providers)
             except Exception as e2:
                 raise _load_error(self.path, e2) from None
 
@@ -156,6 +171,17 @@ class OnnxRuntimeBackend:
             self.session.get_modelmeta().custom_metadata_map
         )
         self.adopt()
+
+    def _session(self, ort: Any, source: str | bytes, opts: Any, providers: list[Any]) -> Any:
+        try:
+            return ort.InferenceSession(source, sess_options=opts, providers=providers)
+        except Exception as e:
+            if not _qdq_fusion_rejected(e):
+                raise
+        log.info("%s: fp16 Q/DQ graph; running it without onnxruntime's QDQ fusion", self.path)
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        self.qdq_fusion = False
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
 
     def adopt(
         self,
@@ -193,6 +219,12 @@ class OnnxRuntimeBackend:
         if batch.dtype != self.input_dtype:  # fp16-input graphs
             batch = batch.astype(self.input_dtype)
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """Several named outputs of one run (verification reads labels and logits)."""
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
+        return self.session.run(names, {self.input_name: batch})
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
