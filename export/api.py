@@ -444,7 +444,7 @@ def _verify_onnx(
             if res.pixel_agreement < need:
                 failures.append(
                     f"{a.file}: labels agree with fp32 on {_pct(res.pixel_agreement)} of pixels, "
-                    f"below the {a.precision} minimum {_pct(need)} (relax it with --min-agreement-"
+                    f"below the {a.precision} minimum {_pct(need)} (relax it with --min-"
                     f"{a.precision}{', or try another --int8-method' if a.precision == 'int8' else ''})"
                 )
         if dynamic:
