@@ -270,10 +270,13 @@ def placement_summary(model: onnx.ModelProto) -> dict[str, int]:
     def from_dq(t: str) -> bool:
         return g.scale_of_dq(t) is not None
 
-    residual = [n for n in nodes if n.op_type == "Add" and residual_shortcut(g, n) is not None]
-    concats = [n for n in nodes if n.op_type == "Concat" and not (set(n.input) & set(g.inits))]
     inferred = onnx.shape_inference.infer_shapes(model)
-    kinds = [vi.type.tensor_type.elem_type for vi in inferred.graph.value_info]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    kinds = list(types.values())
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
+    residual = [n for n in nodes if n.op_type == "Add" and residual_shortcut(g, n) is not None]
+    # feature-map Concats only; dynamic graphs also concatenate int64 shapes
+    concats = [n for n in nodes if n.op_type == "Concat" and types.get(n.output[0]) in floats]
     return {
         "opset": int(next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))),
         "quantized_convs": sum(
