@@ -272,7 +272,7 @@ def placement_summary(model: onnx.ModelProto) -> dict[str, int]:
 
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
-    kinds = list(types.values())
+    kinds = [k for name, k in types.items() if name in g.producer]  # not stale value_info
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
     residual = [n for n in nodes if n.op_type == "Add" and residual_shortcut(g, n) is not None]
     # feature-map Concats only; dynamic graphs also concatenate int64 shapes

@@ -86,13 +86,37 @@ def _load_error(path: Path, e: Exception) -> SegkdError:
 
 
 def _qdq_fusion_rejected(e: Exception) -> bool:
-    """onnxruntime fused fp16 Q/DQ into a QLinear* op that only takes float32 scales.
-
-    The TensorRT INT8 file (fp16 Q/DQ, opset 19) meets this on the CPU provider: its
-    DQ->Concat->Q becomes QLinearConcat, which then fails type checking. The graph is
-    valid ONNX; it runs once that fusion is switched off (session.disable_quant_qdq).
-    """
+    """onnxruntime fused fp16 Q/DQ into a QLinear* op that only takes float32 scales."""
     return "QLinear" in str(e) and "float16" in str(e)
+
+
+def _has_fp16_qdq(source: str | bytes) -> bool | None:
+    """Whether any Q/DQ node has an fp16 scale; None where the onnx package is missing.
+
+    onnxruntime's CPU QDQ fusions mishandle fp16 scales (opset 19): DQ->Concat->Q becomes
+    a QLinearConcat that fails to load, and the fusions that do load gave wrong labels
+    (a ModelOpt fp16 Q/DQ file: 86 % pixel agreement fused, 99.4 % unfused;
+    docs/notes/trtint8.md). Such graphs (the TensorRT INT8 file) run unfused.
+    """
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        model = (
+            onnx.load_model_from_string(source)
+            if isinstance(source, bytes)
+            else onnx.load(source, load_external_data=False)
+        )
+    except Exception:
+        return None  # onnxruntime's own load reports what is wrong with the file
+    fp16 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    return any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        and len(n.input) > 1
+        and n.input[1] in fp16
+        for n in model.graph.node
+    )
 
 
 class OnnxRuntimeBackend:
@@ -173,15 +197,20 @@ class OnnxRuntimeBackend:
         self.adopt()
 
     def _session(self, ort: Any, source: str | bytes, opts: Any, providers: list[Any]) -> Any:
+        if self.qdq_fusion and _has_fp16_qdq(source):
+            self._disable_qdq_fusion(opts)
         try:
             return ort.InferenceSession(source, sess_options=opts, providers=providers)
         except Exception as e:
-            if not _qdq_fusion_rejected(e):
+            if not (self.qdq_fusion and _qdq_fusion_rejected(e)):  # e.g. no onnx package
                 raise
+        self._disable_qdq_fusion(opts)
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
+
+    def _disable_qdq_fusion(self, opts: Any) -> None:
         log.info("%s: fp16 Q/DQ graph; running it without onnxruntime's QDQ fusion", self.path)
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
         self.qdq_fusion = False
-        return ort.InferenceSession(source, sess_options=opts, providers=providers)
 
     def adopt(
         self,
