@@ -246,7 +246,9 @@ def export(
     dynamic: Annotated[
         bool, typer.Option(help="dynamic batch/H/W instead of the static input size")
     ] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset (verified in the written file)")] = 17,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset, checked in the file (the TensorRT INT8 file: >= 19)")
+    ] = 17,
     simplify: Annotated[bool, typer.Option(help="simplify the graph with onnxslim")] = True,
     int8_method: Annotated[
         str, typer.Option(help="calibration: minmax, entropy or percentile")

@@ -259,7 +259,10 @@ def mixed_precision_graph(model: onnx.ModelProto, ranges: Ranges) -> onnx.ModelP
     src.CopyFrom(model)
     quantize_residual_shortcuts(src, ranges)
     share_concat_scales(src, ranges)
-    return to_fp16(_upgrade_opset(src, TENSORRT_OPSET))
+    current = next(i.version for i in src.opset_import if i.domain in ("", "ai.onnx"))
+    if current < TENSORRT_OPSET:  # --opset 20 stays 20
+        src = _upgrade_opset(src, TENSORRT_OPSET)
+    return to_fp16(src)
 
 
 def placement_summary(model: onnx.ModelProto) -> dict[str, int]:
