@@ -373,6 +373,12 @@ def _quantize(
         quant = {**recipe.describe(), "method": method, "qdq_nodes": count_qdq(proto)}
         if recipe.mixed_fp16:
             quant["placement"] = placement_summary(proto)
+            quant["high_precision"] = quant["placement"]["high_precision"]
+            if quant["high_precision"] != "fp16":
+                manifest.notes.append(
+                    f"{recipe.file}: calibrated activations exceed fp16's safe range, so the "
+                    "graph stays fp32 between its Q/DQ nodes (TensorRT runs those parts in fp32)"
+                )
         if recipe.symmetric_only:
             quant["zero_points"] = "all int8 zero (checked)"
         _stage(staging, a, meta_base, {"quantization": quant})

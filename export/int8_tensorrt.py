@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from collections.abc import Mapping
 
@@ -35,6 +36,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.errors import SegkdError
+
+log = logging.getLogger(__name__)
 
 TENSORRT_OPSET = 19  # the first opset whose Q/DQ take fp16 (see the module docstring)
 
@@ -253,12 +256,42 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+# fp16 tops out at 65504. Calibration sees a sample of images, so leave 4x headroom: a
+# trained segmentation network's activations are O(10..100); ones near this limit come
+# from a barely trained model (a 4-step pipeline test student reached 1.4e5 in layer4,
+# which overflowed to inf in fp16 and cost 10 points of agreement).
+FP16_SAFE_ABS = 65504.0 / 4
+
+
+def fp16_overflow(ranges: Ranges) -> tuple[str, float] | None:
+    """(tensor, |value|) of the largest calibrated activation if fp16 cannot hold it safely."""
+    if not ranges:
+        return None
+    name, (lo, hi) = max(ranges.items(), key=lambda kv: max(abs(kv[1][0]), abs(kv[1][1])))
+    peak = max(abs(lo), abs(hi))
+    return (name, peak) if peak > FP16_SAFE_ABS else None
+
+
 def mixed_precision_graph(model: onnx.ModelProto, ranges: Ranges) -> onnx.ModelProto:
-    """onnxruntime's Conv-only Q/DQ graph -> the mixed int8/fp16 graph TensorRT builds."""
+    """onnxruntime's Conv-only Q/DQ graph -> the mixed int8/fp16 graph TensorRT builds.
+
+    Where calibration shows activations fp16 cannot hold, the Q/DQ placement is still
+    applied but the rest stays fp32 (and the opset as it was): TensorRT then runs those
+    parts in fp32, slower but without inf. `placement_summary` reports which it is.
+    """
     src = onnx.ModelProto()
     src.CopyFrom(model)
     quantize_residual_shortcuts(src, ranges)
     share_concat_scales(src, ranges)
+    overflow = fp16_overflow(ranges)
+    if overflow is not None:
+        log.warning(
+            "INT8 (tensorrt): activation %s reaches %.3g, beyond fp16's safe range %.3g; "
+            "keeping fp32 between the Q/DQ nodes",
+            *overflow,
+            FP16_SAFE_ABS,
+        )
+        return src
     current = next(i.version for i in src.opset_import if i.domain in ("", "ai.onnx"))
     if current < TENSORRT_OPSET:  # --opset 20 stays 20
         src = _upgrade_opset(src, TENSORRT_OPSET)
@@ -280,7 +313,9 @@ def placement_summary(model: onnx.ModelProto) -> dict[str, int]:
     residual = [n for n in nodes if n.op_type == "Add" and residual_shortcut(g, n) is not None]
     # feature-map Concats only; dynamic graphs also concatenate int64 shapes
     concats = [n for n in nodes if n.op_type == "Concat" and types.get(n.output[0]) in floats]
+    fp16 = sum(k == TensorProto.FLOAT16 for k in kinds)
     return {
+        "high_precision": "fp16" if fp16 else "fp32",
         "opset": int(next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))),
         "quantized_convs": sum(
             n.op_type == "Conv" and from_dq(n.input[0]) and from_dq(n.input[1]) for n in nodes
@@ -293,6 +328,6 @@ def placement_summary(model: onnx.ModelProto) -> dict[str, int]:
             all(from_dq(t) for t in n.input) and len({g.scale_of_dq(t) for t in n.input}) == 1
             for n in concats
         ),
-        "fp16_tensors": sum(k == TensorProto.FLOAT16 for k in kinds),
+        "fp16_tensors": fp16,
         "fp32_tensors": sum(k == TensorProto.FLOAT for k in kinds),
     }
