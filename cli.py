@@ -299,7 +299,9 @@ def export(
     dynamic: Annotated[
         bool, typer.Option(help="dynamic batch/H/W instead of the static input size")
     ] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset (verified in the written file)")] = 17,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset, checked in the file (the TensorRT INT8 file: >= 19)")
+    ] = 17,
     simplify: Annotated[bool, typer.Option(help="simplify the graph with onnxslim")] = True,
     int8_method: Annotated[
         str, typer.Option(help="calibration: minmax, entropy or percentile")
@@ -310,12 +312,16 @@ def export(
     require_trt: Annotated[
         bool, typer.Option(help="fail instead of skipping engines when TensorRT is absent")
     ] = False,
-    min_agreement_fp16: Annotated[
-        float, typer.Option(help="fail below this pixel agreement with PyTorch")
+    # Short names: rich cuts longer ones at 80 columns (--min-agreement-fp16 and -int8
+    # both showed as "--min-agreement-…"); the old names stay as hidden aliases.
+    min_fp16: Annotated[
+        float, typer.Option(help="fp16: fail below this pixel agreement with PyTorch")
     ] = 0.99,
-    min_agreement_int8: Annotated[
-        float, typer.Option(help="fail below this pixel agreement (catches broken calibration)")
+    min_int8: Annotated[
+        float, typer.Option(help="INT8: fail below this pixel agreement (broken calibration)")
     ] = 0.90,
+    min_agreement_fp16: Annotated[float | None, typer.Option(hidden=True)] = None,
+    min_agreement_int8: Annotated[float | None, typer.Option(hidden=True)] = None,
     trt_workspace: Annotated[float, typer.Option(help="TensorRT builder workspace (GiB)")] = 4.0,
     opt_level: Annotated[
         int, typer.Option(min=0, max=5, help="TensorRT builder optimisation level")
@@ -349,7 +355,10 @@ def export(
         calib_images=calib_images, verify_images=verify_images, output=output,
         label_dtype=label_dtype, dynamic=dynamic, opset=opset, simplify=simplify,
         int8_method=int8_method, int8_variants=int8_variants, require_trt=require_trt, trt=trt,
-        tolerances=Tolerances(fp16_min_agreement=min_agreement_fp16, int8_min_agreement=min_agreement_int8),
+        tolerances=Tolerances(
+            fp16_min_agreement=min_fp16 if min_agreement_fp16 is None else min_agreement_fp16,
+            int8_min_agreement=min_int8 if min_agreement_int8 is None else min_agreement_int8,
+        ),
         progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
     )  # fmt: skip
     console.print(format_summary(report), highlight=False, markup=False)

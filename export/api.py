@@ -25,6 +25,7 @@ import torch
 from export.calibration import Prepared, RawSample, SampleReader, load_raw, prepare
 from export.fp16 import DEFAULT_FP32_OPS, convert_fp16
 from export.int8 import CALIBRATION_METHODS, RECIPES, count_qdq, quantize_int8
+from export.int8_tensorrt import placement_summary
 from export.manifest import Manifest, Skipped, file_facts, write_json_atomic
 from export.onnx_file import (
     MAX_OPSET,
@@ -35,13 +36,8 @@ from export.onnx_file import (
     set_metadata,
 )
 from export.onnx_fp32 import INPUT_NAME, OUTPUT_NAMES, export_fp32
-from export.tensorrt_engine import (
-    EngineRunner,
-    TrtOptions,
-    build_engine,
-    tensorrt_unavailable_reason,
-)
-from export.verify import Agreement, OnnxRunner, compare, torch_reference
+from export.tensorrt_engine import TrtOptions, build_engine, tensorrt_unavailable_reason
+from export.verify import Agreement, compare, engine_runner, onnx_runner, torch_reference
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.machine import cpu_info
@@ -106,6 +102,7 @@ class _Staged:
     proto: onnx.ModelProto
     ship: bool
     entry: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # the staged file, once written: what verification runs
 
 
 def _as_list(value: str | Sequence[str], option: str, allowed: Sequence[str]) -> list[str]:
@@ -286,7 +283,7 @@ def _stage(staging: Path, a: _Staged, meta_base: dict[str, Any], extra: dict[str
     """Stamp metadata, check and write one ONNX artifact; fill its export.json entry."""
     set_metadata(a.proto, {**meta_base, "precision": a.precision, "variant": a.variant})
     finalize(a.proto, a.file)
-    path = save_onnx(a.proto, staging / a.file)
+    path = a.path = save_onnx(a.proto, staging / a.file)
     inputs, outputs = io_signature(a.proto)
     a.entry = {
         "file": a.file,
@@ -374,6 +371,14 @@ def _quantize(
         key = "int8" if variant == "tensorrt" else f"int8-{variant}"
         a = _Staged(key, recipe.file, "int8", variant, proto, ship=True)
         quant = {**recipe.describe(), "method": method, "qdq_nodes": count_qdq(proto)}
+        if recipe.mixed_fp16:
+            quant["placement"] = placement_summary(proto)
+            quant["high_precision"] = quant["placement"]["high_precision"]
+            if quant["high_precision"] != "fp16":
+                manifest.notes.append(
+                    f"{recipe.file}: calibrated activations exceed fp16's safe range, so the "
+                    "graph stays fp32 between its Q/DQ nodes (TensorRT runs those parts in fp32)"
+                )
         if recipe.symmetric_only:
             quant["zero_points"] = "all int8 zero (checked)"
         _stage(staging, a, meta_base, {"quantization": quant})
@@ -397,7 +402,10 @@ def _verify_onnx(
     Returns the PyTorch reference label maps, against which engines are checked later.
     """
     say(f"verifying {len(staged)} ONNX files on {len(val)} held-out images")
-    runners = {k: OnnxRunner(a.proto, a.entry["output"]) for k, a in staged.items()}
+    runners = {
+        k: onnx_runner(a.path or Path(a.file), a.proto, a.precision, a.entry["output"])
+        for k, a in staged.items()
+    }
     providers = {k: r.provider for k, r in runners.items()}
     ref = torch_reference(model)
     k, ignore = labels.num_classes, labels.ignore_index
@@ -442,7 +450,7 @@ def _verify_onnx(
             if res.pixel_agreement < need:
                 failures.append(
                     f"{a.file}: labels agree with fp32 on {_pct(res.pixel_agreement)} of pixels, "
-                    f"below the {a.precision} minimum {_pct(need)} (relax it with --min-agreement-"
+                    f"below the {a.precision} minimum {_pct(need)} (relax it with --min-"
                     f"{a.precision}{', or try another --int8-method' if a.precision == 'int8' else ''})"
                 )
         if dynamic:
@@ -504,11 +512,14 @@ def _engines(
             dynamic=dynamic,
             opts=opts,
         )
-        runner = EngineRunner(built.path, output)
-        res, _, _ = compare(
-            val, {key: runner}, ref_labels, labels.num_classes, labels.ignore_index, with_gt,
-            1, {key: runner.provider},
-        )  # fmt: skip
+        runner = engine_runner(built.path, precision, output)
+        try:
+            res, _, _ = compare(
+                val, {key: runner}, ref_labels, labels.num_classes, labels.ignore_index,
+                with_gt, 1, {key: runner.provider},
+            )  # fmt: skip
+        finally:
+            runner.close()
         agreement = {**res[key].to_dict(), "min_pixel_agreement": tol.min_agreement(precision)}
         if res[key].pixel_agreement < tol.min_agreement(precision):
             raise SegkdError(

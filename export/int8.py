@@ -4,6 +4,8 @@ TensorRT (both 10.x and 11.x) consumes explicit Q/DQ graphs and rejects non-zero
 zero-points, so its recipe is fully symmetric int8. ONNX Runtime's CPU kernels are
 fastest with unsigned (asymmetric) activations, which fuse Conv+ReLU into QLinearConv
 (DEPLOY_FACTS.md); that recipe would be rejected by TensorRT, hence two artifacts.
+The TensorRT file is then rewritten into a mixed int8/fp16 graph at opset 19, because
+strongly typed TensorRT runs every tensor in its ONNX type (export/int8_tensorrt.py).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+from onnxruntime.quantization.calibrate import (
+    create_calibrator,
+    load_tensors_data,
+    save_tensors_data,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.calibration import SampleReader
+from export.int8_tensorrt import mixed_precision_graph
 from runtime.errors import SegkdError
 
 CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
@@ -55,6 +62,9 @@ class Int8Recipe:
     float_classifier: bool = True  # keep the last Conv (features -> class scores) in float
     reduce_range: bool = False  # 7-bit weights: see CPU_RECIPE
     float_pooled_context: bool = False  # keep Convs on pooled context maps in float
+    # TensorRT placement: quantized residual shortcuts, one scale per Concat, the rest
+    # fp16 at opset 19 (export/int8_tensorrt.py)
+    mixed_fp16: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -65,6 +75,7 @@ class Int8Recipe:
             "reduce_range": self.reduce_range,
             "float_classifier": self.float_classifier,
             "float_pooled_context": self.float_pooled_context,
+            "high_precision": "fp16" if self.mixed_fp16 else "fp32",
             "format": "QDQ",
             **{
                 k: v
@@ -74,8 +85,10 @@ class Int8Recipe:
         }
 
 
-# Symmetric int8 on Conv inputs only: the Q/DQ placement NVIDIA recommends (inputs of
-# quantizable layers, no Q/DQ on their outputs), fp32 biases that TensorRT fuses itself.
+# Symmetric int8 on Conv inputs: the Q/DQ placement NVIDIA recommends (inputs of
+# quantizable layers, no Q/DQ on their outputs), biases that TensorRT fuses itself. Then
+# mixed_fp16 adds the residual-shortcut and shared-Concat Q/DQ and makes the rest fp16,
+# because strongly typed TensorRT runs every tensor in its ONNX type.
 # The PSP pooling MatMuls are left in float: they cost nothing, and their operand, the
 # pooling matrix (1/cells), changes with the input size, so a range calibrated at one
 # size would clip at another in a dynamic graph.
@@ -93,6 +106,7 @@ TENSORRT_RECIPE = Int8Recipe(
         "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul"],
     },
     symmetric_only=True,
+    mixed_fp16=True,
 )
 
 # Unsigned activations, signed per-channel weights (onnxruntime's fastest x86 kernels).
@@ -173,6 +187,12 @@ def quantize_int8(
                 extra_options=dict(recipe.extra_options),
             )
         model = onnx.load(str(out))
+        if recipe.mixed_fp16:
+            ranges = {
+                k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1])))
+                for k, v in load_tensors_data(cache).items()
+            }
+            model = mixed_precision_graph(model, ranges)
     if recipe.symmetric_only:
         bad = zero_point_violations(model)
         if bad:

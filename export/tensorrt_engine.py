@@ -6,7 +6,8 @@ feature-detected with hasattr: TensorRT 11 removed BuilderFlag.FP16/INT8, calibr
 and EXPLICIT_BATCH, and none of those is touched unless present (DEPLOY_FACTS.md).
 
 This module imports tensorrt lazily; the cache key and the availability check work
-without it. No machine this was written on had TensorRT: the build path is unrun.
+without it. Built engines are verified through runtime.backends.tensorrt, the backend
+that serves them. No machine this was written on had TensorRT: the build path is unrun.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def tensorrt_unavailable_reason() -> str | None:
         return "the tensorrt Python package is not installed"
     except Exception as e:  # a broken install (missing libnvinfer) raises other errors
         return f"tensorrt failed to import ({type(e).__name__}: {e!s:.120})"
+    # Engines are verified through the runtime's TensorRT backend, which needs cuda-python.
+    from runtime.backends.tensorrt import import_cudart
+
+    try:
+        import_cudart()
+    except SegkdError:
+        return "cuda-python (which the tensorrt backend uses for GPU memory) is not installed"
     try:
         import torch
 
@@ -261,62 +269,3 @@ def build_engine(
         outputs=outputs,
         profile=[list(s) for s in profile] if profile else None,
     )
-
-
-class EngineRunner:
-    """Run an engine on torch CUDA buffers (one CUDA context: no pycuda beside torch)."""
-
-    def __init__(self, engine_path: Path, output_kind: str) -> None:
-        import tensorrt as trt
-        import torch
-
-        self.trt, self.torch = trt, torch
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise SegkdError(f"{engine_path}: TensorRT cannot load this engine")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = trt.TensorIOMode.INPUT
-        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == mode)
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
-        self.output_kind = output_kind
-        self.provider = "TensorRT"
-
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        from runtime.postprocess import as_label_batch
-
-        torch, trt = self.torch, self.trt
-        dev = torch.device("cuda")
-        xin = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
-        self.context.set_input_shape(self.input, tuple(x.shape))
-        self.context.set_tensor_address(self.input, xin.data_ptr())
-        bufs = {}
-        for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            np_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            bufs[name] = torch.empty(shape, dtype=_torch_dtype(torch, np_dtype.name), device=dev)
-            self.context.set_tensor_address(name, bufs[name].data_ptr())
-        stream = torch.cuda.current_stream(dev)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise SegkdError("TensorRT execute_async_v3 failed")
-        stream.synchronize()
-        out = bufs[self.outputs[0]].cpu().numpy()
-        labels = as_label_batch(out, self.output_kind)
-        logits = out.astype(np.float32) if self.output_kind == "logits" else None
-        return labels, logits
-
-
-def _torch_dtype(torch: Any, numpy_name: str) -> Any:
-    table = {
-        "float32": torch.float32,
-        "float16": torch.float16,
-        "int32": torch.int32,
-        "int64": torch.int64,
-        "int8": torch.int8,
-        "uint8": torch.uint8,
-        "bool": torch.bool,
-    }
-    if numpy_name not in table:
-        raise SegkdError(f"TensorRT engine output of type {numpy_name} is not supported")
-    return table[numpy_name]

@@ -1,8 +1,10 @@
 """Run exported artifacts next to the PyTorch model on the same preprocessed images.
 
-Each artifact is checked as shipped: a labels graph (in-graph ArgMax) is run with its
-logits tensor exposed as an extra output of an in-memory copy, so the logit error is
-measured on the exact graph in the file, not on a sibling export.
+Runners and comparison are separate (as in Polygraphy): every artifact runs through the
+runtime's own backend (runtime/backends/), the code that serves it after export, and
+`compare` only scores outputs. A labels graph (in-graph ArgMax) is run with its logits
+tensor exposed as an extra output of an in-memory copy, so the logit error is measured
+on the exact graph in the file, not on a sibling export.
 """
 
 from __future__ import annotations
@@ -10,33 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from export.calibration import Prepared
 from runtime.metrics import ConfusionMatrix
 from runtime.postprocess import as_label_batch, restore_size
 
-# Verification is a reference computation: always the CPU provider, whatever is installed.
-PROVIDERS = ["CPUExecutionProvider"]
-
 # x (Bx3xHxW float32) -> (labels BxHxW, logits BxKxHxW float32 or None)
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
-
-
-def make_session(model: onnx.ModelProto | str, threads: int | None = None) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # no per-node warnings in the export log
-    # Idle worker threads sleep instead of spinning: verification is not a latency
-    # measurement, and spinning threads starve everything else on a shared CPU.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, sess_options=opts, providers=PROVIDERS)
 
 
 def _logits_tensor(model: onnx.ModelProto) -> str | None:
@@ -71,28 +58,61 @@ def expose_logits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     return copy, True
 
 
-class OnnxRunner:
-    """An artifact under test on onnxruntime's CPU provider."""
+class BackendRunner:
+    """A runtime backend (runtime.backends.base.Backend) as a verification runner."""
 
-    def __init__(
-        self, model: onnx.ModelProto, output_kind: str, threads: int | None = None
-    ) -> None:
-        self.output_kind = output_kind
-        probe, added = expose_logits(model)
-        self.session = make_session(probe, threads)
-        self.input_name = self.session.get_inputs()[0].name
-        self.has_logits = output_kind == "logits" or added
-        self.provider = self.session.get_providers()[0]  # the one that really ran
+    def __init__(self, backend: Any, logits_output: str | None = None) -> None:
+        self.backend = backend
+        self.logits_output = logits_output  # an extra output holding the logits, if any
+        self.has_logits = backend.output_kind == "logits" or logits_output is not None
+        self.provider = backend.provider  # the one that really ran
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        outs = self.session.run(None, {self.input_name: x})
-        labels = as_label_batch(outs[0], self.output_kind)
         logits = None
-        if self.output_kind == "logits":
-            logits = outs[0].astype(np.float32, copy=False)
-        elif self.has_logits:
-            logits = outs[-1].astype(np.float32, copy=False)
-        return labels, logits
+        if self.logits_output is not None:
+            out, logits = self.backend.run_outputs(
+                x, [self.backend.output_name, self.logits_output]
+            )
+        else:
+            out = self.backend.run(x)
+            if self.backend.output_kind == "logits":
+                logits = out
+        labels = as_label_batch(out, self.backend.output_kind)
+        return labels, None if logits is None else logits.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def onnx_runner(
+    path: Path, model: onnx.ModelProto, precision: str, output_kind: str
+) -> BackendRunner:
+    """The ONNX file at `path` (whose graph is `model`) on onnxruntime's CPU provider.
+
+    Verification is a reference computation: always the CPU provider, whatever is
+    installed; idle threads sleep rather than spin on a shared CPU.
+    """
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    probe, added = expose_logits(model)
+    backend = OnnxRuntimeBackend(
+        path,
+        device="cpu",
+        model_bytes=probe.SerializeToString() if added else None,
+        allow_spinning=False,
+    )
+    backend.adopt(precision, output_kind, model.graph.input[0].name, model.graph.output[0].name)
+    return BackendRunner(backend, probe.graph.output[-1].name if added else None)
+
+
+def engine_runner(path: Path, precision: str, output_kind: str) -> BackendRunner:
+    """A TensorRT engine through the runtime's TensorRT backend (plain launches, no graph)."""
+    from runtime.backends.tensorrt import TensorRTBackend
+
+    backend = TensorRTBackend(
+        path, device="cuda", precision=precision, output_kind=output_kind, cuda_graph=False
+    )
+    return BackendRunner(backend)
 
 
 def torch_reference(model: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -85,6 +85,40 @@ def _load_error(path: Path, e: Exception) -> SegkdError:
     return SegkdError(f"cannot load ONNX model {path}: {first[:200]}")
 
 
+def _qdq_fusion_rejected(e: Exception) -> bool:
+    """onnxruntime fused fp16 Q/DQ into a QLinear* op that only takes float32 scales."""
+    return "QLinear" in str(e) and "float16" in str(e)
+
+
+def _has_fp16_qdq(source: str | bytes) -> bool | None:
+    """Whether any Q/DQ node has an fp16 scale; None where the onnx package is missing.
+
+    onnxruntime's CPU QDQ fusions mishandle fp16 scales (opset 19): DQ->Concat->Q becomes
+    a QLinearConcat that fails to load, and the fusions that do load gave wrong labels
+    (a ModelOpt fp16 Q/DQ file: 86 % pixel agreement fused, 99.4 % unfused;
+    docs/notes/trtint8.md). Such graphs (the TensorRT INT8 file) run unfused.
+    """
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        model = (
+            onnx.load_model_from_string(source)
+            if isinstance(source, bytes)
+            else onnx.load(source, load_external_data=False)
+        )
+    except Exception:
+        return None  # onnxruntime's own load reports what is wrong with the file
+    fp16 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    return any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        and len(n.input) > 1
+        and n.input[1] in fp16
+        for n in model.graph.node
+    )
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -97,9 +131,15 @@ class OnnxRuntimeBackend:
         inter_op_threads: int | None = None,
         graph_optimization: str = "all",
         trt_cache_dir: Path | str | None = None,
+        model_bytes: bytes | None = None,
+        allow_spinning: bool = True,
     ) -> None:
+        """`model_bytes`: an in-memory variant of the file at `path` (export verification
+        runs the shipped graph with its logits exposed); `path` then names it in messages.
+        `allow_spinning=False` lets idle worker threads sleep (not a latency setting)."""
         ort = _import_ort()
         self.path = Path(path)
+        source: str | bytes = model_bytes if model_bytes is not None else str(self.path)
         if graph_optimization not in OPT_LEVELS:
             raise SegkdError(
                 f"--graph-optimization {graph_optimization!r}: choose one of {', '.join(OPT_LEVELS)}"
@@ -113,16 +153,17 @@ class OnnxRuntimeBackend:
         if inter_op_threads is not None:
             opts.inter_op_num_threads = int(inter_op_threads)
         opts.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        if not allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(
             device,
             list(ort.get_available_providers()),
             Path(trt_cache_dir) if trt_cache_dir else None,
         )
         kind, index = _split_device(device)
+        self.qdq_fusion = True  # False when onnxruntime's QDQ fusion had to be switched off
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=providers
-            )
+            self.session = self._session(ort, source, opts, providers)
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
             if kind != "auto" or providers == [CPU]:
                 raise _load_error(self.path, e) from None
@@ -130,9 +171,7 @@ class OnnxRuntimeBackend:
             log.info("%s: GPU providers failed (%s); retrying on the CPU", self.path, e)
             providers = [CPU]
             try:
-                self.session = ort.InferenceSession(
-                    str(self.path), sess_options=opts, providers=providers
-                )
+                self.session = self._session(ort, source, opts, providers)
             except Exception as e2:
                 raise _load_error(self.path, e2) from None
 
@@ -156,6 +195,22 @@ class OnnxRuntimeBackend:
             self.session.get_modelmeta().custom_metadata_map
         )
         self.adopt()
+
+    def _session(self, ort: Any, source: str | bytes, opts: Any, providers: list[Any]) -> Any:
+        if self.qdq_fusion and _has_fp16_qdq(source):
+            self._disable_qdq_fusion(opts)
+        try:
+            return ort.InferenceSession(source, sess_options=opts, providers=providers)
+        except Exception as e:
+            if not (self.qdq_fusion and _qdq_fusion_rejected(e)):  # e.g. no onnx package
+                raise
+        self._disable_qdq_fusion(opts)
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
+
+    def _disable_qdq_fusion(self, opts: Any) -> None:
+        log.info("%s: fp16 Q/DQ graph; running it without onnxruntime's QDQ fusion", self.path)
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        self.qdq_fusion = False
 
     def adopt(
         self,
@@ -193,6 +248,12 @@ class OnnxRuntimeBackend:
         if batch.dtype != self.input_dtype:  # fp16-input graphs
             batch = batch.astype(self.input_dtype)
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """Several named outputs of one run (verification reads labels and logits)."""
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
+        return self.session.run(names, {self.input_name: batch})
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

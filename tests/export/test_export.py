@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,13 +25,13 @@ from export.api import Tolerances, export_checkpoint, format_summary
 from export.int8 import CPU_RECIPE, pooled_context_convs, zero_point_violations
 from export.onnx_file import MAX_IR_VERSION
 from export.tensorrt_engine import engine_cache_key, tensorrt_unavailable_reason
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.errors import SegkdError
 from runtime.metadata import artifact_meta, parse_metadata_json, read_export_json, sha256_of
 from runtime.preprocess import PreprocessSpec
 
 SIZE = (64, 128)
 DATA = "synthetic:size=64x128,train=48,val=6"
-CPU = ["CPUExecutionProvider"]
 
 
 def _train_tiny(path: Path) -> Path:
@@ -134,8 +133,8 @@ def _torch_logits(ckpt: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=CPU)
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    """The file's first output, through the runtime's onnxruntime backend (what ships)."""
+    return OnnxRuntimeBackend(path, device="cpu").run(x)
 
 
 def test_fp32_labels_match_pytorch(full, ckpt: Path) -> None:
@@ -159,14 +158,15 @@ def test_opset_ir_single_file_and_metadata(full) -> None:
     for name in files[1:]:
         proto = onnx.load(str(full.out_dir / name))
         opset = {i.domain: i.version for i in proto.opset_import}
-        assert opset.get("", opset.get("ai.onnx")) == 17
+        # fp16 Q/DQ need opset 19 (export/int8_tensorrt.py); the rest keep --opset.
+        assert opset.get("", opset.get("ai.onnx")) == (19 if name == "model.int8.onnx" else 17)
         assert proto.ir_version <= MAX_IR_VERSION  # TensorRT 10.3 / onnxruntime 1.18
         meta = {p.key: p.value for p in proto.metadata_props}
         parsed = parse_metadata_json(meta["segkd"], name)
         assert parsed.preprocess.input_size == SIZE
         assert parsed.output == "labels" and parsed.output_name == "labels"
         assert parsed.precision == full.artifact(name)["precision"]
-        ort.InferenceSession(str(full.out_dir / name), providers=CPU)
+        OnnxRuntimeBackend(full.out_dir / name, device="cpu")
 
 
 def test_export_json_is_complete(full, ckpt: Path) -> None:
@@ -186,7 +186,8 @@ def test_export_json_is_complete(full, ckpt: Path) -> None:
         assert a["sha256"] == sha256_of(path) and a["size_bytes"] == path.stat().st_size
         assert a["inputs"] == [{"name": "input", "shape": [1, 3, *SIZE], "dtype": "float32"}]
         assert a["outputs"] == [{"name": "labels", "shape": [1, *SIZE], "dtype": "uint8"}]
-        assert a["opset"] == 17 and a["ir_version"] <= MAX_IR_VERSION
+        assert a["opset"] == (19 if name == "model.int8.onnx" else 17)
+        assert a["ir_version"] <= MAX_IR_VERSION
         meta = artifact_meta(d, a, full.manifest_path)
         assert meta.precision == a["precision"] and meta.input_name == "input"
         assert ("parity" in a) == (a["precision"] == "fp32")
@@ -222,6 +223,72 @@ def test_tensorrt_int8_is_symmetric(full) -> None:
     # The CPU variant uses unsigned activations, which the check must flag for TensorRT.
     cpu = onnx.load(str(full.out_dir / "model.int8-cpu.onnx"))
     assert any("uint8" in v for v in zero_point_violations(cpu))
+
+
+def _dq_scale(producers: dict[str, onnx.NodeProto], tensor: str) -> str | None:
+    """Scale initializer of the DequantizeLinear that produces `tensor`, else None."""
+    node = producers.get(tensor)
+    return node.input[1] if node is not None and node.op_type == "DequantizeLinear" else None
+
+
+def _raw_conv(producers: dict[str, onnx.NodeProto], tensor: str) -> bool:
+    node = producers.get(tensor)
+    while node is not None and node.op_type == "Relu":
+        node = producers.get(node.input[0])
+    return node is not None and node.op_type == "Conv"
+
+
+def test_tensorrt_int8_places_qdq_for_strongly_typed_tensorrt(full) -> None:
+    # Strongly typed TensorRT runs every tensor in its ONNX type: the TensorRT file must
+    # say int8 (Q/DQ) where NVIDIA's placement guide puts it, and fp16 everywhere else.
+    proto = onnx.load(str(full.out_dir / "model.int8.onnx"))
+    nodes = list(proto.graph.node)
+    producers = {o: n for n in nodes for o in n.output}
+    inits = {i.name: i for i in proto.graph.initializer}
+    # Every Conv reads data and weights through a DequantizeLinear, except the float
+    # classifier (features -> class scores), kept in fp16 by the recipe.
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    float_convs = [n for n in convs if _dq_scale(producers, n.input[1]) is None]
+    assert len(convs) == 26 and len(float_convs) == 1
+    assert float_convs[0] is convs[-1] or float_convs[0].output == convs[-1].output
+    for conv in convs:
+        if conv.output != float_convs[0].output:
+            assert _dq_scale(producers, conv.input[0]) and _dq_scale(producers, conv.input[1])
+    # Residual Adds: one input a raw Conv output (where TensorRT fuses the Add), the
+    # other (the shortcut) dequantized; in the 3 downsampling blocks that shortcut is a
+    # quantized 1x1 Conv output, elsewhere the quantized block input.
+    adds = [n for n in nodes if n.op_type == "Add"]
+    assert len(adds) == 8  # the 8 basic blocks of ResNet-18
+    quantized_conv_shortcuts = 0
+    for add in adds:
+        shortcut = [t for t in add.input if _dq_scale(producers, t)]
+        main = [t for t in add.input if _raw_conv(producers, t)]
+        assert len(shortcut) == 1 and len(main) == 1, add.name
+        q = producers[producers[shortcut[0]].input[0]]
+        assert q.op_type == "QuantizeLinear"
+        quantized_conv_shortcuts += producers[q.input[0]].op_type == "Conv"
+    assert quantized_conv_shortcuts == 3
+    # The PSP Concat: every input dequantized with one scale, the same one the next
+    # Conv's input uses (so the Q/DQ pairs commute through the Concat).
+    (cat,) = [n for n in nodes if n.op_type == "Concat"]
+    scales = {_dq_scale(producers, t) for t in cat.input}
+    assert None not in scales and len(scales) == 1 and len(cat.input) == 5
+    (after,) = [n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] == cat.output[0]]
+    assert after.input[1] in scales
+    # fp16 everywhere else. Allowed in fp32: only the graph boundary (the float32 input,
+    # then one Cast); the Q/DQ scales are fp16 too, which needs opset 19.
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    fp32 = [v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == 1]
+    assert fp32 == []
+    float_inits = [i for i in inits.values() if i.data_type in (1, 10)]
+    assert float_inits and all(i.data_type == 10 for i in float_inits)
+    (graph_in,) = proto.graph.input
+    assert graph_in.type.tensor_type.elem_type == 1  # the runtime contract is unchanged
+    assert [n.op_type for n in nodes if graph_in.name in n.input] == ["Cast"]
+    assert zero_point_violations(proto) == []
+    placement = full.artifact("model.int8.onnx")["quantization"]["placement"]
+    assert placement["residual_adds_quantized_shortcut"] == placement["residual_adds"] == 8
+    assert placement["concats_one_scale"] == 1 and placement["fp32_tensors"] == 0
 
 
 def test_int8_agrees_with_fp32_on_held_out_images(full, ckpt: Path) -> None:
@@ -275,10 +342,10 @@ def node_producer_op(producers: dict[str, onnx.NodeProto], tensor: str) -> str |
 
 
 _LABELS_SCRIPT = """
-import sys, numpy as np, onnxruntime as ort
-x = np.load(sys.argv[1]); s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
-name = s.get_inputs()[0].name
-np.save(sys.argv[3], np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]))
+import sys, numpy as np
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
+x = np.load(sys.argv[1]); b = OnnxRuntimeBackend(sys.argv[2], device="cpu")
+np.save(sys.argv[3], np.concatenate([b.run(x[i:i + 1]) for i in range(len(x))]))
 """
 
 
