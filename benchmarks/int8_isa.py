@@ -46,6 +46,7 @@ from distill.checkpoint import load_model
 from export.api import INPUT_NAME, export_checkpoint
 from export.calibration import SampleReader, load_raw, prepare
 from export.int8 import CPU_RECIPE, quantize_int8
+from runtime.backends.onnxruntime import has_fp16_qdq
 from runtime.machine import cpu_info
 from runtime.metrics import ConfusionMatrix
 from runtime.preprocess import PreprocessSpec
@@ -58,7 +59,10 @@ EIGHT_BIT_CPU = dataclasses.replace(
 
 _LABELS = """
 import sys, numpy as np, onnxruntime as ort
-x = np.load(sys.argv[1]); s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[1]); opts = ort.SessionOptions()
+if sys.argv[4:] == ["unfused"]:  # fp16 Q/DQ (the TensorRT file): as segkd's backend runs it
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
+s = ort.InferenceSession(sys.argv[2], opts, providers=["CPUExecutionProvider"])
 name = s.get_inputs()[0].name
 np.save(sys.argv[3], np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]))
 print(ort.__version__)
@@ -68,8 +72,9 @@ print(ort.__version__)
 def _labels(
     runner: list[str], script: Path, x: Path, model: Path, out: Path
 ) -> tuple[np.ndarray, str]:
+    mode = ["unfused"] if has_fp16_qdq(str(model)) else []
     done = subprocess.run(
-        [*runner, str(script), str(x), str(model), str(out)],
+        [*runner, str(script), str(x), str(model), str(out), *mode],
         check=True, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     return np.load(out), done.stdout.strip().splitlines()[-1]
@@ -97,6 +102,8 @@ def _time_round_robin(
     for name in files:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        if has_fp16_qdq(str(folder / name)):
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
         s = ort.InferenceSession(str(folder / name), opts, providers=["CPUExecutionProvider"])
         feed = {s.get_inputs()[0].name: x}
         s.run(None, feed)  # warm-up

@@ -90,7 +90,7 @@ def _qdq_fusion_rejected(e: Exception) -> bool:
     return "QLinear" in str(e) and "float16" in str(e)
 
 
-def _has_fp16_qdq(source: str | bytes) -> bool | None:
+def has_fp16_qdq(source: str | bytes) -> bool | None:
     """Whether any Q/DQ node has an fp16 scale; None where the onnx package is missing.
 
     onnxruntime's CPU QDQ fusions mishandle fp16 scales (opset 19): DQ->Concat->Q becomes
@@ -197,7 +197,7 @@ class OnnxRuntimeBackend:
         self.adopt()
 
     def _session(self, ort: Any, source: str | bytes, opts: Any, providers: list[Any]) -> Any:
-        if self.qdq_fusion and _has_fp16_qdq(source):
+        if self.qdq_fusion and has_fp16_qdq(source):
             self._disable_qdq_fusion(opts)
         try:
             return ort.InferenceSession(source, sess_options=opts, providers=providers)
