@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -519,6 +520,10 @@ def pipeline(
     console.print(f"report: {out / 'report.md'}")
 
 
+# OS errors the user can fix even when the OS does not say which file they hit.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def _fail(message: str, code: int) -> NoReturn:
     """Print ONE `error: ...` line on stderr and exit with `code`."""
     from rich.markup import escape
@@ -549,9 +554,11 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, permission denied, read-only folder: the user's to fix
-        if e.filename is None:
-            raise
-        _fail(f"{e.filename}: {e.strerror or e}", 2)
+        if e.filename is not None:
+            _fail(f"{e.filename}: {e.strerror or e}", 2)
+        if e.errno in _USER_ERRNOS:  # a write() that names no file
+            _fail(f"{e.strerror or e} (free some space or choose another --out)", 2)
+        raise
     except Exception as e:  # click usage errors etc. arrive here with standalone_mode=False
         # typer >= 0.20 vendors click (typer._click), so match click's exceptions by shape.
         format_message = getattr(e, "format_message", None)
