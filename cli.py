@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime.errors import SegkdError
+from runtime.numbers import finite
+from runtime.paths import refuse_overwriting_inputs
 from runtime.sizes import parse_size
 
 app = typer.Typer(
@@ -29,6 +31,14 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 def _size(value: str | None, option: str) -> tuple[int, int] | None:
     return None if value is None else parse_size(value, option, minimum=32)
+
+
+def _spec_folder(spec: str | None) -> Path | None:
+    """The folder of a `KIND:PATH` dataset spec (None for synthetic): an input to protect."""
+    kind, _, rest = (spec or "").partition(":")
+    if kind.strip().lower() in ("", "synthetic") or not rest.strip():
+        return None
+    return Path(rest.strip()).expanduser()
 
 
 def _write_json(path: Path | None, data: Any) -> None:
@@ -213,6 +223,10 @@ def distill(
     )  # fmt: skip
     if readout_iters < 1:
         raise SegkdError(f"--readout-iters must be >= 1, got {readout_iters}")
+    refuse_overwriting_inputs(
+        {f"--out ({n})": out / n for n in ("best.pt", "last.pt", "resume.pt")},
+        {"the --teacher": teacher},
+    )
     summary = run_distillation(cfg, teacher, dcfg, readout_iters=readout_iters)
     console.print(
         f"[bold]{student}[/] distilled from {summary['teacher']['arch']}: best val mIoU "
@@ -288,6 +302,10 @@ def export(
     from export.api import Tolerances, export_checkpoint, format_summary
     from export.tensorrt_engine import TrtOptions
 
+    refuse_overwriting_inputs(
+        {"--out": out, "--json": json_out},
+        {"the checkpoint": checkpoint, "the --calib-data folder": _spec_folder(calib_data)},
+    )
     trt = TrtOptions(
         workspace_gib=trt_workspace, optimization_level=opt_level, cache_dir=engine_cache,
         weak_typing=weak_typing, max_batch=trt_max_batch, verbose=trt_verbose,
@@ -336,6 +354,16 @@ def eval_cmd(
     """mIoU, per-class IoU and pixel accuracy of a model on a dataset split."""
     if max_drop is not None and reference is None:
         raise SegkdError("--max-drop needs --reference (the model to compare against)")
+    if max_drop is not None:
+        finite("--max-drop", max_drop)  # a nan gate would pass every model
+    refuse_overwriting_inputs(
+        {"--json": json_out, "--save-predictions": save_predictions},
+        {
+            "the model": model,
+            "the --reference": reference,
+            "the dataset folder": _spec_folder(data),
+        },
+    )
     from pipeline.models import evaluate_on_dataset
 
     result = evaluate_on_dataset(
@@ -415,6 +443,7 @@ def bench(
     from runtime.bench import benchmark, format_table
 
     size = parse_size(frame_size, "--frame-size", minimum=16)
+    refuse_overwriting_inputs({"--json": json_out}, {f"the model {m}": m for m in models})
     backends = [b.strip() for b in backend.split(",") if b.strip()]
     results = []
     for m in models:
@@ -463,14 +492,21 @@ def demo(
 
     if out is None and not show:
         raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
+    refuse_overwriting_inputs(
+        {"--out": out, "--json": json_out}, {"the demo source": source, "the --model": model}
+    )
     with open_model(model, backend, device, precision) as seg:
         stats = run_demo(source, seg, out, show=show, max_frames=max_frames, alpha=alpha, fps=fps)
     console.print(
         f"{stats.frames_out}/{stats.frames_in} frames, {stats.fps:.1f} FPS sustained, "
         f"{stats.infer_ms_mean:.1f} ms inference, stopped by {stats.stopped}"
-        + (f" -> {out}" if out else "")
+        + (f" -> {stats.out}" if stats.out else "")
     )
     _write_json(json_out, stats.to_dict())
+    if stats.stopped == "interrupted":  # Ctrl-C: the documented status, after the summary
+        if out is not None and stats.out != str(out):
+            err_console.print(f"interrupted: {out} left as it was", highlight=False)
+        raise typer.Exit(130)
 
 
 @app.command()

@@ -305,6 +305,12 @@ def export_checkpoint(
         write_json_atomic(written, fresh / EXPORT_JSON)
         publish_folder(fresh, target)
         path = out / EXPORT_JSON
+    except OSError as e:  # a full disk, a read-only or vanished folder: the user's to fix
+        where = f" ({e.filename})" if e.filename else ""
+        kept = "the earlier export there is unchanged" if out.exists() else "nothing was written"
+        raise SegkdError(
+            f"--out {out}: cannot write the export: {e.strerror or e}{where}; {kept}"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportReport(

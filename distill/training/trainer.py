@@ -193,6 +193,12 @@ def _train(
                 f"--resume: {resume_path} does not fit this run's settings ({first[:160]}); "
                 "resume with the options it was started with"
             ) from None
+        if start_it >= cfg.iters:  # resuming would only overwrite the finished run's summary
+            raise SegkdError(
+                f"--resume: {resume_path} is a finished run (iteration {start_it}, --iters "
+                f"{cfg.iters}); nothing to continue: its files are kept. Pass a larger --iters "
+                "to train on, or choose another --out"
+            )
         log.info("resumed %s at iteration %d", resume_path, start_it)
 
     loader = make_train_loader(
