@@ -842,7 +842,8 @@ def test_ctrl_c_in_the_demo_exits_130_and_keeps_the_old_video(
     ("args", "culprit"),
     [
         (("demo", "{video}", "--model", "{tiny}", "--out", "{video}"), "--out"),
-        (("demo", "{video}", "--model", "{tiny}", "--out", "x.mp4", "--json", "{tiny}"), "--json"),
+        (("demo", "{video}", "--model", "{tiny}", "--out", "{tmp}/x.mp4", "--json", "{tiny}"),
+         "--json"),
         (("eval", "{tiny}", "--data", "folder:{data}", "--json", "{tiny}"), "--json"),
         (("eval", "{tiny}", "--data", "folder:{data}", "--save-predictions", "{data}/masks"),
          "--save-predictions"),
@@ -859,7 +860,7 @@ def test_an_output_that_is_an_input_is_refused(
     video = write_video(tmp_path / "in.mp4", 3, "mp4v")
     files = [model, video, *sorted((data / "masks").iterdir())]
     before = {p: sha256(p) for p in files}
-    argv = [a.format(video=video, tiny=model, data=data) for a in args]
+    argv = [a.format(video=video, tiny=model, data=data, tmp=tmp_path) for a in args]
     assert_one_error(segkd(*argv), culprit, "choose")
     assert {p: sha256(p) for p in files} == before
 
