@@ -952,3 +952,70 @@ def test_negative_seed_leaves_no_folder(segkd_here: Run, tmp_path: Path) -> None
                    "--seed", "-1", "--out", out)  # fmt: skip
     assert_one_error(r, "--seed", "-1")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("format_version", "1"), ("model_kwargs", {"wings": 2}), ("num_classes", "3"),
+     ("state_dict", [1, 2]), ("arch", 7), ("labels", {"names": 5}), ("model_kwargs", [])],
+    ids=["version-text", "kwargs-unknown-key", "classes-text", "state-dict-list", "arch-int",
+         "labels-bad", "kwargs-list"],
+)  # fmt: skip
+def test_checkpoint_with_one_malformed_field(
+    segkd_here: Run, models: dict[str, Path], data: Path, json_out: Path, field: str, value: Any
+) -> None:
+    import torch
+
+    from distill.checkpoint import atomic_torch_save
+
+    ckpt = torch.load(models["three"], weights_only=True)
+    ckpt[field] = value
+    bad = data / "bad.pt"
+    atomic_torch_save(ckpt, bad)
+    eval_fails(bad, f"folder:{data}", json_out, bad, repr(field)[1:-1], run=segkd_here)
+
+
+def test_teacher_that_is_an_onnx_model(
+    segkd_here: Run, models: dict[str, Path], data: Path
+) -> None:
+    r = segkd_here("distill", "--teacher", models["tiny"], "--data", f"folder:{data}", *TRAIN,
+                   "--out", data / "run")  # fmt: skip
+    line = assert_one_error(r, models["tiny"], "not a checkpoint", ".pt")
+    assert "weights_only" not in line and not (data / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (("teacher.iters=abc",), ("teacher.iters", "'abc'")),
+        (("teacher.iters.x=5",), ("iters", "not a section")),
+        (("export.calib_images=many",), ("export.calib_images", "'many'")),
+        (("export.calib_images=0",), ("export.calib_images", "0")),
+        (("distill.w_kd=.nan",), ("distill.w_kd", "nan")),
+        (("eval.max_drop=.inf",), ("eval.max_drop", "inf")),
+        (("student.batch_size=1",), ("student", "--batch-size")),
+    ],
+    ids=["iters-text", "value-made-section", "calib-text", "calib-zero", "weight-nan",
+         "gate-inf", "student-batch-1"],
+)  # fmt: skip
+def test_pipeline_config_is_checked_before_the_first_step(
+    segkd_here: Run, tmp_path: Path, overrides: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
+    args = [a for o in overrides for a in ("--set", o)]
+    r = segkd_here("pipeline", "--out", tmp_path / "p", "--data", "synthetic:size=64x128", *args)
+    assert_one_error(r, *needles)
+    assert not (tmp_path / "p" / "teacher").exists()
+
+
+def test_pipeline_config_of_the_wrong_type_in_a_file(segkd_here: Run, tmp_path: Path) -> None:
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text('teacher:\n  iters: "2"\n')
+    assert_one_error(segkd_here("pipeline", "--config", cfg, "--out", tmp_path / "p"),
+                     "teacher.iters", "'2'")  # fmt: skip
+
+
+def test_pipeline_yaml_syntax_error_names_the_line(segkd_here: Run, tmp_path: Path) -> None:
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("teacher:\n  iters: 2\nstudent: {iters: [1, 2}\n")
+    r = segkd_here("pipeline", "--config", cfg, "--out", tmp_path / "p")
+    assert_one_error(r, f"{cfg}:3:")
