@@ -1019,3 +1019,38 @@ def test_pipeline_yaml_syntax_error_names_the_line(segkd_here: Run, tmp_path: Pa
     cfg.write_text("teacher:\n  iters: 2\nstudent: {iters: [1, 2}\n")
     r = segkd_here("pipeline", "--config", cfg, "--out", tmp_path / "p")
     assert_one_error(r, f"{cfg}:3:")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("eval", "{tiny}", "--data", "folder:{data}", "--reference", "{tiny}", "--max-drop",
+          "nan"), ("--max-drop", "nan")),
+        (("demo", "{video}", "--model", "{tiny}", "--out", "{tmp}/o.mp4", "--fps", "inf"),
+         ("--fps", "inf")),
+    ],
+    ids=["max-drop-nan", "fps-inf"],
+)  # fmt: skip
+def test_nan_and_inf_options_are_refused(
+    models: dict[str, Path], data: Path, tmp_path: Path, args: tuple[str, ...], needles: tuple
+) -> None:
+    video = write_video(tmp_path / "in.mp4", 3, "mp4v")
+    argv = [a.format(video=video, tiny=models["tiny"], data=data, tmp=tmp_path) for a in args]
+    assert_one_error(segkd(*argv), *needles)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_json_on_a_full_disk_names_the_file_and_keeps_the_old_one(
+    segkd_here: Run, models: dict[str, Path], data: Path, json_out: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """ENOSPC from fsync (how delayed allocation reports a full disk) names no file."""
+    import errno
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    eval_fails(models["tiny"], f"folder:{data}", json_out, json_out, "No space left on device",
+               run=segkd_here)  # fmt: skip
+    assert not [p for p in json_out.parent.iterdir() if p.name.endswith(".tmp")]
