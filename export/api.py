@@ -224,7 +224,7 @@ def export_checkpoint(
     pre = pre.with_input_size(size)
     data_spec = calib_data or str((ckpt.get("config") or {}).get("data") or "synthetic")
     out = Path(out_dir)
-    keep = _user_entries(out)
+    _user_entries(out)  # refuses a folder that is not an export before the long work
     meta_base = {
         "arch": ckpt["arch"],
         "labels": labels.to_dict(),
@@ -299,7 +299,8 @@ def export_checkpoint(
             sidecar = staging / (entry["file"] + ".json")
             if sidecar.exists():
                 os.replace(sidecar, fresh / sidecar.name)
-        for name in keep:
+        # Listed now, not at the start: an --engine-cache inside --out was filled meanwhile.
+        for name in _user_entries(out, refuse=False):
             _link_copy(target / name, fresh / name)
         written = manifest.to_dict()
         write_json_atomic(written, fresh / EXPORT_JSON)
@@ -318,10 +319,11 @@ def export_checkpoint(
     )
 
 
-def _user_entries(out: Path) -> list[str]:
+def _user_entries(out: Path, refuse: bool = True) -> list[str]:
     """Names in an existing --out that the export did not write (kept in the new folder).
 
-    A non-empty folder that is not an export is refused: replacing it would drop its files.
+    refuse: a non-empty folder that is not an export is refused (checked before the work
+    starts): replacing it would drop its files.
     """
     if not out.exists():
         return []
@@ -329,7 +331,7 @@ def _user_entries(out: Path) -> list[str]:
         raise SegkdError(f"--out {out}: exists and is not a folder")
     names = sorted(p.name for p in out.iterdir())
     other = [n for n in names if not _OWN_FILE.fullmatch(n)]
-    if other and not (out / EXPORT_JSON).is_file():
+    if refuse and other and not (out / EXPORT_JSON).is_file():
         raise SegkdError(
             f"--out {out}: the folder is not empty and is not an export folder (it holds "
             f"{other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}); "

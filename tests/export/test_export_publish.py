@@ -187,3 +187,16 @@ def test_publish_falls_back_to_two_renames_and_restores_on_failure(
     atomic_io.publish_folder(new, target)
     assert (target / "a").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
+def test_files_written_into_out_during_the_export_are_kept(ckpt: Path, tmp_path: Path) -> None:
+    """An --engine-cache inside --out fills while the export runs: the swap must keep it."""
+    out = tmp_path / "export"
+
+    def progress(msg: str) -> None:
+        if msg.startswith("verifying"):  # as TensorRT's cache would, mid-export
+            (out / "cache").mkdir(parents=True, exist_ok=True)
+            (out / "cache" / "timing.bin").write_bytes(b"cache")
+
+    export_checkpoint(ckpt, out, precisions="fp32", progress=progress, **FAST)
+    assert set(snapshot(out)) == {"export.json", "model.onnx", "cache/timing.bin"}
