@@ -1054,3 +1054,12 @@ def test_json_on_a_full_disk_names_the_file_and_keeps_the_old_one(
     eval_fails(models["tiny"], f"folder:{data}", json_out, json_out, "No space left on device",
                run=segkd_here)  # fmt: skip
     assert not [p for p in json_out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_dataset_error_leaves_no_empty_out_folder(segkd_here: Run, tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds")
+    (root / "classes.txt").unlink()
+    out = tmp_path / "run"
+    r = segkd_here("train", "--data", f"folder:{root}", *TRAIN, "--out", out)
+    assert_one_error(r, root / "classes.txt")
+    assert not out.exists()

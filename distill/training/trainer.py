@@ -7,6 +7,7 @@ plugs in its teacher and adapters without touching the loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -95,8 +96,14 @@ def train(
     spec = parse_dataset_spec(config.data)
     cfg = config.resolved(dataset_defaults(spec))
     ctx = init_distributed(cfg.device)
+    created = not Path(cfg.out).exists()
     try:
         return _train(cfg, ctx, objective_factory, eval_hook, checkpoint_extra or {})
+    except SegkdError:
+        if created and ctx.is_main:  # bad data found before anything was written: no empty --out
+            with contextlib.suppress(OSError):
+                Path(cfg.out).rmdir()  # only if still empty
+        raise
     finally:
         shutdown(ctx)
 
