@@ -38,7 +38,8 @@ def _spec_folder(spec: str | None) -> Path | None:
     kind, _, rest = (spec or "").partition(":")
     if kind.strip().lower() in ("", "synthetic") or not rest.strip():
         return None
-    return Path(rest.strip()).expanduser()
+    path = Path(rest.strip()).expanduser()
+    return path if path.is_dir() else None  # not a folder: the dataset's own error says so
 
 
 def _write_json(path: Path | None, data: Any) -> None:
