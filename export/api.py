@@ -349,8 +349,11 @@ def _link_copy(src: Path, dst: Path) -> None:
             os.symlink(os.readlink(src), dst)
         else:
             os.link(src, dst)
-    except OSError:
-        shutil.rmtree(dst, ignore_errors=True) if dst.is_dir() else dst.unlink(missing_ok=True)
+    except OSError:  # no hard links here (another file system, FAT, some NAS): copy
+        if dst.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+        else:
+            dst.unlink(missing_ok=True)
         if src.is_dir():
             shutil.copytree(src, dst, symlinks=True)
         else:
