@@ -1063,3 +1063,18 @@ def test_a_dataset_error_leaves_no_empty_out_folder(segkd_here: Run, tmp_path: P
     r = segkd_here("train", "--data", f"folder:{root}", *TRAIN, "--out", out)
     assert_one_error(r, root / "classes.txt")
     assert not out.exists()
+
+
+def test_distill_out_that_would_overwrite_the_teacher(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    teacher = out / "best.pt"
+    shutil.copy(models["three"], teacher)
+    before = sha256(teacher)
+    data = make_folder(tmp_path / "ds")
+    r = segkd_here("distill", "--teacher", teacher, "--data", f"folder:{data}", *TRAIN,
+                   "--out", out)  # fmt: skip
+    assert_one_error(r, "--out", "--teacher", "choose")
+    assert sha256(teacher) == before and sorted(p.name for p in out.iterdir()) == ["best.pt"]
