@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
@@ -15,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime.errors import SegkdError
+from runtime.numbers import finite
+from runtime.paths import refuse_overwriting_inputs
 from runtime.sizes import parse_size
 
 app = typer.Typer(
@@ -30,6 +33,15 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 def _size(value: str | None, option: str) -> tuple[int, int] | None:
     return None if value is None else parse_size(value, option, minimum=32)
+
+
+def _spec_folder(spec: str | None) -> Path | None:
+    """The folder of a `KIND:PATH` dataset spec (None for synthetic): an input to protect."""
+    kind, _, rest = (spec or "").partition(":")
+    if kind.strip().lower() in ("", "synthetic") or not rest.strip():
+        return None
+    path = Path(rest.strip()).expanduser()
+    return path if path.is_dir() else None  # not a folder: the dataset's own error says so
 
 
 def _write_json(path: Path | None, data: Any) -> None:
@@ -265,6 +277,13 @@ def distill(
     cfg = _train_config(options, student, role="student")
     if readout_iters < 1:
         raise SegkdError(f"--readout-iters must be >= 1, got {readout_iters}")
+    from distill.zoo.load import parse_teacher_spec
+
+    out = Path(options["out"])
+    refuse_overwriting_inputs(
+        {f"--out ({n})": out / n for n in ("best.pt", "last.pt", "resume.pt")},
+        {"the --teacher": parse_teacher_spec(teacher).path},
+    )
     summary = run_distillation(cfg, teacher, dcfg, readout_iters=readout_iters)
     console.print(
         f"[bold]{student}[/] distilled from {summary['teacher']['arch']}: best val mIoU "
@@ -346,6 +365,10 @@ def export(
     from export.api import Tolerances, export_checkpoint, format_summary
     from export.tensorrt_engine import TrtOptions
 
+    refuse_overwriting_inputs(
+        {"--out": out, "--json": json_out},
+        {"the checkpoint": checkpoint, "the --calib-data folder": _spec_folder(calib_data)},
+    )
     trt = TrtOptions(
         workspace_gib=trt_workspace, optimization_level=opt_level, cache_dir=engine_cache,
         weak_typing=weak_typing, max_batch=trt_max_batch, verbose=trt_verbose,
@@ -402,6 +425,16 @@ def eval_cmd(
     """mIoU, per-class IoU and pixel accuracy of a model on a dataset split."""
     if max_drop is not None and reference is None:
         raise SegkdError("--max-drop needs --reference (the model to compare against)")
+    if max_drop is not None:
+        finite("--max-drop", max_drop)  # a nan gate would pass every model
+    refuse_overwriting_inputs(
+        {"--json": json_out, "--save-predictions": save_predictions},
+        {
+            "the model": model,
+            "the --reference": reference,
+            "the dataset folder": _spec_folder(data),
+        },
+    )
     from pipeline.models import evaluate_on_dataset
 
     result = evaluate_on_dataset(
@@ -481,6 +514,7 @@ def bench(
     from runtime.bench import benchmark, format_table
 
     size = parse_size(frame_size, "--frame-size", minimum=16)
+    refuse_overwriting_inputs({"--json": json_out}, {f"the model {m}": m for m in models})
     backends = [b.strip() for b in backend.split(",") if b.strip()]
     results = []
     for m in models:
@@ -529,14 +563,21 @@ def demo(
 
     if out is None and not show:
         raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
+    refuse_overwriting_inputs(
+        {"--out": out, "--json": json_out}, {"the demo source": source, "the --model": model}
+    )
     with open_model(model, backend, device, precision) as seg:
         stats = run_demo(source, seg, out, show=show, max_frames=max_frames, alpha=alpha, fps=fps)
     console.print(
         f"{stats.frames_out}/{stats.frames_in} frames, {stats.fps:.1f} FPS sustained, "
         f"{stats.infer_ms_mean:.1f} ms inference, stopped by {stats.stopped}"
-        + (f" -> {out}" if out else "")
+        + (f" -> {stats.out}" if stats.out else "")
     )
     _write_json(json_out, stats.to_dict())
+    if stats.stopped == "interrupted":  # Ctrl-C: the documented status, after the summary
+        if out is not None and stats.out != str(out):
+            err_console.print(f"interrupted: {out} left as it was", highlight=False)
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -586,6 +627,10 @@ def pipeline(
     console.print(f"report: {out / 'report.md'}")
 
 
+# OS errors the user can fix even when the OS does not say which file they hit.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def _fail(message: str, code: int) -> NoReturn:
     """Print ONE `error: ...` line on stderr and exit with `code`."""
     from rich.markup import escape
@@ -616,9 +661,11 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, permission denied, read-only folder: the user's to fix
-        if e.filename is None:
-            raise
-        _fail(f"{e.filename}: {e.strerror or e}", 2)
+        if e.filename is not None:
+            _fail(f"{e.filename}: {e.strerror or e}", 2)
+        if e.errno in _USER_ERRNOS:  # a write() that names no file
+            _fail(f"{e.strerror or e} (free some space or choose another --out)", 2)
+        raise
     except Exception as e:  # click usage errors etc. arrive here with standalone_mode=False
         # typer >= 0.20 vendors click (typer._click), so match click's exceptions by shape.
         format_message = getattr(e, "format_message", None)

@@ -23,6 +23,7 @@ from runtime.preprocess import PreprocessSpec
 
 FORMAT = "segkd-checkpoint"
 FORMAT_VERSION = 1
+EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -71,6 +72,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SegkdError(f"checkpoint not found: {path}")
+    if path.suffix.lower() in EXPORTED_SUFFIXES:  # else the unpickler's refusal would answer
+        raise SegkdError(
+            f"{path} is an exported model, not a checkpoint: teachers, students, --resume and "
+            "`segkd export` take a segkd .pt checkpoint (best.pt / last.pt from `segkd train` "
+            "or `segkd distill`); run exported models with `segkd eval` / `bench` / `demo`"
+        )
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol notice: we refuse it anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -92,14 +99,49 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SegkdError(f"{path} is not a segkd checkpoint (no '{FORMAT}' format tag)")
-    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
-        raise SegkdError(
-            f"{path} was written by a newer segkd (format {ckpt['format_version']}); upgrade segkd"
-        )
     for key in ("arch", "num_classes", "state_dict", "labels", "preprocess"):
         if key not in ckpt:
             raise SegkdError(f"{path} is missing '{key}'; it is not a complete segkd checkpoint")
+    _check_fields(ckpt, path)
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise SegkdError(
+            f"{path} was written by a newer segkd (format {ckpt['format_version']}); upgrade segkd"
+        )
     return ckpt
+
+
+# field -> (types it may have, what the message says it must be)
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "format_version": ((int,), "an integer"),
+    "arch": ((str,), "an architecture name (text)"),
+    "num_classes": ((int,), "a positive integer"),
+    "model_kwargs": ((dict,), "a dict of build options"),
+    "state_dict": ((dict,), "a dict of tensors"),
+    "labels": ((dict,), "a dict"),
+    "preprocess": ((dict,), "a dict"),
+    "iteration": ((int,), "an integer"),
+}
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """One line naming the field of a hand-edited or damaged checkpoint, never a traceback."""
+    for key, (types, must) in _FIELD_TYPES.items():
+        if key in ckpt and (isinstance(ckpt[key], bool) or not isinstance(ckpt[key], types)):
+            raise SegkdError(
+                f"{path}: field '{key}' must be {must}, got {type(ckpt[key]).__name__} "
+                f"{str(ckpt[key])[:40]!r}; the checkpoint is damaged"
+            )
+    if ckpt["num_classes"] < 1:
+        raise SegkdError(f"{path}: field 'num_classes' must be a positive integer")
+    bad = [k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise SegkdError(f"{path}: field 'state_dict' holds a non-tensor entry {str(bad[0])!r}")
+    try:
+        checkpoint_specs(ckpt)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SegkdError(
+            f"{path}: invalid 'labels' or 'preprocess' ({type(e).__name__}: {e})"
+        ) from None
 
 
 def checkpoint_specs(ckpt: dict[str, Any]) -> tuple[LabelSpec, PreprocessSpec]:
@@ -117,6 +159,11 @@ def load_model(
         model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
     except KeyError as e:
         raise SegkdError(f"{path}: unknown architecture {ckpt['arch']!r} ({e})") from None
+    except (TypeError, ValueError) as e:  # an unknown or ill-typed entry of model_kwargs
+        raise SegkdError(
+            f"{path}: field 'model_kwargs' {ckpt.get('model_kwargs')!r} does not build "
+            f"{ckpt['arch']} ({e})"
+        ) from None
     try:
         result = model.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as e:  # shape mismatch: another class count or width

@@ -1,15 +1,18 @@
 """`segkd export`: checkpoint -> verified ONNX artifacts (+ TensorRT engines) + export.json.
 
-Everything is written into a hidden staging folder inside the output folder, checked
-against the PyTorch model on held-out images, and only then moved into place, with
-export.json last: a failed or interrupted export never leaves a half-written or
-unverified artifact behind, nor touches an earlier export's files.
+Everything is written into a hidden staging folder beside the output folder and checked
+against the PyTorch model on held-out images; the complete new folder (artifacts and
+export.json) then replaces the old one in one rename (runtime.atomic_io.publish_folder).
+A failed or interrupted export, a full disk included, leaves the earlier export exactly
+as it was; a successful one leaves exactly the new export (plus any files of the user's
+that were in the folder).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,10 +41,12 @@ from export.onnx_file import (
 from export.onnx_fp32 import INPUT_NAME, OUTPUT_NAMES, export_fp32
 from export.tensorrt_engine import TrtOptions, build_engine, tensorrt_unavailable_reason
 from export.verify import Agreement, compare, engine_runner, onnx_runner, torch_reference
+from runtime.atomic_io import publish_folder
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.machine import cpu_info
 from runtime.metadata import EXPORT_JSON, PRECISIONS, sha256_of
+from runtime.numbers import finite
 from runtime.preprocess import PreprocessSpec
 from runtime.sizes import parse_size
 
@@ -49,6 +54,18 @@ log = logging.getLogger(__name__)
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
 MIN_OPSET = 13  # per-channel Q/DQ needs 13; MAX_OPSET is TensorRT 10.3's ceiling (onnx_file)
+
+
+_TOLERANCE_OPTIONS = {
+    "fp32_max_abs_diff": "fp32_max_abs_diff",
+    "fp32_min_agreement": "fp32_min_agreement",
+    "fp16_min_agreement": "--min-agreement-fp16",
+    "int8_min_agreement": "--min-agreement-int8",
+}
+# Files an export writes into its folder; anything else there is the user's and is kept.
+_OWN_FILE = re.compile(
+    r"(export\.json|model(\.[\w-]+)*\.(onnx|engine)(\.json)?|\.export-staging-.*)"
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,12 @@ class Tolerances:
     # not the usual PTQ loss: a weakly trained student (0.25 mIoU) measured 92-97 % at
     # 512x1024 with its mIoU vs ground truth unchanged within 0.3 points.
     int8_min_agreement: float = 0.90
+
+    def __post_init__(self) -> None:
+        # nan compares false with everything: a nan gate would pass or fail at random places
+        # and could not be written to export.json (strict JSON).
+        for name, option in _TOLERANCE_OPTIONS.items():
+            finite(option, getattr(self, name), low=0.0)
 
     def min_agreement(self, precision: str) -> float:
         return {
@@ -198,8 +221,7 @@ def export_checkpoint(
     pre = pre.with_input_size(size)
     data_spec = calib_data or str((ckpt.get("config") or {}).get("data") or "synthetic")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SegkdError(f"--out {out}: exists and is not a folder")
+    _user_entries(out)  # refuses a folder that is not an export before the long work
     meta_base = {
         "arch": ckpt["arch"],
         "labels": labels.to_dict(),
@@ -235,8 +257,9 @@ def export_checkpoint(
             f"{data_spec} has other classes than the model: no mIoU vs ground truth"
         )
     val = prepare(val_raw, pre)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
+    target = out.resolve()  # a symlinked --out: replace the folder it points to
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-staging-", dir=target.parent))
     try:
         staged = _export_onnx_artifacts(
             model, staging, size, wanted, variants, output, label_dtype, dynamic, opset,
@@ -265,18 +288,73 @@ def export_checkpoint(
             if a.ship:
                 manifest.artifacts.append(a.entry)
         manifest.artifacts.extend(engines)
+        # The new folder, complete, then one step: the old export stays until that step.
+        fresh = staging / "publish"
+        fresh.mkdir()
         for entry in manifest.artifacts:
-            os.replace(staging / entry["file"], out / entry["file"])
+            os.replace(staging / entry["file"], fresh / entry["file"])
             sidecar = staging / (entry["file"] + ".json")
             if sidecar.exists():
-                os.replace(sidecar, out / sidecar.name)
+                os.replace(sidecar, fresh / sidecar.name)
+        # Listed now, not at the start: an --engine-cache inside --out was filled meanwhile.
+        for name in _user_entries(out, refuse=False):
+            _link_copy(target / name, fresh / name)
         written = manifest.to_dict()
-        path = write_json_atomic(written, out / EXPORT_JSON)
+        write_json_atomic(written, fresh / EXPORT_JSON)
+        publish_folder(fresh, target)
+        path = out / EXPORT_JSON
+    except OSError as e:  # a full disk, a read-only or vanished folder: the user's to fix
+        where = f" ({e.filename})" if e.filename else ""
+        kept = "the earlier export there is unchanged" if out.exists() else "nothing was written"
+        raise SegkdError(
+            f"--out {out}: cannot write the export: {e.strerror or e}{where}; {kept}"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportReport(
         out_dir=out, manifest_path=path, manifest=written, seconds=time.perf_counter() - started
     )
+
+
+def _user_entries(out: Path, refuse: bool = True) -> list[str]:
+    """Names in an existing --out that the export did not write (kept in the new folder).
+
+    refuse: a non-empty folder that is not an export is refused (checked before the work
+    starts): replacing it would drop its files.
+    """
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise SegkdError(f"--out {out}: exists and is not a folder")
+    names = sorted(p.name for p in out.iterdir())
+    other = [n for n in names if not _OWN_FILE.fullmatch(n)]
+    if refuse and other and not (out / EXPORT_JSON).is_file():
+        raise SegkdError(
+            f"--out {out}: the folder is not empty and is not an export folder (it holds "
+            f"{other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}); "
+            "choose a new or empty folder, or a previous export to replace"
+        )
+    return other
+
+
+def _link_copy(src: Path, dst: Path) -> None:
+    """Hard-link (else copy) a user's file or folder into the new export folder."""
+    try:
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True, copy_function=os.link)
+        elif src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        else:
+            os.link(src, dst)
+    except OSError:  # no hard links here (another file system, FAT, some NAS): copy
+        if dst.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+        else:
+            dst.unlink(missing_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst)
 
 
 def _stage(staging: Path, a: _Staged, meta_base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import SegkdError
+from runtime.numbers import finite
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class TrtOptions:
     profile_min_size: tuple[int, int] | None = None  # dynamic exports; None = half the size
     profile_max_size: tuple[int, int] | None = None  # dynamic exports; None = the export size
     verbose: bool = False
+
+    def __post_init__(self) -> None:
+        finite("--trt-workspace", self.workspace_gib, low=0.0, low_open=True)
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +87,58 @@ def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[s
             if not isinstance(value, dict):
                 raise SegkdError(f"{where}: {key!r} must be a section (a mapping)")
             out[key] = _merge(base[key], value, f"{where}:{key}")
+        elif isinstance(value, dict):  # `--set teacher.iters.x=5` must not make iters a section
+            raise SegkdError(f"{where}: {key!r} is a value, not a section; give it one value")
         else:
             out[key] = value
     return out
+
+
+# Options whose default is None: what they take when set (the rest follow their default).
+_NONE_TYPES: dict[str, tuple[type, ...]] = {
+    "checkpoint": (str,),
+    "scale_range": (list,),
+    "export_size": (str,),
+    "input_size": (str,),
+    "weight_decay": (int, float),
+    "eval_interval": (int,),
+    "backbone_weights": (str,),
+    "max_drop": (int, float),
+    "threads": (int,),
+}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text",
+               list: "a list"}  # fmt: skip
+
+
+def check_types(cfg: dict[str, Any], base: dict[str, Any] = DEFAULTS, where: str = "") -> None:
+    """Every value has its option's type (`iters: "2"` is refused), before any step runs."""
+    for key, value in cfg.items():
+        name = f"{where}{key}"
+        default = base.get(key)
+        if isinstance(default, dict):
+            check_types(value, default, f"{name}.")
+            continue
+        if value is None:
+            continue
+        if default is None:
+            types = _NONE_TYPES.get(key, (object,))
+        elif isinstance(default, bool):
+            types = (bool,)
+        elif isinstance(default, float):
+            types = (int, float)
+        elif isinstance(default, list):
+            types = (list, str)  # "fp32,fp16" as well as [fp32, fp16]
+        else:
+            types = (type(default),)
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            want = (
+                "a number"
+                if types == (int, float)
+                else " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            )
+            raise SegkdError(f"config option {name}: expected {want}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SegkdError(f"config option {name}: must be a finite number, got {value!r}")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -107,6 +157,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         else:
             data = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as e:  # name the line and column, not only the parser state
+        mark = e.problem_mark or e.context_mark
+        at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = e.problem or e.context or "syntax error"
+        raise SegkdError(f"--config {at}: YAML syntax error: {what}") from None
     except Exception as e:
         raise SegkdError(f"--config: cannot parse {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -139,6 +194,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
         for k in reversed(keys[:-1]):
             nested = {k: nested}
         cfg = _merge(cfg, nested, f"--set {item}")
+    check_types(cfg)
     return cfg
 
 

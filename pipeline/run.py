@@ -20,6 +20,7 @@ from pipeline.steps import Step, StepRunner
 from runtime.atomic_io import write_json_atomic
 from runtime.errors import SegkdError
 from runtime.machine import cpu_info
+from runtime.numbers import finite
 from runtime.sizes import parse_size
 
 
@@ -60,6 +61,29 @@ def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str):  # t
         num_workers=cfg["num_workers"],
         role=role,
     )
+
+
+def check_stages(cfg: dict[str, Any], out: Path) -> None:
+    """Each stage's own checks, all before the first step: a bad export or eval value must
+    not surface only after the teacher and the student have trained for minutes."""
+    from distill.distillation import DistillConfig
+
+    for section in ("teacher", "student"):
+        try:
+            _train_config(cfg, section, out / section, section).validate()
+        except SegkdError as e:
+            raise SegkdError(f"config section {section}: {e}") from None
+    DistillConfig.from_dict(dict(cfg["distill"]))
+    for key, least in (("export.calib_images", 1), ("export.verify_images", 1),
+                       ("export.opset", 1), ("eval.max_images", 1), ("bench.iters", 1),
+                       ("bench.warmup", 0), ("report.examples", 0)):  # fmt: skip
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if value is not None and value < least:
+            raise SegkdError(f"config option {key}: must be >= {least}, got {value!r}")
+    max_drop = cfg["eval"]["max_drop"]
+    if max_drop is not None:
+        finite("config option eval.max_drop", max_drop)
 
 
 def machine_info() -> dict[str, Any]:
@@ -368,6 +392,7 @@ def run_pipeline(
     from pipeline.report import write_report
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    check_stages(cfg, out)
     p = Pipeline(cfg, out, log)
     teacher_ckpt, teacher_trained = p.teacher()
     baseline_ckpt = p.baseline()

@@ -26,6 +26,7 @@ import numpy as np
 
 from runtime.errors import SegkdError
 from runtime.evaluate import IMAGE_SUFFIXES, write_image
+from runtime.numbers import finite
 from runtime.postprocess import bgr_lut, draw_legend, draw_text, overlay, present_classes
 from runtime.segmenter import Segmenter
 
@@ -45,7 +46,9 @@ class DemoStats:
     seconds: float  # wall clock from the first frame to the last write
     fps: float  # sustained end-to-end rate (frames_out / seconds)
     infer_ms_mean: float  # preprocess + model + postprocess per frame, in the model thread
-    stopped: str  # end of stream | max frames | interrupted | stream dropped | window closed
+    # end of stream | max frames | interrupted | stream dropped | window closed; an
+    # interrupted video is kept as `<stem>.partial<suffix>`, and `out` names that file.
+    stopped: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,15 +174,25 @@ class _Sink:
             write_image(self.out / f"{name}.jpg", frame)
         self.count += 1
 
-    def close(self, keep: bool = True) -> None:
+    def close(self, keep: bool = True, partial: bool = False) -> Path | None:
+        """Finish the video: it becomes `out`, or with `partial` `<stem>.partial<suffix>`
+        beside it (an interrupted run never replaces a complete earlier video); None if
+        nothing was kept."""
         if self.writer is None:
-            return
+            return self.out
         self.writer.release()
         self.writer = None
         if keep and self.count > 0:
-            os.replace(self.tmp, self.out)
-        else:
-            self.tmp.unlink(missing_ok=True)
+            target = partial_path(self.out) if partial else self.out
+            os.replace(self.tmp, target)
+            return target
+        self.tmp.unlink(missing_ok=True)
+        return None
+
+
+def partial_path(out: Path) -> Path:
+    """Where an interrupted demo leaves its (valid, shorter) video: beside --out."""
+    return out.with_name(f"{out.stem}.partial{out.suffix}")
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -213,6 +226,9 @@ def run_demo(
     show: also display the frames when a display exists (a warning otherwise).
     fps: frame rate of the written video (default: the source's, else 30).
     """
+    finite("--alpha", alpha, low=0.0, high=1.0)
+    if fps is not None:
+        finite("--fps", fps, low=0.0, low_open=True)
     if max_frames is not None and max_frames < 1:
         raise SegkdError(f"--max-frames must be at least 1, got {max_frames}")
     if show and not display_available():
@@ -350,8 +366,9 @@ def run_demo(
         if show:
             cv2.destroyAllWindows()
         failed = state["write_error"] is not None
+        written_to: Path | None = None
         if sink is not None:
-            sink.close(keep=finished and not failed)
+            written_to = sink.close(keep=finished and not failed, partial=stopped == "interrupted")
     if state["write_error"] is not None:
         err = state["write_error"]
         if isinstance(err, SegkdError):
@@ -361,7 +378,7 @@ def run_demo(
     written = sink.count if sink is not None else done
     return DemoStats(
         source=src.name,
-        out=str(out) if out is not None else None,
+        out=str(written_to) if written_to is not None else None,
         frames_in=int(state["frames_in"]),
         frames_out=written,
         frames_dropped=int(state["dropped"]),

@@ -7,6 +7,7 @@ any file may have a sidecar `<file>.json` with the same keys as the ONNX "segkd"
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ EXPORT_JSON = "export.json"
 EXPORT_FORMAT = "segkd-export"
 EXPORT_VERSION = 1
 METADATA_KEY = "segkd"
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,14 @@ def read_export_json(folder: Path) -> dict[str, Any]:
         raise SegkdError(f"cannot read {path}: {e}") from None
     if not isinstance(d, dict) or d.get("format") != EXPORT_FORMAT:
         raise SegkdError(f"{path} is not a segkd export manifest (format != {EXPORT_FORMAT!r})")
-    if int(d.get("version", 0)) > EXPORT_VERSION:
-        raise SegkdError(f"{path} was written by a newer segkd (version {d['version']})")
+    version = d.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SegkdError(
+            f"{path}: 'version' must be a positive integer (segkd writes {EXPORT_VERSION}), "
+            f"got {version!r}; the manifest is damaged: re-export or re-copy the folder"
+        )
+    if version > EXPORT_VERSION:
+        raise SegkdError(f"{path} was written by a newer segkd (version {version})")
     if not isinstance(d.get("artifacts"), list):
         raise SegkdError(f"{path} lists no 'artifacts'")
     return d
@@ -109,6 +117,7 @@ def artifact_meta(export: dict[str, Any], artifact: dict[str, Any], where: Path)
     """Merge the folder-wide entries of export.json with one artifact's own entries."""
     d: dict[str, Any] = {k: export[k] for k in ("arch", "labels", "preprocess") if k in export}
     d.update({k: v for k, v in artifact.items() if k not in ("inputs", "outputs")})
+    d.setdefault("sha256", None)  # export.json must record one: verify_sha256 refuses None
     inputs, outputs = artifact.get("inputs") or [], artifact.get("outputs") or []
     if inputs and "input_name" not in d:
         d["input_name"] = inputs[0].get("name")
@@ -135,9 +144,21 @@ def sidecar_meta(path: Path) -> ModelMeta | None:
 
 
 def verify_sha256(path: Path, meta: ModelMeta) -> None:
-    """Refuse a file whose bytes differ from what the export recorded (truncated copy, edit)."""
-    expected = meta.extra.get("sha256")
-    if expected and sha256_of(path) != str(expected).lower():
+    """Refuse a file whose bytes differ from what the export recorded (truncated copy, edit).
+
+    A file listed in export.json must have a sha256 there (segkd export always writes one):
+    a null or missing one is refused, not skipped. A hand-written `<file>.json` sidecar
+    may omit the key (nothing to check), but a key that is present must be a sha256.
+    """
+    if "sha256" not in meta.extra:
+        return
+    expected = meta.extra["sha256"]
+    if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
+        raise SegkdError(
+            f"{path}: its metadata records no valid sha256 (got {expected!r}), so its integrity "
+            "cannot be checked; re-export it, or re-copy the export folder"
+        )
+    if sha256_of(path) != expected.lower():
         raise SegkdError(
             f"{path}: sha256 differs from the one recorded at export; the file is corrupt or "
             "was replaced (re-copy it or re-export)"

@@ -685,3 +685,396 @@ def test_export_refuses_bad_checkpoints(
     r = segkd_here("export", models["alien"], "--precision", "fp9", "--out", out)
     assert_one_error(r, "fp9")
     assert {p.name: sha256(p) for p in out.iterdir()} == before
+
+
+# -- issue 17: data lost or silently wrong ---------------------------------------------
+EXPORT_FAST = ("--precision", "fp32", "--calib-data", "synthetic:size=64x128,train=2,val=1",
+               "--verify-images", "1", "--no-simplify")  # fmt: skip
+
+
+def old_export(folder: Path) -> dict[str, str]:
+    """An earlier export a failed `segkd export` must leave byte for byte; its hashes."""
+    folder.mkdir(parents=True)
+    (folder / "model.int8-cpu.onnx").write_bytes(b"an earlier int8 model")
+    (folder / "export.json").write_text('{"format": "segkd-export", "version": 1}\n')
+    return {p.name: sha256(p) for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--min-agreement-int8", "nan"), ("--min-agreement-fp16", "inf"),
+     ("--min-agreement-int8", "-inf"), ("--trt-workspace", "nan")],
+)  # fmt: skip
+def test_export_refuses_nan_gates_and_keeps_the_old_export(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path, option: str, value: str
+) -> None:
+    out = tmp_path / "export"
+    before = old_export(out)
+    r = segkd_here("export", models["three"], "--precision", "int8", "--int8-variants", "cpu",
+                   option, value, "--out", out)  # fmt: skip
+    assert_one_error(r, option, value)
+    assert {p.name: sha256(p) for p in out.iterdir()} == before
+
+
+def test_export_on_a_full_disk_keeps_the_old_export(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while export.json is written, after the new model file was staged."""
+    import errno
+    from contextlib import contextmanager
+
+    from runtime import atomic_io
+
+    real = atomic_io.atomic_output
+
+    @contextmanager
+    def full_disk(path, mode="wb"):  # type: ignore[no-untyped-def]
+        with real(path, mode) as f:
+            yield f
+            if Path(path).name == "export.json":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic_io, "atomic_output", full_disk)
+    out = tmp_path / "export"
+    before = old_export(out)
+    r = segkd_here("export", models["three"], *EXPORT_FAST, "--out", out)
+    assert_one_error(r, "--out", out, "No space left on device", "unchanged", only=False)
+    assert {p.name: sha256(p) for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging left behind
+
+
+def test_export_does_not_replace_a_folder_that_is_not_an_export(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"mine")
+    r = segkd_here("export", models["three"], *EXPORT_FAST, "--out", out)
+    assert_one_error(r, "--out", out, "not an export folder", "holiday.jpg")
+    assert [p.name for p in out.iterdir()] == ["holiday.jpg"]
+
+
+def exif_jpeg(path: Path, size: tuple[int, int], orientation: int = 6) -> Path:
+    """A JPEG whose stored left half is dark, right half bright, with an EXIF orientation."""
+    w, h = size
+    pixels = np.zeros((h, w, 3), np.uint8)
+    pixels[:, w // 2 :] = 230
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+    return path
+
+
+def test_exif_rotated_jpeg_is_read_as_stored_like_its_mask(tmp_path: Path) -> None:
+    """Orientation 6 (turn 90 degrees): OpenCV would rotate the image but not the mask."""
+    from distill.data import build_dataset
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in ("a", "b"):
+        exif_jpeg(root / "images" / f"{name}.jpg", (48, 48))
+        mask = np.zeros((48, 48), np.uint8)
+        mask[:, 24:] = 1  # class 1 where the stored pixels are bright
+        write_mask(root / "masks" / f"{name}.png", mask)
+    (root / "classes.txt").write_text("dark\nbright\n")
+    image, mask = build_dataset(f"folder:{root}", "train")[0]
+    bright = image.mean(axis=2) > 115
+    assert (bright == (mask == 1)).mean() > 0.98  # image and mask share one pixel grid
+
+
+def test_exif_rotated_jpeg_whose_mask_was_drawn_rotated(
+    models: dict[str, Path], tmp_path: Path, json_out: Path
+) -> None:
+    root = make_folder(tmp_path / "ds", splits=True)
+    (root / "images" / "im5.png").unlink()
+    exif_jpeg(root / "images" / "im5.jpg", (W, H))  # stored WxH, shown HxW
+    write_mask(root / "masks" / "im5.png", np.zeros((W, H), np.uint8))  # drawn on the shown one
+    eval_fails(models["tiny"], f"folder:{root}", json_out, root / "masks" / "im5.png", "EXIF")
+
+
+def test_resume_of_a_finished_run_keeps_it(segkd_here: Run, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ("train", "--data", "synthetic:size=64x128,train=4,val=2", *TRAIN, "--out", out,
+            "--num-workers", "0", "--device", "cpu")  # fmt: skip
+    assert segkd_here(*args).returncode == 0
+    before = {p.name: sha256(p) for p in out.iterdir()}
+    assert json.loads((out / "summary.json").read_text())["final"]
+    r = segkd_here(*args, "--resume")
+    assert_one_error(r, "--resume", "finished", "--iters")
+    assert {p.name: sha256(p) for p in out.iterdir()} == before
+
+
+def test_ctrl_c_in_the_demo_exits_130_and_keeps_the_old_video(
+    models: dict[str, Path], tmp_path: Path, old_video: Path
+) -> None:
+    """A real SIGINT while the demo writes: the earlier video stays, the frames done so far
+    are kept, complete, as old.partial.mp4."""
+    import signal
+    import time
+
+    src = write_video(tmp_path / "long.avi", 3000, "MJPG")
+    before = sha256(old_video)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "cli.py", "demo", str(src), "--model", str(models["tiny"]),
+         "--out", str(old_video)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    tmp = old_video.with_name(".old.tmp.mp4")
+    end = time.monotonic() + 120
+    while not (tmp.exists() and tmp.stat().st_size > 0):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert sha256(old_video) == before
+    partial = tmp_path / "old.partial.mp4"
+    assert 0 < count_frames(partial) < 3000
+    assert "old.partial.mp4" in out and not tmp.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (("demo", "{video}", "--model", "{tiny}", "--out", "{video}"), "--out"),
+        (("demo", "{video}", "--model", "{tiny}", "--out", "{tmp}/x.mp4", "--json", "{tiny}"),
+         "--json"),
+        (("eval", "{tiny}", "--data", "folder:{data}", "--json", "{tiny}"), "--json"),
+        (("eval", "{tiny}", "--data", "folder:{data}", "--save-predictions", "{data}/masks"),
+         "--save-predictions"),
+        (("bench", "{tiny}", "--iters", "1", "--json", "{tiny}"), "--json"),
+    ],
+    ids=["demo-out-is-source", "demo-json-is-model", "eval-json-is-model",
+         "eval-predictions-over-masks", "bench-json-is-model"],
+)  # fmt: skip
+def test_an_output_that_is_an_input_is_refused(
+    models: dict[str, Path], data: Path, tmp_path: Path, args: tuple[str, ...], culprit: str
+) -> None:
+    model = tmp_path / "tiny.onnx"
+    shutil.copy(models["tiny"], model)
+    video = write_video(tmp_path / "in.mp4", 3, "mp4v")
+    files = [model, video, *sorted((data / "masks").iterdir())]
+    before = {p: sha256(p) for p in files}
+    argv = [a.format(video=video, tiny=model, data=data, tmp=tmp_path) for a in args]
+    assert_one_error(segkd(*argv), culprit, "choose")
+    assert {p: sha256(p) for p in files} == before
+
+
+def test_export_json_that_overwrites_the_checkpoint_is_refused(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "student.pt"
+    shutil.copy(models["three"], ckpt)
+    before = sha256(ckpt)
+    r = segkd_here("export", ckpt, *EXPORT_FAST, "--out", tmp_path / "e", "--json", ckpt)
+    assert_one_error(r, "--json", ckpt)
+    assert sha256(ckpt) == before and not (tmp_path / "e").exists()
+
+
+def export_folder_with(models: dict[str, Path], folder: Path, **changes: Any) -> Path:
+    """A one-file export folder of the tiny model with export.json entries changed."""
+    folder.mkdir()
+    shutil.copy(models["tiny"], folder / "model.onnx")
+    art = {"file": "model.onnx", "precision": "fp32", "output": "logits",
+           "sha256": sha256(folder / "model.onnx")}  # fmt: skip
+    manifest = {"format": "segkd-export", "version": 1, "arch": "tinyseg",
+                "labels": LABELS.to_dict(), "preprocess": segkd_meta()["preprocess"],
+                "artifacts": [art]}  # fmt: skip
+    for key, value in changes.items():
+        target = art if key == "sha256" else manifest
+        if value is ...:
+            del target[key]
+        else:
+            target[key] = value
+    (folder / "export.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_the_fixture_export_folder_is_good(models: dict[str, Path], tmp_path: Path) -> None:
+    folder = export_folder_with(models, tmp_path / "export")
+    data = make_folder(tmp_path / "ds", splits=True)
+    assert segkd("eval", folder, "--data", f"folder:{data}").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "needles"),
+    [
+        ({"sha256": None}, ("model.onnx", "sha256", "None")),
+        ({"sha256": ...}, ("model.onnx", "sha256")),
+        ({"sha256": "abc"}, ("model.onnx", "sha256", "'abc'")),
+        ({"version": "abc"}, ("export.json", "version", "'abc'")),
+        ({"version": None}, ("export.json", "version", "None")),
+    ],
+    ids=["sha256-null", "sha256-missing", "sha256-short", "version-text", "version-null"],
+)
+def test_export_json_that_cannot_be_verified_is_refused(
+    models: dict[str, Path], tmp_path: Path, json_out: Path, changes: dict, needles: tuple
+) -> None:
+    folder = export_folder_with(models, tmp_path / "export", **changes)
+    data = make_folder(tmp_path / "ds", splits=True)
+    eval_fails(folder, f"folder:{data}", json_out, *needles)
+
+
+# -- issue 17: tracebacks instead of one line --------------------------------------------
+def test_255_classes_collide_with_the_ignore_id(
+    models: dict[str, Path], data: Path, json_out: Path
+) -> None:
+    (data / "classes.txt").write_text("".join(f"c{i}\n" for i in range(255)))
+    line = eval_fails(models["tiny"], f"folder:{data}", json_out, data / "classes.txt", "255")
+    assert "at most 254" in line
+
+
+def test_a_decompression_bomb_mask(models: dict[str, Path], data: Path, json_out: Path) -> None:
+    """A 14000x14000 PNG header: Pillow refuses to decode it (DecompressionBombError)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 14000, 14000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+    mask = data / "masks" / "im4.png"
+    mask.write_bytes(png + chunk(b"IEND", b""))
+    eval_fails(models["tiny"], f"folder:{data}", json_out, mask)
+
+
+def test_negative_seed_leaves_no_folder(segkd_here: Run, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = segkd_here("train", "--data", "synthetic:size=64x128,train=4,val=2", *TRAIN,
+                   "--seed", "-1", "--out", out)  # fmt: skip
+    assert_one_error(r, "--seed", "-1")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("format_version", "1"), ("model_kwargs", {"wings": 2}), ("num_classes", "3"),
+     ("state_dict", [1, 2]), ("arch", 7), ("labels", {"names": 5}), ("model_kwargs", [])],
+    ids=["version-text", "kwargs-unknown-key", "classes-text", "state-dict-list", "arch-int",
+         "labels-bad", "kwargs-list"],
+)  # fmt: skip
+def test_checkpoint_with_one_malformed_field(
+    segkd_here: Run, models: dict[str, Path], data: Path, json_out: Path, field: str, value: Any
+) -> None:
+    import torch
+
+    from distill.checkpoint import atomic_torch_save
+
+    ckpt = torch.load(models["three"], weights_only=True)
+    ckpt[field] = value
+    bad = data / "bad.pt"
+    atomic_torch_save(ckpt, bad)
+    eval_fails(bad, f"folder:{data}", json_out, bad, repr(field)[1:-1], run=segkd_here)
+
+
+def test_teacher_that_is_an_onnx_model(
+    segkd_here: Run, models: dict[str, Path], data: Path
+) -> None:
+    r = segkd_here("distill", "--teacher", models["tiny"], "--data", f"folder:{data}", *TRAIN,
+                   "--out", data / "run")  # fmt: skip
+    line = assert_one_error(r, models["tiny"], "not a checkpoint", ".pt")
+    assert "weights_only" not in line and not (data / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (("teacher.iters=abc",), ("teacher.iters", "'abc'")),
+        (("teacher.iters.x=5",), ("iters", "not a section")),
+        (("export.calib_images=many",), ("export.calib_images", "'many'")),
+        (("export.calib_images=0",), ("export.calib_images", "0")),
+        (("distill.w_kd=.nan",), ("distill.w_kd", "nan")),
+        (("eval.max_drop=.inf",), ("eval.max_drop", "inf")),
+        (("student.batch_size=1",), ("student", "--batch-size")),
+    ],
+    ids=["iters-text", "value-made-section", "calib-text", "calib-zero", "weight-nan",
+         "gate-inf", "student-batch-1"],
+)  # fmt: skip
+def test_pipeline_config_is_checked_before_the_first_step(
+    segkd_here: Run, tmp_path: Path, overrides: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
+    args = [a for o in overrides for a in ("--set", o)]
+    r = segkd_here("pipeline", "--out", tmp_path / "p", "--data", "synthetic:size=64x128", *args)
+    assert_one_error(r, *needles)
+    assert not (tmp_path / "p" / "teacher").exists()
+
+
+def test_pipeline_config_of_the_wrong_type_in_a_file(segkd_here: Run, tmp_path: Path) -> None:
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text('teacher:\n  iters: "2"\n')
+    assert_one_error(segkd_here("pipeline", "--config", cfg, "--out", tmp_path / "p"),
+                     "teacher.iters", "'2'")  # fmt: skip
+
+
+def test_pipeline_yaml_syntax_error_names_the_line(segkd_here: Run, tmp_path: Path) -> None:
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("teacher:\n  iters: 2\nstudent: {iters: [1, 2}\n")
+    r = segkd_here("pipeline", "--config", cfg, "--out", tmp_path / "p")
+    assert_one_error(r, f"{cfg}:3:")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("eval", "{tiny}", "--data", "folder:{data}", "--reference", "{tiny}", "--max-drop",
+          "nan"), ("--max-drop", "nan")),
+        (("demo", "{video}", "--model", "{tiny}", "--out", "{tmp}/o.mp4", "--fps", "inf"),
+         ("--fps", "inf")),
+    ],
+    ids=["max-drop-nan", "fps-inf"],
+)  # fmt: skip
+def test_nan_and_inf_options_are_refused(
+    models: dict[str, Path], data: Path, tmp_path: Path, args: tuple[str, ...], needles: tuple
+) -> None:
+    video = write_video(tmp_path / "in.mp4", 3, "mp4v")
+    argv = [a.format(video=video, tiny=models["tiny"], data=data, tmp=tmp_path) for a in args]
+    assert_one_error(segkd(*argv), *needles)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_json_on_a_full_disk_names_the_file_and_keeps_the_old_one(
+    segkd_here: Run, models: dict[str, Path], data: Path, json_out: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """ENOSPC from fsync (how delayed allocation reports a full disk) names no file."""
+    import errno
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    eval_fails(models["tiny"], f"folder:{data}", json_out, json_out, "No space left on device",
+               run=segkd_here)  # fmt: skip
+    assert not [p for p in json_out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_dataset_error_leaves_no_empty_out_folder(segkd_here: Run, tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds")
+    (root / "classes.txt").unlink()
+    out = tmp_path / "run"
+    r = segkd_here("train", "--data", f"folder:{root}", *TRAIN, "--out", out)
+    assert_one_error(r, root / "classes.txt")
+    assert not out.exists()
+
+
+def test_distill_out_that_would_overwrite_the_teacher(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    teacher = out / "best.pt"
+    shutil.copy(models["three"], teacher)
+    before = sha256(teacher)
+    data = make_folder(tmp_path / "ds")
+    r = segkd_here("distill", "--teacher", teacher, "--data", f"folder:{data}", *TRAIN,
+                   "--out", out)  # fmt: skip
+    assert_one_error(r, "--out", "--teacher", "choose")
+    assert sha256(teacher) == before and sorted(p.name for p in out.iterdir()) == ["best.pt"]

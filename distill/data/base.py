@@ -75,12 +75,26 @@ def check_train_ids(train_ids: np.ndarray, labels: LabelSpec) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file -> HxWx3 uint8 RGB; SegkdError naming the file if it cannot be decoded."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """An image file -> HxWx3 uint8 RGB; SegkdError naming the file if it cannot be decoded.
+
+    The pixels as stored: an EXIF orientation tag is ignored, as it is for the label
+    image (Pillow does not apply it), so image and mask always share one pixel grid.
+    OpenCV would otherwise rotate a phone JPEG and leave its mask unrotated.
+    """
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         reason = "does not exist" if not path.exists() else "cannot be read as an image"
         raise SegkdError(f"{path}: {reason}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def exif_rotates(path: Path) -> bool:
+    """True if an image file carries an EXIF orientation that turns it by 90 or 270 degrees."""
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
 
 
 def read_text_lines(path: Path) -> list[str]:
@@ -107,7 +121,12 @@ def read_label_png(path: Path) -> np.ndarray:
             raw = np.asarray(im)
     except FileNotFoundError:
         raise SegkdError(f"{path}: label file does not exist") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:  # a huge (or forged) size in the header
+        raise SegkdError(
+            f"{path}: label image too large to decode safely ({exc}); "
+            "masks must have their image's size"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SegkdError(f"{path}: cannot be read as a label image ({exc})") from None
     if raw.dtype != np.uint8:
         if raw.size and (raw.min() < 0 or raw.max() > 255):
@@ -192,9 +211,16 @@ class FileSegDataset(SegDataset):
         image = read_rgb(pair.image)
         raw = read_label_png(pair.mask)
         if raw.shape != image.shape[:2]:
+            rotated = raw.shape == image.shape[1::-1] and exif_rotates(pair.image)
             raise SegkdError(
                 f"{pair.mask}: label is {raw.shape[1]}x{raw.shape[0]} (WxH) but image "
                 f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
+                + (
+                    " as stored; its EXIF orientation tag is ignored: rotate the image's pixels "
+                    "(e.g. `mogrify -auto-orient`) to match the mask"
+                    if rotated
+                    else ""
+                )
             )
         return image, self.mapping.apply(raw, pair.mask)
 

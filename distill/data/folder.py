@@ -20,7 +20,7 @@ from distill.data.base import (
     read_text_lines,
 )
 from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
+from runtime.labels import IGNORE_INDEX, LabelSpec
 
 
 def read_classes(path: Path) -> LabelSpec:
@@ -49,8 +49,11 @@ def read_classes(path: Path) -> LabelSpec:
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise SegkdError(f"{path}: class names {dup} appear more than once")
-    if len(names) > 255:
-        raise SegkdError(f"{path}: {len(names)} classes; at most 255 fit beside ignore id 255")
+    if len(names) >= IGNORE_INDEX:  # LabelSpec's rule: every class id below the ignore id
+        raise SegkdError(
+            f"{path}: {len(names)} classes; at most {IGNORE_INDEX - 1} fit (class ids "
+            f"0..{IGNORE_INDEX - 2}; mask value {IGNORE_INDEX} is the ignore id)"
+        )
     given = [c for c in colours if c is not None]
     if given and len(given) != len(colours):
         raise SegkdError(f"{path}: give a colour (name r g b) on every line or on none")

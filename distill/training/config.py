@@ -62,6 +62,12 @@ class TrainConfig:
 
         for name in ("iters", "batch_size", "lr", "log_interval", "eval_interval", "val_images"):
             positive(name)
+        if not 0 <= self.seed < 2**32:  # numpy's generators take no negative seed
+            raise SegkdError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        for name in ("momentum", "poly_power", "aux_weight"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise SegkdError(f"{name} must be a finite number >= 0, got {v}")
         if self.num_workers < 0:
             raise SegkdError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.weight_decay is not None and not (

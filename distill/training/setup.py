@@ -158,7 +158,7 @@ def restore(
         objective.load_state_dict(ts["objective"])
         optimizer.load_state_dict(ts["optimizer"])
         scaler.load_state_dict(ts["scaler"])
-        return Progress(
+        progress = Progress(
             iteration=int(ts["iteration"]),
             best_miou=float(ts["best_miou"]),
             best_iter=int(ts["best_iter"]),
@@ -170,3 +170,10 @@ def restore(
             f"--resume: {path} does not fit this run's settings ({first[:160]}); "
             "resume with the options it was started with"
         ) from None
+    if progress.iteration >= cfg.iters:  # resuming would only overwrite the finished summary
+        raise SegkdError(
+            f"--resume: {path} is a finished run (iteration {progress.iteration}, --iters "
+            f"{cfg.iters}); nothing to continue: its files are kept. Pass a larger --iters "
+            "to train on, or choose another --out"
+        )
+    return progress

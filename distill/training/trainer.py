@@ -11,6 +11,7 @@ stop with the same one-line error instead of waiting forever in the next collect
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -126,8 +127,14 @@ def train(
     """Train `config.model` on `config.data`; returns the final summary (also in summary.json)."""
     cfg = resolve_config(config)
     ctx = init_distributed(cfg.device)
+    created = not Path(cfg.out).exists()
     try:
         return train_resolved(cfg, ctx, objective_factory, eval_hook, checkpoint_extra)
+    except SegkdError:
+        if created and ctx.is_main:  # bad data found before anything was written: no empty --out
+            with contextlib.suppress(OSError):
+                Path(cfg.out).rmdir()  # only if still empty
+        raise
     finally:
         shutdown(ctx)
 

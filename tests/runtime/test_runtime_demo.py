@@ -104,12 +104,17 @@ class _InterruptAfter:
         return self._seg.predict(frame, **kw)
 
 
-def test_ctrl_c_stops_cleanly_with_a_valid_video(seg: Segmenter, tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_with_a_valid_partial_video(seg: Segmenter, tmp_path: Path) -> None:
+    """The frames done are kept, complete, beside --out; an earlier --out is not replaced."""
     src = make_video(tmp_path / "in.mp4")
     out = tmp_path / "demo.mp4"
+    run_demo(src, seg, out, max_frames=3)
+    before = out.read_bytes()
     stats = run_demo(src, _InterruptAfter(seg, 8), out)  # type: ignore[arg-type]
     assert stats.stopped == "interrupted" and stats.frames_out == 7
-    assert count_frames(out) == 7
+    assert stats.out == str(tmp_path / "demo.partial.mp4")
+    assert count_frames(tmp_path / "demo.partial.mp4") == 7
+    assert out.read_bytes() == before
 
 
 def test_a_crash_mid_run_leaves_the_previous_output_untouched(
