@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from distill.checkpoint import FORMAT, load_model
+from distill.checkpoint import EXPORTED_SUFFIXES, FORMAT, load_model
 from distill.zoo.base import ZooTeacher
 from distill.zoo.convert import ConvertedTeacher, class_indices
 from distill.zoo.load import TeacherSpec, load_zoo_teacher, parse_teacher_spec
@@ -25,6 +25,8 @@ def _zoo_or_none(spec: TeacherSpec) -> ZooTeacher | None:
     """The zoo teacher SPEC names, or None when SPEC is a segkd checkpoint."""
     if spec.source is not None:
         return load_zoo_teacher(spec)
+    if spec.path.suffix.lower() in EXPORTED_SUFFIXES:
+        return None  # load_checkpoint says what an exported model is and what to pass instead
     obj = read_weights_file(spec.path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return None
