@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from export.calibration import SampleReader
+from export.calibration import ChunkReader, SampleReader
 from runtime.errors import SegkdError
 
 CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
@@ -31,6 +32,10 @@ CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
+
+# Images per collect_data call: bounds calibration memory whatever --calib-images is
+# (pspnet_r18 at 512x1024 holds ~0.1 GB of Conv inputs per image for entropy).
+CALIBRATION_CHUNK = 8
 
 # TensorRT's entropy calibrator uses 2048 histogram bins folded into 128 quantized bins.
 CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
@@ -202,7 +207,13 @@ def _calibrate(
         extra_options=dict(CALIBRATOR_OPTIONS[method]),
     )
     with contextlib.redirect_stdout(io.StringIO()):  # histogram progress prints
-        calibrator.collect_data(reader)
+        # onnxruntime keeps every intermediate output of one collect_data call until it
+        # returns (entropy: whole activation maps), so feed it a few images per call. Each
+        # call folds its chunk into running state: MinMax merges min/max into its ranges,
+        # the histogram calibrators add to one histogram per tensor (widening it, at the
+        # same bin width, when a later chunk exceeds the range seen so far).
+        for _ in range(math.ceil(len(reader) / CALIBRATION_CHUNK)):
+            calibrator.collect_data(ChunkReader(reader, CALIBRATION_CHUNK))
         ranges = calibrator.compute_data()
     cache = tmp / "calibration.json"
     save_tensors_data(ranges, cache)

@@ -67,6 +67,7 @@ def evaluate_on_dataset(
     precision: str | None = None,
     save_predictions: Path | None = None,
     show_progress: bool = True,
+    convention: str = "auto",
 ) -> EvalResult:
     from tqdm import tqdm
 
@@ -83,6 +84,7 @@ def evaluate_on_dataset(
                 save_predictions=save_predictions,
                 encode_label=encode,
                 on_sample=lambda _n: bar.update(1),
+                convention=convention,
             )
         finally:
             bar.close()

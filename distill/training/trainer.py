@@ -23,6 +23,7 @@ from tqdm import tqdm
 from distill.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from distill.data import build_dataset, dataset_defaults, parse_dataset_spec
 from distill.data.loader import make_train_loader
+from distill.data.spec import deploy_preprocess
 from distill.data.transforms import TrainTransform
 from distill.losses.segmentation import SegmentationLoss
 from distill.models import build_model
@@ -38,7 +39,6 @@ from distill.training.evaluation import evaluate_model
 from distill.training.schedule import poly_lr
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _train(
     )
     val_set = build_dataset(cfg.data, "val")
     labels: LabelSpec = train_set.labels
-    preprocess = PreprocessSpec(input_size=cfg.export_size)
+    preprocess = deploy_preprocess(cfg.data, cfg.export_size)  # letterbox for VOC/ADE/folder
 
     model = build_model(
         cfg.model,
