@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.evaluate import EvalResult, evaluate
+from runtime.evaluate import EvalResult, evaluate, resolve_convention
 from runtime.labels import LabelSpec
 from runtime.loader import open_segmenter
 from runtime.segmenter import Segmenter
@@ -73,6 +73,7 @@ def evaluate_on_dataset(
 
     samples, labels, encode, n = dataset_split(data, split, max_images)
     with open_model(model, backend, device, precision) as seg:
+        convention = resolve_convention(seg, convention)  # refuse before the progress bar
         bar = tqdm(
             total=n, desc=f"eval {Path(str(model)).name}", disable=not show_progress, leave=False
         )

@@ -213,7 +213,8 @@ class Segmenter:
 
     @property
     def outputs_logits(self) -> bool:
-        return self._backend.output_kind == "logits"
+        """Whether logits can be had: a logits graph, or a backend that exposes them (torch)."""
+        return self._backend.output_kind == "logits" or hasattr(self._backend, "run_logits")
 
     def predict_upsampled(
         self,
@@ -233,7 +234,10 @@ class Segmenter:
                 "resizing its labels (re-export with --output logits)"
             )
         batch, boxes = self.preprocess_frames([frame], input_order)
-        logits = np.asarray(self.run(batch))[0]
+        if self._backend.output_kind == "logits":
+            logits = np.asarray(self.run(batch))[0]
+        else:
+            logits = self._backend.run_logits(batch)[0]  # type: ignore[attr-defined]
         h, w = self.input_size
         if logits.shape[1:] != (h, w):  # a graph without its final upsample
             logits = np.stack(

@@ -81,24 +81,33 @@ class TorchBackend:
             self.device = "CPU"
             self.provider = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray) -> Any:
+        """Network input -> logits tensor (B,K,H,W) on the device, at the input size."""
         torch = self._torch
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            if self._cuda:
-                x = x.to(self._device)
-                if self._channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16"):
-                logits = self.model(x)
-            if isinstance(logits, dict):  # a model still in training-output mode
-                logits = logits["logits"]
-            if logits.shape[-2:] != x.shape[-2:]:
-                logits = torch.nn.functional.interpolate(
-                    logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
-                )
-            labels = logits.argmax(1).to(torch.uint8)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self._cuda:
+            x = x.to(self._device)
+            if self._channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16"):
+            logits = self.model(x)
+        if isinstance(logits, dict):  # a model still in training-output mode
+            logits = logits["logits"]
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = torch.nn.functional.interpolate(
+                logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return logits
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            labels = self._forward(batch).argmax(1).to(self._torch.uint8)
             return labels.cpu().numpy()
+
+    def run_logits(self, batch: np.ndarray) -> np.ndarray:
+        """The float32 logits themselves, for evaluation that upsamples them (costs a copy)."""
+        with self._torch.inference_mode():
+            return self._forward(batch).float().cpu().numpy()
 
     def close(self) -> None:
         self.model = None
