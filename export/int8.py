@@ -39,8 +39,8 @@ CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
 }
 
 # Images per collect_data call: bounds calibration memory whatever --calib-images is
-# (pspnet_r18 at 512x1024 holds ~0.1 GB of Conv inputs per image for entropy).
-CALIBRATION_CHUNK = 8
+# (pspnet_r18 at 512x1024: each image held adds a few hundred MB, docs/notes/evalgeo.md).
+CALIBRATION_CHUNK = 4
 
 # TensorRT's entropy calibrator uses 2048 histogram bins folded into 128 quantized bins.
 CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
@@ -204,7 +204,7 @@ def _calibrate(
     full range, which makes "entropy" identical to min/max.
 
     onnxruntime keeps every intermediate output of one collect_data call until it
-    returns (entropy: whole activation maps, ~0.1 GB per 512x1024 image), so images go
+    returns (histogram methods: whole activation maps of every image), so images go
     in chunks of CALIBRATION_CHUNK; each call folds its chunk into running state.
     """
     op_types = list(recipe.op_types) if recipe.op_types else None
