@@ -64,7 +64,9 @@ def measure(argv: list[str]) -> None:
     seconds = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-6:]
-    print(json.dumps({"rc": proc.returncode, "peak_kib": peak_kib, "seconds": seconds, "tail": tail}))
+    print(
+        json.dumps({"rc": proc.returncode, "peak_kib": peak_kib, "seconds": seconds, "tail": tail})
+    )
 
 
 def main() -> None:
