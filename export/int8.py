@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,7 @@ def _collect_in_chunks(
     calibrate_method: CalibrationMethod,
     options: dict[str, Any],
     tmp: Path,
-    prepare: Any = None,
+    prepare: Callable[[Any], None] | None = None,
 ) -> TensorsData:
     reader.rewind()
     calibrator = create_calibrator(
