@@ -214,6 +214,10 @@ def test_upsample_argmax_is_bilinear_then_argmax(classes: int) -> None:
     got = upsample_argmax(logits, box, (77, 101))
     crop = torch.from_numpy(logits[:, 4:36, :])[None]
     up = F.interpolate(crop, size=(77, 101), mode="bilinear", align_corners=False)
-    want = up[0].argmax(0).numpy()
+    scores = up[0].numpy()
+    want = scores.argmax(0)
     assert got.shape == (77, 101) and got.dtype == np.uint8
-    assert (got == want).mean() > 0.9999  # float rounding may flip an exact tie
+    # OpenCV and PyTorch round differently (~1e-6): only near-ties may pick another class.
+    yy, xx = np.nonzero(got != want)
+    gap = scores[want[yy, xx], yy, xx] - scores[got[yy, xx].astype(int), yy, xx]
+    assert len(yy) <= 5 and np.all(gap < 1e-4), gap
