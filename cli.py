@@ -313,6 +313,9 @@ def export(
     verify_images: Annotated[
         int, typer.Option(min=1, help="held-out images (val split) for parity/agreement")
     ] = 16,
+    sample_seed: Annotated[
+        int, typer.Option(min=0, help="seed of the calibration/verification image draw")
+    ] = 0,
     output: Annotated[str, typer.Option(help="labels (argmax in the graph) or logits")] = "labels",
     label_dtype: Annotated[str, typer.Option(help="uint8 or int32 label map")] = "uint8",
     dynamic: Annotated[
@@ -375,7 +378,7 @@ def export(
     )  # fmt: skip
     report = export_checkpoint(
         checkpoint, out, precisions=precision, input_size=input_size, calib_data=calib_data,
-        calib_images=calib_images, verify_images=verify_images, output=output,
+        calib_images=calib_images, verify_images=verify_images, sample_seed=sample_seed, output=output,
         label_dtype=label_dtype, dynamic=dynamic, opset=opset, simplify=simplify,
         int8_method=int8_method, int8_variants=int8_variants, require_trt=require_trt, trt=trt,
         tolerances=Tolerances(
@@ -418,6 +421,13 @@ def eval_cmd(
     save_predictions: Annotated[
         Path | None, typer.Option(help="write label PNGs (dataset format) and overlays here")
     ] = None,
+    convention: Annotated[
+        str,
+        typer.Option(
+            help="logits: upsample logits bilinearly, then argmax (Cityscapes/mmseg); labels: "
+            "argmax, then resize labels (deployment); auto: logits where the model has them"
+        ),
+    ] = "auto",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the results as JSON")
     ] = None,
@@ -436,14 +446,21 @@ def eval_cmd(
         },
     )
     from pipeline.models import evaluate_on_dataset
+    from runtime.evaluate import CONVENTIONS
 
     result = evaluate_on_dataset(
-        model, data, split, max_images, backend, device, precision, save_predictions
-    )
+        model, data, split, max_images, backend, device, precision, save_predictions,
+        convention=convention,
+    )  # fmt: skip
     ref = None
-    if reference is not None:
-        ref = evaluate_on_dataset(reference, data, split, max_images, "auto", device)
-    table = Table(title=f"segkd eval on {data} [{split}], {result.num_samples} images")
+    if reference is not None:  # scored the same way, or the drop would mix conventions
+        ref = evaluate_on_dataset(
+            reference, data, split, max_images, "auto", device, convention=result.convention
+        )
+    table = Table(
+        title=f"segkd eval on {data} [{split}], {result.num_samples} images, "
+        f"{result.convention} convention"
+    )
     table.add_column("class")
     table.add_column("IoU", justify="right")
     if ref is not None:
@@ -460,6 +477,7 @@ def eval_cmd(
                   *([f"{100 * ref.metrics.pixel_acc:.2f}"] if ref else []))  # fmt: skip
     console.print(table)
     console.print(f"model: {result.model}")
+    console.print(f"convention: {result.convention} ({CONVENTIONS[result.convention]})")
     payload: dict[str, Any] = {
         "model": str(model),
         "data": data,

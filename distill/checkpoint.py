@@ -8,6 +8,7 @@ not create is ever unpickled.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import warnings
 import zipfile
@@ -20,6 +21,8 @@ from runtime.atomic_io import atomic_output
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
 
 FORMAT = "segkd-checkpoint"
 FORMAT_VERSION = 1
@@ -148,6 +151,23 @@ def checkpoint_specs(ckpt: dict[str, Any]) -> tuple[LabelSpec, PreprocessSpec]:
     return LabelSpec.from_dict(ckpt["labels"]), PreprocessSpec.from_dict(ckpt["preprocess"])
 
 
+def _apply_resize_policy(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Letterbox a checkpoint that was written to stretch images of varying aspect ratio.
+
+    Checkpoints trained on VOC, ADE20K or folders before the policy existed say
+    "stretch", which distorts every non-square image at eval and deploy.
+    """
+    from distill.data.spec import resize_policy
+
+    data = (ckpt.get("config") or {}).get("data")
+    pre = ckpt.get("preprocess")
+    if not data or not isinstance(pre, dict) or pre.get("resize") != "stretch":
+        return
+    if resize_policy(str(data)) == "letterbox":
+        log.warning("%s: trained on %s; letterboxing instead of the recorded stretch", path, data)
+        ckpt["preprocess"] = {**pre, "resize": "letterbox"}
+
+
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -155,6 +175,7 @@ def load_model(
     from distill.models import build_model
 
     ckpt = load_checkpoint(path)
+    _apply_resize_policy(ckpt, path)
     try:
         model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
     except KeyError as e:

@@ -25,7 +25,14 @@ import numpy as np
 import onnx
 import torch
 
-from export.calibration import Prepared, RawSample, SampleReader, load_raw, prepare
+from export.calibration import (
+    DEFAULT_SEED,
+    Prepared,
+    RawSample,
+    SampledSplit,
+    SampleReader,
+    prepare,
+)
 from export.fp16 import DEFAULT_FP32_OPS, convert_fp16
 from export.int8 import CALIBRATION_METHODS, RECIPES, count_qdq, quantize_int8
 from export.int8_tensorrt import placement_summary
@@ -161,6 +168,7 @@ def export_checkpoint(
     calib_data: str | None = None,
     calib_images: int = 32,
     verify_images: int = 16,
+    sample_seed: int = DEFAULT_SEED,
     output: str = "labels",
     label_dtype: str = "uint8",
     dynamic: bool = False,
@@ -178,7 +186,8 @@ def export_checkpoint(
 
     `calib_data` (a dataset SPEC) supplies INT8 calibration images from its train split
     and verification images from its val split; None = the data the checkpoint was
-    trained on (its config), else "synthetic".
+    trained on (its config), else "synthetic". Both are a random sample of their split
+    drawn with `sample_seed`; export.json records the seed and the images drawn.
     """
     started = time.perf_counter()
     say = progress or log.info
@@ -199,6 +208,8 @@ def export_checkpoint(
     for name, n in (("--calib-images", calib_images), ("--verify-images", verify_images)):
         if not isinstance(n, int) or n < 1:
             raise SegkdError(f"{name} must be a positive integer, got {n!r}")
+    if not isinstance(sample_seed, int) or sample_seed < 0:
+        raise SegkdError(f"--sample-seed must be an integer >= 0, got {sample_seed!r}")
 
     if require_trt and build_engines:  # fail before the long ONNX work, not after it
         reason = tensorrt_unavailable_reason()
@@ -245,12 +256,14 @@ def export_checkpoint(
             "simplify": simplify,
             "int8_method": int8_method,
             "int8_variants": variants,
+            "sample_seed": sample_seed,
             "tolerances": asdict(tol),
         },
     )
     # Data problems surface before the long export work, not after it.
-    say(f"loading {verify_images} verification images: {data_spec} val")
-    val_raw, val_labels = load_raw(data_spec, "val", verify_images)
+    say(f"loading {verify_images} verification images: {data_spec} val (seed {sample_seed})")
+    val_split = SampledSplit(data_spec, "val", verify_images, sample_seed)
+    val_raw, val_labels = list(val_split), val_split.labels
     with_gt = tuple(val_labels.names) == tuple(labels.names)
     if not with_gt:
         manifest.notes.append(
@@ -266,15 +279,13 @@ def export_checkpoint(
             simplify, meta_base, manifest, say,
         )  # fmt: skip
         if variants:
-            _quantize(staging, staged, variants, data_spec, calib_images, int8_method, pre,
-                      meta_base, manifest, say)  # fmt: skip
+            _quantize(staging, staged, variants, data_spec, calib_images, sample_seed,
+                      int8_method, pre, meta_base, manifest, say)  # fmt: skip
         ref_labels = _verify_onnx(
             model, staged, val, val_raw, pre, dynamic, labels, with_gt, tol, say
         )
         manifest.verification = {
-            "data": data_spec,
-            "split": "val",
-            "images": len(val),
+            **val_split.describe(),
             "reference": "PyTorch fp32 (CPU)",
             "ground_truth": with_gt,
             # INT8 kernels, and so the agreement figures, depend on the CPU's ISA
@@ -426,19 +437,18 @@ def _quantize(
     variants: list[str],
     data_spec: str,
     calib_images: int,
+    seed: int,
     method: str,
     pre: PreprocessSpec,
     meta_base: dict[str, Any],
     manifest: Manifest,
     say: Callable[[str], None],
 ) -> None:
-    say(f"loading {calib_images} calibration images: {data_spec} train")
-    calib_raw, _ = load_raw(data_spec, "train", calib_images)
-    reader = SampleReader(INPUT_NAME, [p.x for p in prepare(calib_raw, pre)])
+    say(f"sampling {calib_images} calibration images: {data_spec} train (seed {seed})")
+    calib = SampledSplit(data_spec, "train", calib_images, seed)
+    reader = SampleReader(INPUT_NAME, calib, pre)  # reads each image when it is calibrated on
     manifest.calibration = {
-        "data": data_spec,
-        "split": "train",
-        "images": len(reader),
+        **calib.describe(),
         "method": method,
         "preprocessing": "runtime PreprocessSpec.apply at the export size",
     }

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,15 @@ import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import (
+    HistogramCollector,
+    TensorsData,
     create_calibrator,
     load_tensors_data,
     save_tensors_data,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from export.calibration import SampleReader
+from export.calibration import ChunkReader, SampleReader
 from export.int8_tensorrt import mixed_precision_graph
 from runtime.errors import SegkdError
 
@@ -38,6 +42,10 @@ CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
+
+# Images per collect_data call: bounds calibration memory whatever --calib-images is
+# (pspnet_r18 at 512x1024: each image held adds a few hundred MB, docs/notes/evalgeo.md).
+CALIBRATION_CHUNK = 4
 
 # TensorRT's entropy calibrator uses 2048 histogram bins folded into 128 quantized bins.
 CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
@@ -212,21 +220,92 @@ def _calibrate(
     real settings: quantize_static cannot pass bin counts, and onnxruntime's entropy
     defaults (128 bins, 128 quantized bins) leave a single candidate threshold, the
     full range, which makes "entropy" identical to min/max.
+
+    onnxruntime keeps every intermediate output of one collect_data call until it
+    returns (histogram methods: whole activation maps of every image), so images go
+    in chunks of CALIBRATION_CHUNK; each call folds its chunk into running state.
     """
-    reader.rewind()
-    calibrator = create_calibrator(
-        model,
-        list(recipe.op_types) if recipe.op_types else None,
-        augmented_model_path=str(tmp / "augmented.onnx"),
-        calibrate_method=CALIBRATION_METHODS[method],
-        extra_options=dict(CALIBRATOR_OPTIONS[method]),
-    )
+    op_types = list(recipe.op_types) if recipe.op_types else None
+    options = dict(CALIBRATOR_OPTIONS[method])
     with contextlib.redirect_stdout(io.StringIO()):  # histogram progress prints
-        calibrator.collect_data(reader)
-        ranges = calibrator.compute_data()
+        if method == "entropy":
+            ranges = _entropy_ranges(model, reader, op_types, tmp)
+        else:
+            # MinMax merges each chunk's min/max into its ranges: exact in any chunking.
+            # Percentile widens a histogram at its bin width when a later chunk exceeds
+            # it: the same counts, more bins, and its cumulative sum stays cheap.
+            calibrate_method = CALIBRATION_METHODS[method]
+            ranges = _collect_in_chunks(model, reader, op_types, calibrate_method, options, tmp)
     cache = tmp / "calibration.json"
     save_tensors_data(ranges, cache)
     return cache
+
+
+def _collect_in_chunks(
+    model: Path,
+    reader: SampleReader,
+    op_types: list[str] | None,
+    calibrate_method: CalibrationMethod,
+    options: dict[str, Any],
+    tmp: Path,
+    prepare: Callable[[Any], None] | None = None,
+) -> TensorsData:
+    reader.rewind()
+    calibrator = create_calibrator(
+        model,
+        op_types,
+        augmented_model_path=str(tmp / f"augmented-{calibrate_method.name}.onnx"),
+        calibrate_method=calibrate_method,
+        extra_options=options,
+    )
+    if prepare is not None:
+        prepare(calibrator)
+    for _ in range(math.ceil(len(reader) / CALIBRATION_CHUNK)):
+        calibrator.collect_data(ChunkReader(reader, CALIBRATION_CHUNK))
+    return calibrator.compute_data()
+
+
+def _entropy_ranges(
+    model: Path, reader: SampleReader, op_types: list[str] | None, tmp: Path
+) -> TensorsData:
+    """Entropy thresholds from histograms accumulated over chunks: two passes.
+
+    onnxruntime sizes a tensor's histogram by the first data it sees and, when a later
+    call exceeds that range, adds bins at the same width: chunked, a histogram would
+    grow past num_bins, and the entropy search (quadratic in bins) with it. Seeding each
+    histogram with the range of the whole calibration set (a MinMax pass first) keeps
+    num_bins fixed: the histogram one call on every image would build.
+    """
+    extremes = _collect_in_chunks(model, reader, op_types, CalibrationMethod.MinMax, {}, tmp)
+    options = dict(CALIBRATOR_OPTIONS["entropy"])
+
+    def seed(calibrator: Any) -> None:  # relies on onnxruntime 1.32's collector layout
+        calibrator.collector = HistogramCollector(
+            method="entropy",
+            symmetric=False,  # create_calibrator's default for entropy
+            num_bins=options["num_bins"],
+            num_quantized_bins=options["num_quantized_bins"],
+            percentile=99.999,  # unused by entropy
+            scenario="same",
+        )
+        calibrator.collector.histogram_dict = _empty_histograms(extremes, options["num_bins"])
+
+    return _collect_in_chunks(
+        model, reader, op_types, CalibrationMethod.Entropy, options, tmp, prepare=seed
+    )
+
+
+def _empty_histograms(extremes: TensorsData, num_bins: int) -> dict[str, tuple[Any, ...]]:
+    """Zero histograms over [-t, t], t = each tensor's largest |value| (collect_value layout)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for name in extremes:
+        low, high = extremes[name].range_value
+        lo, hi = np.float32(np.min(low)), np.float32(np.max(high))
+        threshold = np.array(max(abs(lo), abs(hi)), dtype=np.float32)
+        empty = np.zeros(0, dtype=np.float32)
+        hist, edges = np.histogram(empty, num_bins, range=(-threshold, threshold))
+        out[name] = (hist, edges, lo, hi, threshold)
+    return out
 
 
 def name_unnamed_convs(model: onnx.ModelProto) -> bool:

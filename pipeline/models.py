@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.evaluate import EvalResult, evaluate
+from runtime.evaluate import EvalResult, evaluate, resolve_convention
 from runtime.labels import LabelSpec
 from runtime.loader import open_segmenter
 from runtime.segmenter import Segmenter
@@ -88,11 +88,13 @@ def evaluate_on_dataset(
     precision: str | None = None,
     save_predictions: Path | None = None,
     show_progress: bool = True,
+    convention: str = "auto",
 ) -> EvalResult:
     from tqdm import tqdm
 
     samples, labels, encode, n = dataset_split(data, split, max_images)
     with open_model(model, backend, device, precision, dataset=labels) as seg:
+        convention = resolve_convention(seg, convention)  # refuse before the progress bar
         bar = tqdm(
             total=n, desc=f"eval {Path(str(model)).name}", disable=not show_progress, leave=False
         )
@@ -104,6 +106,7 @@ def evaluate_on_dataset(
                 save_predictions=save_predictions,
                 encode_label=encode,
                 on_sample=lambda _n: bar.update(1),
+                convention=convention,
             )
         finally:
             bar.close()

@@ -275,9 +275,12 @@ class Pipeline:
         def run() -> None:
             from pipeline.models import evaluate_on_dataset
 
+            # One convention for every row, torch included: the artifacts output label
+            # maps, so drops compare like with like (segkd eval shows the other one).
             result = evaluate_on_dataset(
-                model, self.cfg["data"], ev["split"], ev["max_images"], backend, self.cfg["device"]
-            )
+                model, self.cfg["data"], ev["split"], ev["max_images"], backend,
+                self.cfg["device"], convention="labels",
+            )  # fmt: skip
             write_json_atomic({"name": name, "model": str(model), **result.to_dict()}, path)
 
         self.runner.run(

@@ -29,6 +29,28 @@ log = logging.getLogger(__name__)
 Sample = tuple[np.ndarray, np.ndarray, str]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
+# How a prediction reaches the label's resolution. "logits" is the literature's
+# convention; "labels" is what a deployed label-map engine produces, and the only one
+# an artifact with an in-graph ArgMax allows.
+CONVENTIONS = {
+    "logits": "logits resized bilinearly to the label size, then argmax",
+    "labels": "argmax at the network input size, label map resized (nearest) to the label size",
+}
+
+
+def resolve_convention(segmenter: Segmenter, requested: str = "auto") -> str:
+    """'auto' -> 'logits' where the model outputs logits, else 'labels'; checks the rest."""
+    if requested == "auto":
+        return "logits" if segmenter.outputs_logits else "labels"
+    if requested not in CONVENTIONS:
+        raise SegkdError(f"--convention must be auto, logits or labels, got {requested!r}")
+    if requested == "logits" and not segmenter.outputs_logits:
+        raise SegkdError(
+            f"--convention logits: {segmenter.model_path} outputs label maps, not logits "
+            "(re-export with --output logits, or score it with --convention labels)"
+        )
+    return requested
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -37,6 +59,7 @@ class EvalResult:
     seconds: float
     model: dict[str, Any]  # Segmenter.describe(): path, backend, device, precision ...
     confusion: np.ndarray  # rows = ground truth, columns = prediction
+    convention: str = "labels"  # a CONVENTIONS key
 
     @property
     def miou(self) -> float:
@@ -48,6 +71,8 @@ class EvalResult:
             "num_samples": self.num_samples,
             "seconds": self.seconds,
             "model": self.model,
+            "convention": self.convention,
+            "convention_detail": CONVENTIONS[self.convention],
             "confusion": self.confusion.tolist(),
         }
 
@@ -112,6 +137,7 @@ def evaluate(
     *,
     max_samples: int | None = None,
     on_sample: Callable[[int], None] | None = None,
+    convention: str = "auto",
 ) -> EvalResult:
     """Score the segmenter on `(image_rgb uint8 HxWx3, mask HxW ids, sample_id)` samples.
 
@@ -119,7 +145,10 @@ def evaluate(
     save_predictions: a folder; writes labels/<id>.png (through `encode_label`, e.g.
       Cityscapes trainId -> labelId, else raw class ids) and overlays/<id>.jpg.
     on_sample(n) is called after each sample (progress).
+    convention: "logits", "labels" or "auto" (logits where the model outputs them), see
+      CONVENTIONS; the result records the one used.
     """
+    convention = resolve_convention(segmenter, convention)
     spec = labels or segmenter.labels
     model_spec = segmenter.labels
     if spec.num_classes != model_spec.num_classes:
@@ -140,7 +169,10 @@ def evaluate(
             raise SegkdError(
                 f"sample {sample_id}: mask must be HxW class ids, got shape {mask.shape}"
             )
-        pred = segmenter.predict(image, input_order="RGB", out_size=mask.shape[:2])
+        if convention == "logits":
+            pred = segmenter.predict_upsampled(image, input_order="RGB", out_size=mask.shape[:2])
+        else:
+            pred = segmenter.predict(image, input_order="RGB", out_size=mask.shape[:2])
         try:
             cm.update(pred, mask)
         except ValueError as e:
@@ -158,6 +190,7 @@ def evaluate(
         seconds=time.perf_counter() - t0,
         model=segmenter.describe(),
         confusion=cm.matrix.copy(),
+        convention=convention,
     )
 
 

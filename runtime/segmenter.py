@@ -20,7 +20,7 @@ from runtime.backends.base import Backend
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.metadata import ModelMeta
-from runtime.postprocess import as_label_batch, restore_size
+from runtime.postprocess import as_label_batch, restore_size, upsample_argmax
 from runtime.preprocess import ColorOrder, Letterbox, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,40 @@ class Segmenter:
         return self.predict_batch(
             [frame], input_order=input_order, out_sizes=sizes, timings=timings
         )[0]
+
+    @property
+    def outputs_logits(self) -> bool:
+        """Whether logits can be had: a logits graph, or a backend that exposes them (torch)."""
+        return self._backend.output_kind == "logits" or hasattr(self._backend, "run_logits")
+
+    def predict_upsampled(
+        self,
+        frame: np.ndarray,
+        *,
+        input_order: ColorOrder = "BGR",
+        out_size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """One frame -> HxW class ids, logits resized bilinearly to `out_size`, then argmax.
+
+        The evaluation convention of Cityscapes, mmsegmentation and CIRKD; `predict`
+        (argmax at the network's resolution, label map resized) is what a deployment runs.
+        """
+        if not self.outputs_logits:
+            raise SegkdError(
+                f"{self._path}: outputs label maps, not logits; it can only be scored by "
+                "resizing its labels (re-export with --output logits)"
+            )
+        batch, boxes = self.preprocess_frames([frame], input_order)
+        if self._backend.output_kind == "logits":
+            logits = np.asarray(self.run(batch))[0]
+        else:
+            logits = self._backend.run_logits(batch)[0]  # type: ignore[attr-defined]
+        h, w = self.input_size
+        if logits.shape[1:] != (h, w):  # a graph without its final upsample
+            logits = np.stack(
+                [cv2.resize(np.asarray(c, np.float32), (w, h)) for c in logits]
+            )  # fmt: skip
+        return upsample_argmax(logits, boxes[0], out_size or frame.shape[:2])
 
     # -- lifetime ----------------------------------------------------------------------
     def close(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import SegkdError
+from runtime.preprocess import PreprocessSpec, ResizePolicy
 from runtime.sizes import parse_size
 
 FILE_KINDS = ("cityscapes", "voc", "ade20k", "folder")
@@ -106,16 +107,39 @@ def parse_dataset_spec(spec: str | DatasetSpec) -> DatasetSpec:
 # Training defaults per dataset (METHOD.md "Training defaults"): SGD lr 0.01, wd 5e-4,
 # random scale 0.5-2.0. eval_size is the whole-image evaluation / export input size;
 # None where images differ in size (VOC, ADE20K, folders) and the crop is used instead.
+# resize is how a frame reaches the export size at eval and deploy. Training crops keep
+# the aspect ratio, so images of varying shape are letterboxed (scaled to fit, padded);
+# fixed-geometry datasets stretch, which at their own aspect ratio (Cityscapes 1024x2048
+# -> 512x1024) is the same uniform scale without padding code.
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "cityscapes": {
         "crop_size": (512, 1024),
         "iters": 40000,
         "batch_size": 8,
         "eval_size": (1024, 2048),
+        "resize": "stretch",
     },
-    "voc": {"crop_size": (512, 512), "iters": 40000, "batch_size": 16, "eval_size": None},
-    "ade20k": {"crop_size": (512, 512), "iters": 80000, "batch_size": 16, "eval_size": None},
-    "folder": {"crop_size": (512, 512), "iters": 20000, "batch_size": 8, "eval_size": None},
+    "voc": {
+        "crop_size": (512, 512),
+        "iters": 40000,
+        "batch_size": 16,
+        "eval_size": None,
+        "resize": "letterbox",
+    },
+    "ade20k": {
+        "crop_size": (512, 512),
+        "iters": 80000,
+        "batch_size": 16,
+        "eval_size": None,
+        "resize": "letterbox",
+    },
+    "folder": {
+        "crop_size": (512, 512),
+        "iters": 20000,
+        "batch_size": 8,
+        "eval_size": None,
+        "resize": "letterbox",
+    },
     # Small and CPU-friendly: a few minutes on a laptop, still enough to rank models.
     "synthetic": {
         "crop_size": (128, 256),
@@ -123,6 +147,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "eval_size": SYNTHETIC_DEFAULTS["size"],
         "scale_range": (0.75, 1.5),
+        "resize": "stretch",
     },
 }
 _COMMON: dict[str, Any] = {
@@ -135,7 +160,7 @@ _COMMON: dict[str, Any] = {
 
 def dataset_defaults(kind: str | DatasetSpec) -> dict[str, Any]:
     """Training defaults (crop_size, scale_range, iters, batch_size, lr, momentum,
-    weight_decay, eval_size) for a dataset kind; a synthetic spec's size sets its sizes."""
+    weight_decay, eval_size, resize) for a dataset kind; a synthetic spec's size sets its sizes."""
     spec = kind if isinstance(kind, DatasetSpec) else None
     name = spec.kind if spec is not None else str(kind).lower()
     if name not in _DEFAULTS:
@@ -146,3 +171,22 @@ def dataset_defaults(kind: str | DatasetSpec) -> dict[str, Any]:
         out["eval_size"] = (h, w)
         out["crop_size"] = (max(32, h // 2), max(32, w // 2))
     return out
+
+
+def spec_kind(data: str | DatasetSpec) -> str | None:
+    """The dataset kind a SPEC names, without touching its path (which may be elsewhere)."""
+    if isinstance(data, DatasetSpec):
+        return data.kind
+    kind = str(data).strip().partition(":")[0].strip().lower()
+    return kind if kind in KINDS else None
+
+
+def resize_policy(data: str | DatasetSpec | None) -> ResizePolicy:
+    """How frames of this dataset reach the network's input size (see _DEFAULTS)."""
+    kind = spec_kind(data) if data is not None else None
+    return _DEFAULTS[kind]["resize"] if kind is not None else "stretch"
+
+
+def deploy_preprocess(data: str | DatasetSpec, input_size: tuple[int, int]) -> PreprocessSpec:
+    """The PreprocessSpec a model trained on `data` ships with: its size and resize policy."""
+    return PreprocessSpec(input_size=tuple(input_size), resize=resize_policy(data))

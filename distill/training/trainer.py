@@ -30,6 +30,7 @@ from tqdm import tqdm
 from distill.checkpoint import atomic_torch_save, make_checkpoint
 from distill.data import build_dataset, dataset_defaults, parse_dataset_spec
 from distill.data.loader import make_train_loader
+from distill.data.spec import deploy_preprocess
 from distill.data.transforms import TrainTransform
 from distill.training.config import TrainConfig
 from distill.training.distributed import (
@@ -222,7 +223,7 @@ def prepare(
     model.train()
     return Run(
         cfg=cfg, ctx=ctx, device=device, out=out, labels=labels,
-        preprocess=PreprocessSpec(input_size=cfg.export_size), train_set=train_set,
+        preprocess=deploy_preprocess(cfg.data, cfg.export_size), train_set=train_set,
         val_set=val_set, selection=selection_indices(len(val_set), cfg.val_images),
         model=model, objective=objective, step=step, optimizer=optimizer, scaler=scaler,
         progress=progress, checkpoint_extra=checkpoint_extra,

@@ -90,12 +90,17 @@ class TorchBackend:
             self.provider = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            if self._cuda:
-                x = x.to(self._device)
-            return self.labels_on_device(x).cpu().numpy()
+        with self._torch.inference_mode():
+            return self.labels_on_device(self._to_device(batch)).cpu().numpy()
+
+    def run_logits(self, batch: np.ndarray) -> np.ndarray:
+        """The float32 logits themselves, for evaluation that upsamples them (costs a copy)."""
+        with self._torch.inference_mode():
+            return self._logits(self._to_device(batch)).float().cpu().numpy()
+
+    def _to_device(self, batch: np.ndarray) -> Any:
+        x = self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        return x.to(self._device) if self._cuda else x
 
     def labels_on_device(self, x: Any) -> Any:
         """Bx3xHxW float tensor on this backend's device -> BxHxW uint8 labels, on the device."""
@@ -108,7 +113,8 @@ class TorchBackend:
     def uses_cuda_graph(self) -> bool:
         return self._graph is not None
 
-    def _forward(self, x: Any) -> Any:
+    def _logits(self, x: Any) -> Any:
+        """Network input tensor -> logits (B,K,H,W) on the device, at the input size."""
         torch = self._torch
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -126,7 +132,10 @@ class TorchBackend:
             logits = torch.nn.functional.interpolate(
                 logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
             )
-        return logits.argmax(1).to(torch.uint8)
+        return logits
+
+    def _forward(self, x: Any) -> Any:
+        return self._logits(x).argmax(1).to(self._torch.uint8)
 
     def _replay(self, x: Any) -> Any:
         shape = tuple(x.shape)

@@ -203,6 +203,17 @@ def test_export_json_is_complete(full, ckpt: Path) -> None:
     assert all(name in summary for name in by_file)
 
 
+def test_export_json_records_the_sampled_images(full) -> None:
+    """Calibration images are a seeded draw from the whole train split, named in export.json."""
+    d = read_export_json(full.out_dir)
+    cal, ver = d["calibration"], d["verification"]
+    train = build_dataset(DATA, "train")
+    assert cal["seed"] == d["options"]["sample_seed"] == 0 and cal["split_size"] == len(train)
+    assert len(set(cal["indices"])) == 32 and cal["indices"] != list(range(32))
+    assert cal["ids"] == [train.sample_id(i) for i in cal["indices"]]
+    assert ver["split"] == "val" and ver["indices"] == list(range(6))  # val=6: all of it
+
+
 def _zero_points(proto: onnx.ModelProto) -> list[np.ndarray]:
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     out = []
