@@ -5,7 +5,8 @@ the mean feature over that class's pixels; the student learns to reproduce the t
 matrix of distances between those centres. Everything is batched: one-hot masks
 (B x K x hw) @ features (B x hw x C) give all centres in one matmul, torch.cdist all
 distances, and a pair mask keeps only pairs i < j of present classes. Absent classes get
-a placeholder centre that the pair mask never lets into the loss.
+a placeholder centre that the pair mask never lets into the loss. The `normalize` scale
+divides each image's distances by that image's feature spread (see feature_spread).
 """
 
 from __future__ import annotations
@@ -65,11 +66,26 @@ def _pair_mask(present: torch.Tensor) -> torch.Tensor:
     return present.unsqueeze(-1) & present.unsqueeze(-2) & upper
 
 
-def _normalize_by_mean(dist: torch.Tensor, pairs: torch.Tensor, eps: float) -> torch.Tensor:
-    """Divide each image's distances by the mean of its present off-diagonal entries."""
-    n = pairs.sum(dim=(1, 2)).clamp_min(1)
-    mean = (dist * pairs).sum(dim=(1, 2)) / n
-    return dist / mean.clamp_min(eps).view(-1, 1, 1)
+def feature_spread(
+    feat: torch.Tensor, labels: torch.Tensor, num_classes: int, eps: float = 1e-6
+) -> torch.Tensor:
+    """B: each image's feature spread, the RMS distance of its valid pixels' features from
+    their mean, sqrt(mean_p ||f_p - mean f||^2) over pixels with a class label.
+
+    It scales with the features (f -> a f + b gives a s) like Euclidean distances do, so
+    D / s is free of the feature magnitude and offset, and of the width (channels tiled n
+    times multiply both by sqrt(n)). Unlike the mean of D, it does not cancel when an image
+    holds a single pair: it includes the spread within each class.
+    """
+    b, c = feat.shape[:2]
+    x = feat.reshape(b, c, -1)
+    lab = labels.reshape(b, -1)
+    weight = ((lab >= 0) & (lab < num_classes)).to(feat.dtype)  # B x hw
+    n = weight.sum(dim=-1).clamp_min(1.0)  # B
+    mean = torch.bmm(x, weight.unsqueeze(-1)) / n.view(-1, 1, 1)  # B x C x 1
+    var = ((x - mean).square().sum(dim=1) * weight).sum(dim=-1) / n
+    # Clamped before the root: a flat feature map gives eps, never a NaN gradient.
+    return var.clamp_min(eps * eps).sqrt()
 
 
 def idd_loss(
@@ -85,7 +101,10 @@ def idd_loss(
     """L_idd = mean over images of mean over present pairs i<j of (D^t_ij - D^s_ij)^2.
 
     Features may differ in width (distances are scalars) but, for a meaningful loss, not in
-    scale: see IDDLoss. The student's map is resized bilinearly to the teacher's size,
+    scale: see IDDLoss. `normalize` divides each image's Euclidean distances by that
+    image's feature spread (feature_spread), teacher's and student's each by its own, so
+    an image with two classes still gives a gradient; cosine distances are left as they
+    are (already scale-free). The student's map is resized bilinearly to the teacher's size,
     labels NEAREST to that size. Always finite; images with < 2 present classes give 0.
     Computed in float32 whatever the autocast state.
     """
@@ -102,9 +121,10 @@ def idd_loss(
         ds = class_distances(cs, distance)
         dt = class_distances(ct, distance)
         pairs = _pair_mask(present)
-        if normalize:
-            ds = _normalize_by_mean(ds, pairs, eps)
-            dt = _normalize_by_mean(dt, pairs, eps)
+        if normalize and distance == "euclidean":
+            # Cosine distances are scale-free already; dividing them would undo that.
+            ds = ds / feature_spread(fs, lab, num_classes, eps).view(-1, 1, 1)
+            dt = dt / feature_spread(ft, lab, num_classes, eps).view(-1, 1, 1)
         # torch.where, not multiplication, so nothing from a masked entry can leak in.
         sq = torch.where(pairs, (dt - ds) ** 2, torch.zeros_like(ds))
         n_pairs = pairs.sum(dim=(1, 2))
@@ -124,7 +144,8 @@ class IDDLoss(nn.Module):
     """IDD with its scale option.
 
     scale: "adapter" (1x1 conv + BN student -> teacher width, trained with the student),
-    "normalize" (each image's D divided by its mean present off-diagonal entry),
+    "normalize" (each image's Euclidean D divided by its own feature spread: free of the
+    feature scale and offset, and not inert on an image with a single pair of classes),
     "both", or "none" (only when the widths are equal). `self.adapter` is None unless the
     scale uses one; PIDLoss can share it.
     """
