@@ -238,6 +238,15 @@ def test_feature_spread_is_the_rms_deviation_of_labelled_pixels() -> None:
     value = feature_spread(flat, labels, 2)
     value.backward()
     assert value.item() > 0 and torch.isfinite(flat.grad).all()  # eps, never 0 or NaN
+    x = (torch.randn(2, 3, 4, 5, dtype=torch.float64) * 2 + 5).requires_grad_(True)
+    lab = torch.randint(0, 3, (2, 4, 5), generator=torch.Generator().manual_seed(0))
+    lab[0, 0] = IGNORE
+    assert torch.autograd.gradcheck(lambda f: feature_spread(f, lab, 3), (x,))
+    dead = feat.clone()
+    dead[:, 1] = 0  # a channel that is zero everywhere, common after ReLU
+    dead.requires_grad_(True)
+    feature_spread(dead, labels, 2).backward()
+    assert torch.isfinite(dead.grad).all() and dead.grad[:, 0].abs().sum() > 0
 
 
 def test_idd_image_without_pairs_counts_as_zero_in_the_batch_mean() -> None:
