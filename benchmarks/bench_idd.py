@@ -14,6 +14,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -123,6 +124,15 @@ def bench_vectorised(args: argparse.Namespace, device: torch.device) -> dict[str
         )
         row["fwd_ms_loop"] = timed(lambda: loop_idd(fs, ft, labels, k), args.reps, 1, device)
     row["fwd_bwd_ms_vectorised"] = timed(fwd_bwd(idd_loss), args.reps, args.warmup, device)
+    # The default scale, `normalize`: two more passes over each feature map (its spread).
+    normalized = functools.partial(idd_loss, normalize=True)
+    with torch.no_grad():
+        row["fwd_ms_vectorised_normalize"] = timed(
+            lambda: normalized(fs, ft, labels, k), args.reps, args.warmup, device
+        )
+    row["fwd_bwd_ms_vectorised_normalize"] = timed(
+        fwd_bwd(normalized), args.reps, args.warmup, device
+    )
     row["fwd_bwd_ms_loop"] = timed(fwd_bwd(loop_idd), args.reps, 1, device)
     row["speedup_fwd"] = row["fwd_ms_loop"] / row["fwd_ms_vectorised"]
     row["speedup_fwd_bwd"] = row["fwd_bwd_ms_loop"] / row["fwd_bwd_ms_vectorised"]
@@ -255,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             f"    {name:18}{a[f'{key}_ms_vectorised']:>10.2f}ms{a[f'{key}_ms_loop']:>10.2f}ms"
             f"{a[f'speedup_{key}']:>9.1f}x"
         )
+    print(
+        f"    normalize scale: forward {a['fwd_ms_vectorised_normalize']:.2f}ms, "
+        f"forward+backward {a['fwd_bwd_ms_vectorised_normalize']:.2f}ms"
+    )
     print(
         f"    values: {a['value_vectorised']:.6g} vs {a['value_loop']:.6g} "
         f"(relative difference {a['rel_diff']:.1e})"

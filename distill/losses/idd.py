@@ -5,7 +5,8 @@ the mean feature over that class's pixels; the student learns to reproduce the t
 matrix of distances between those centres. Everything is batched: one-hot masks
 (B x K x hw) @ features (B x hw x C) give all centres in one matmul, torch.cdist all
 distances, and a pair mask keeps only pairs i < j of present classes. Absent classes get
-a placeholder centre that the pair mask never lets into the loss.
+a placeholder centre that the pair mask never lets into the loss. The `normalize` scale
+divides each image's distances by that image's feature spread (see feature_spread).
 """
 
 from __future__ import annotations
@@ -23,15 +24,10 @@ IDD_DISTANCES = ("euclidean", "cosine")
 IDD_SCALES = ("adapter", "normalize", "both", "none")
 
 
-def class_centres(
-    feat: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean feature of every class in every image.
-
-    feat: B x C x h x w; labels: B x h x w (already at feature size).
-    Returns (centres B x K x C, present B x K bool). Rows of absent classes are zero and
-    must be masked out by the caller with `present`.
-    """
+def _class_sums(
+    feat: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sums B x K x C, counts B x K, valid B x hw): per-class feature sums and pixel counts."""
     b, c = feat.shape[:2]
     lab = labels.reshape(b, -1)
     # Ignore and out-of-range ids (e.g. 255) get an all-zero one-hot row.
@@ -43,8 +39,20 @@ def class_centres(
     # that the feature map is read, and its gradient written, in its own contiguous layout
     # (about 2-3x faster backward on CPU than the strided form).
     sums = torch.bmm(feat.reshape(b, c, -1), onehot.transpose(1, 2)).transpose(1, 2)  # B x K x C
-    centres = sums / counts.clamp_min(1.0).unsqueeze(-1)
-    return centres, counts > 0
+    return sums, counts, valid
+
+
+def class_centres(
+    feat: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean feature of every class in every image.
+
+    feat: B x C x h x w; labels: B x h x w (already at feature size).
+    Returns (centres B x K x C, present B x K bool). Rows of absent classes are zero and
+    must be masked out by the caller with `present`.
+    """
+    sums, counts, _ = _class_sums(feat, labels, num_classes)
+    return sums / counts.clamp_min(1.0).unsqueeze(-1), counts > 0
 
 
 def class_distances(centres: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
@@ -65,11 +73,58 @@ def _pair_mask(present: torch.Tensor) -> torch.Tensor:
     return present.unsqueeze(-1) & present.unsqueeze(-2) & upper
 
 
-def _normalize_by_mean(dist: torch.Tensor, pairs: torch.Tensor, eps: float) -> torch.Tensor:
-    """Divide each image's distances by the mean of its present off-diagonal entries."""
-    n = pairs.sum(dim=(1, 2)).clamp_min(1)
-    mean = (dist * pairs).sum(dim=(1, 2)) / n
-    return dist / mean.clamp_min(eps).view(-1, 1, 1)
+class _Spread(torch.autograd.Function):
+    """s = sqrt(sum_p w_p ||x_p - m||^2 / n) for x B x C x hw, the labelled-pixel mask w and
+    their mean m (B x C, given: ds/dm is 0 at the mean, so ds/dx = w (x - m) / (n s) is the
+    whole derivative). Written out because autograd would keep the centred map (the size of
+    the feature map: 0.5 GB at Cityscapes crops) until backward and make three more there;
+    this keeps nothing new and makes one temporary in forward and one in backward."""
+
+    @staticmethod
+    def forward(ctx, x, mean, weight, n, eps):  # type: ignore[override]
+        centred = (x - mean.unsqueeze(-1)).mul_(weight.unsqueeze(1))
+        # Over pixels first (the contiguous axis; norms over C per pixel were 5-10x slower
+        # on CPU), then over channels in float64. Centring keeps it exact far from 0.
+        var = torch.linalg.vector_norm(centred, dim=-1).double().square().sum(dim=-1)
+        var = var / n.double()
+        spread = var.clamp_min(eps * eps).sqrt().to(x.dtype)
+        ctx.save_for_backward(x, mean, weight, n, spread, var >= eps * eps)
+        return spread
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, mean, weight, n, spread, live = ctx.saved_tensors
+        # Where the clamp held (a flat map) the derivative is 0, never a NaN.
+        coef = torch.where(live, grad / (n * spread), torch.zeros_like(grad))
+        grad_x = (x - mean.unsqueeze(-1)).mul_((weight * coef.unsqueeze(-1)).unsqueeze(1))
+        return grad_x, None, None, None, None
+
+
+def _spread(
+    feat: torch.Tensor, valid: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """feature_spread, its mean taken from the class sums."""
+    b, c = feat.shape[:2]
+    n = counts.sum(dim=-1).clamp_min(1.0)  # B
+    mean = (sums.sum(dim=1) / n.unsqueeze(-1)).detach()  # B x C
+    weight = valid.to(feat.dtype)
+    return _Spread.apply(feat.reshape(b, c, -1), mean, weight, n.detach(), eps)
+
+
+def feature_spread(
+    feat: torch.Tensor, labels: torch.Tensor, num_classes: int, eps: float = 1e-6
+) -> torch.Tensor:
+    """B: each image's feature spread, the RMS distance of its labelled pixels' features from
+    their mean, sqrt(mean_p ||f_p - mean f||^2) (labels already at feature size).
+
+    It scales with the features (f -> a f + b gives a s) like Euclidean distances do, so
+    D / s is free of the feature magnitude and offset, and of the width (channels tiled n
+    times multiply both by sqrt(n)). Unlike the mean of D, it does not cancel when an image
+    holds a single pair: it includes the spread within each class.
+    """
+    sums, counts, valid = _class_sums(feat, labels, num_classes)
+    return _spread(feat, valid, sums, counts, eps)
 
 
 def idd_loss(
@@ -85,7 +140,10 @@ def idd_loss(
     """L_idd = mean over images of mean over present pairs i<j of (D^t_ij - D^s_ij)^2.
 
     Features may differ in width (distances are scalars) but, for a meaningful loss, not in
-    scale: see IDDLoss. The student's map is resized bilinearly to the teacher's size,
+    scale: see IDDLoss. `normalize` divides each image's Euclidean distances by that
+    image's feature spread (feature_spread), teacher's and student's each by its own, so
+    an image with two classes still gives a gradient; cosine distances are left as they
+    are (already scale-free). The student's map is resized bilinearly to the teacher's size,
     labels NEAREST to that size. Always finite; images with < 2 present classes give 0.
     Computed in float32 whatever the autocast state.
     """
@@ -97,14 +155,16 @@ def idd_loss(
         if tuple(fs.shape[-2:]) != size:
             fs = F.interpolate(fs, size=size, mode="bilinear", align_corners=False)
         lab = resize_labels(labels, size)
-        cs, present = class_centres(fs, lab, num_classes, ignore_index)
-        ct, _ = class_centres(ft, lab, num_classes, ignore_index)
-        ds = class_distances(cs, distance)
-        dt = class_distances(ct, distance)
-        pairs = _pair_mask(present)
-        if normalize:
-            ds = _normalize_by_mean(ds, pairs, eps)
-            dt = _normalize_by_mean(dt, pairs, eps)
+        sums_s, counts, valid = _class_sums(fs, lab, num_classes)
+        sums_t, _, _ = _class_sums(ft, lab, num_classes)
+        per_class = counts.clamp_min(1.0).unsqueeze(-1)
+        ds = class_distances(sums_s / per_class, distance)
+        dt = class_distances(sums_t / per_class, distance)
+        pairs = _pair_mask(counts > 0)
+        if normalize and distance == "euclidean":
+            # Cosine distances are scale-free already; dividing them would undo that.
+            ds = ds / _spread(fs, valid, sums_s, counts, eps).view(-1, 1, 1)
+            dt = dt / _spread(ft, valid, sums_t, counts, eps).view(-1, 1, 1)
         # torch.where, not multiplication, so nothing from a masked entry can leak in.
         sq = torch.where(pairs, (dt - ds) ** 2, torch.zeros_like(ds))
         n_pairs = pairs.sum(dim=(1, 2))
@@ -124,7 +184,8 @@ class IDDLoss(nn.Module):
     """IDD with its scale option.
 
     scale: "adapter" (1x1 conv + BN student -> teacher width, trained with the student),
-    "normalize" (each image's D divided by its mean present off-diagonal entry),
+    "normalize" (each image's Euclidean D divided by its own feature spread: free of the
+    feature scale and offset, and not inert on an image with a single pair of classes),
     "both", or "none" (only when the widths are equal). `self.adapter` is None unless the
     scale uses one; PIDLoss can share it.
     """

@@ -25,6 +25,7 @@ from distill.losses import (
     position_targets,
     resize_labels,
 )
+from distill.losses.idd import feature_spread
 from runtime.errors import SegkdError
 
 IGNORE = 255
@@ -57,6 +58,11 @@ def reference_idd(fs, ft, labels, k, distance="euclidean", normalize=False):
             return (u - v).norm()
         return 1 - (u @ v) / (u.norm() * v.norm())
 
+    def spread(f, valid):
+        """RMS distance of the valid pixels' features from their mean."""
+        x = f[:, valid]  # C x n
+        return (x - x.mean(dim=1, keepdim=True)).pow(2).sum(dim=0).mean().sqrt().clamp_min(1e-6)
+
     total = torch.zeros((), dtype=torch.float64)
     for b in range(fs.shape[0]):
         present = [c for c in range(k) if (lab[b] == c).any()]
@@ -67,9 +73,10 @@ def reference_idd(fs, ft, labels, k, distance="euclidean", normalize=False):
             continue
         ds = torch.stack([dist(cen_s[i], cen_s[j]) for i, j in pairs])
         dt = torch.stack([dist(cen_t[i], cen_t[j]) for i, j in pairs])
-        if normalize:
-            ds = ds / ds.mean().clamp_min(1e-6)
-            dt = dt / dt.mean().clamp_min(1e-6)
+        if normalize and distance == "euclidean":  # cosine distances are scale-free already
+            valid = (lab[b] >= 0) & (lab[b] < k)
+            ds = ds / spread(fs[b], valid)
+            dt = dt / spread(ft[b], valid)
         total = total + ((dt - ds) ** 2).mean()
     return total / fs.shape[0]
 
@@ -176,6 +183,70 @@ def test_idd_is_finite_and_zero_without_a_pair(scale, distance, present) -> None
     assert torch.isfinite(loss) and loss.item() == 0.0
     loss.backward()
     assert torch.isfinite(fs.grad).all()
+
+
+@pytest.mark.parametrize("scale", ["normalize", "both"])
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_idd_two_class_images_give_a_loss_and_a_gradient(scale, distance) -> None:
+    # Most VOC crops hold background and one object: one pair per image. A scale that
+    # divided each image's distances by their own mean made both 1, so loss and gradient
+    # were exactly 0 there.
+    fs, ft, _ = make_case(21, 3, 4, 4, 6, cs=3, ct=6)
+    fs.requires_grad_(True)
+    labels = torch.zeros(3, 8, 12, dtype=torch.long)
+    labels[0, :, 6:] = 1  # background + class 1, class 2, class 3: a different pair each
+    labels[1, 4:, :] = 2
+    labels[2, 2:5, 3:9] = 3
+    labels[2, 0, :] = IGNORE
+    loss = IDDLoss(3, 6, 4, distance=distance, scale=scale)
+    value = loss(fs, ft, labels)
+    assert value.item() > 1e-4
+    value.backward()
+    assert torch.isfinite(fs.grad).all()
+    for b in range(3):  # every image pulls, not only the batch as a whole
+        assert fs.grad[b].abs().sum() > 0
+
+
+@FAST
+@given(
+    shapes,
+    st.floats(0.01, 100.0),
+    st.floats(-5.0, 5.0),
+    st.integers(1, 4),
+)
+def test_idd_normalize_is_free_of_feature_scale_offset_and_width(case, gain, offset, tiles) -> None:
+    # The reason for the scale: teacher and student features differ in magnitude and width.
+    seed, b, k, h, w = case
+    fs, ft, labels = make_case(seed, b, k, h, w, cs=3, ct=5)
+    base = idd_loss(fs, ft, labels, k, normalize=True)
+    wider = ft.repeat(1, tiles, 1, 1) * gain + offset  # same structure, other scale and width
+    torch.testing.assert_close(idd_loss(fs, wider, labels, k, normalize=True), base,
+                               rtol=1e-3, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(idd_loss(fs * gain - offset, ft, labels, k, normalize=True), base,
+                               rtol=1e-3, atol=1e-5)  # fmt: skip
+    # A student that holds the teacher's structure at another scale and width scores 0.
+    assert idd_loss(ft, wider, labels, k, normalize=True).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_spread_is_the_rms_deviation_of_labelled_pixels() -> None:
+    feat = torch.tensor([[[[0.0, 2.0], [4.0, 100.0]], [[0.0, 0.0], [0.0, -50.0]]]])  # 1x2x2x2
+    labels = torch.tensor([[[0, 1], [1, IGNORE]]])  # the last pixel is ignored
+    # mean (2, 0); squared deviations 4, 0, 4 -> sqrt(8 / 3)
+    got = feature_spread(feat, labels, 2)
+    torch.testing.assert_close(got, torch.tensor([(8.0 / 3.0) ** 0.5]))
+    flat = torch.ones(1, 2, 2, 2, requires_grad=True)
+    value = feature_spread(flat, labels, 2)
+    value.backward()
+    assert value.item() > 0 and torch.isfinite(flat.grad).all()  # eps, never 0 or NaN
+    x = (torch.randn(2, 3, 4, 5, dtype=torch.float64) * 2 + 5).requires_grad_(True)
+    lab = torch.randint(0, 3, (2, 4, 5), generator=torch.Generator().manual_seed(0))
+    lab[0, 0] = IGNORE
+    assert torch.autograd.gradcheck(lambda f: feature_spread(f, lab, 3), (x,))
+    dead = feat.clone()
+    dead[:, 1] = 0  # a channel that is zero everywhere, common after ReLU
+    dead.requires_grad_(True)
+    feature_spread(dead, labels, 2).backward()
+    assert torch.isfinite(dead.grad).all() and dead.grad[:, 0].abs().sum() > 0
 
 
 def test_idd_image_without_pairs_counts_as_zero_in_the_batch_mean() -> None:
