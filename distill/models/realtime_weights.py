@@ -32,39 +32,20 @@ IMAGENET_ONLY_PREFIXES = ("down5.", "last_layer.", "linear.", "fc.", "classifier
 
 
 def load_realtime_imagenet(model: SegmentationNet, path: str | Path) -> dict[str, Any]:
-    from distill.models.registry import read_state_dict
+    from distill.models.registry import match_weights, read_state_dict
 
     path = Path(path)
     source = read_state_dict(path)
     target = model.state_dict()
-    ignored = sorted(k for k in source if k.startswith(IMAGENET_ONLY_PREFIXES))
-    candidates = {k: v for k, v in source.items() if k not in ignored}
-    unexpected = sorted(k for k in candidates if k not in target)
-    mismatched = sorted(
-        k for k, v in candidates.items() if k in target and tuple(v.shape) != tuple(target[k].shape)
-    )
-    fitting = {
-        k: v
-        for k, v in candidates.items()
-        if k in target and tuple(v.shape) == tuple(target[k].shape)
-    }
-    missing = sorted(
-        k for k in target if k not in fitting and not k.endswith("num_batches_tracked")
-    )
+    fitting, report = match_weights(source, target, IMAGENET_ONLY_PREFIXES)
+    ignored = report["ignored"]
     if not fitting:
         raise SegkdError(
             f"backbone weights {path}: no key fits {model.arch} ({len(source)} keys, e.g. "
             f"{next(iter(source), 'none')!r}); is it the authors' ImageNet checkpoint?"
         )
     model.load_state_dict(fitting, strict=False)
-    report = {
-        "path": str(path),
-        "loaded": sorted(fitting),
-        "missing": missing,
-        "unexpected": unexpected,
-        "mismatched": mismatched,
-        "ignored": ignored,
-    }
+    report = {"path": str(path), **report}
     log.info(
         "backbone weights %s: %d tensors loaded into %s, %d ImageNet classifier keys ignored",
         path,

@@ -111,6 +111,33 @@ def _build_realtime(
     return model
 
 
+def match_weights(
+    source: dict[str, Any], target: dict[str, Any], ignore_prefixes: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """(tensors of `source` that fit `target` by name and shape, the report of the rest).
+
+    Report: loaded, missing (in target, not loaded; BN's num_batches_tracked, which old
+    torchvision files lack, is not worth reporting), unexpected (not in target),
+    mismatched (same name, other shape) and ignored (known not to belong, by prefix).
+    """
+    ignored = sorted(k for k in source if k.startswith(ignore_prefixes))
+    candidates = {k: v for k, v in source.items() if not k.startswith(ignore_prefixes)}
+    fitting = {
+        k: v
+        for k, v in candidates.items()
+        if k in target and tuple(v.shape) == tuple(target[k].shape)
+    }
+    return fitting, {
+        "loaded": sorted(fitting),
+        "missing": sorted(
+            k for k in target if k not in fitting and not k.endswith("num_batches_tracked")
+        ),
+        "unexpected": sorted(k for k in candidates if k not in target),
+        "mismatched": sorted(k for k in candidates if k in target and k not in fitting),
+        "ignored": ignored,
+    }
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SegkdError(f"backbone weights not found: {path}")
@@ -150,32 +177,15 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     backbone = model.backbone if isinstance(model, Segmentor) else model
     source = read_state_dict(path)
     target = backbone.state_dict()
-    ignored = sorted(k for k in source if k.startswith("fc."))
-    unexpected = sorted(k for k in source if k not in target and not k.startswith("fc."))
-    mismatched = sorted(
-        k for k in source if k in target and tuple(source[k].shape) != tuple(target[k].shape)
-    )
-    fitting = {
-        k: v for k, v in source.items() if k in target and tuple(v.shape) == tuple(target[k].shape)
-    }
-    # Old torchvision files lack BN's num_batches_tracked: not worth reporting.
-    missing = sorted(
-        k for k in target if k not in fitting and not k.endswith("num_batches_tracked")
-    )
+    fitting, report = match_weights(source, target, ignore_prefixes=("fc.",))
+    ignored = report["ignored"]
     if not fitting:
         raise SegkdError(
             f"backbone weights {path}: no key fits the ResNet-{backbone.depth} backbone "
             f"({len(source)} keys, e.g. {next(iter(source), 'none')!r}); is it a ResNet state dict?"
         )
     backbone.load_state_dict(fitting, strict=False)
-    report = {
-        "path": str(path),
-        "loaded": sorted(fitting),
-        "missing": missing,
-        "unexpected": unexpected,
-        "mismatched": mismatched,
-        "ignored": ignored,
-    }
+    report = {"path": str(path), **report}
     log.info(
         "backbone weights %s: %d tensors loaded, %d ignored (fc)", path, len(fitting), len(ignored)
     )

@@ -119,7 +119,9 @@ def test_validation_also_scores_the_deploy_input_size(tmp_path: Path) -> None:
     summary = train(_cfg(out, iters=2, eval_interval=2, export_size=(32, 64)))
     final = summary["final"]
     assert final["val_images"] == 4 and summary["selection"]["deploy_size"] == [32, 64]
-    shipped = evaluate_on_dataset(out / "last.pt", DATA, "val", backend="torch", device="cpu")
+    shipped = evaluate_on_dataset(
+        out / "last.pt", DATA, "val", backend="torch", device="cpu", convention="labels"
+    )  # the deploy path: label map at the input size, resized back to the image
     assert shipped.num_samples == 4
     assert final["val_miou_deploy"] == pytest.approx(shipped.miou, abs=1e-9)
     assert final["val_pixel_acc_deploy"] == pytest.approx(shipped.metrics.pixel_acc, abs=1e-9)
