@@ -829,7 +829,8 @@ def test_ctrl_c_in_the_demo_exits_130_and_keeps_the_old_video(
         time.sleep(0.05)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    # generous: a loaded machine is slow; an ignored SIGINT fails below on the exit code
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert sha256(old_video) == before
