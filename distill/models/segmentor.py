@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from distill.models.heads import FCNHead
 from distill.models.resnet import DilatedResNet
 
 
-class SegmentationNet(nn.Module):
+class SegmentationNet(nn.Module, ABC):
     """What every registered architecture offers the trainer, the losses and the exporter.
 
     `extract(x, with_aux)` gives the training dict: "logits" and "feat" (the map the
@@ -40,15 +41,15 @@ class SegmentationNet(nn.Module):
         self.backbone_report: dict[str, Any] | None = None
 
     @property
-    def has_aux(self) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def has_aux(self) -> bool: ...
 
+    @abstractmethod
     def training_heads(self) -> list[nn.Module]:
         """The heads only training uses (aux, boundary): not in an exported graph."""
-        raise NotImplementedError
 
-    def extract(self, x: torch.Tensor, with_aux: bool = True) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+    @abstractmethod
+    def extract(self, x: torch.Tensor, with_aux: bool = True) -> dict[str, torch.Tensor]: ...
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
         if self.training:

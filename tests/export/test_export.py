@@ -15,12 +15,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from onnx import numpy_helper
 
-from distill.checkpoint import atomic_torch_save, load_model, make_checkpoint
+from distill.checkpoint import load_model
 from distill.data import build_dataset
-from distill.models import build_model
 from export.api import Tolerances, export_checkpoint, format_summary
 from export.int8 import CPU_RECIPE, pooled_context_convs, zero_point_violations
 from export.onnx_file import MAX_IR_VERSION
@@ -29,44 +27,7 @@ from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.errors import SegkdError
 from runtime.metadata import artifact_meta, parse_metadata_json, read_export_json, sha256_of
 from runtime.preprocess import PreprocessSpec
-
-SIZE = (64, 128)
-DATA = "synthetic:size=64x128,train=48,val=6"
-
-
-def _train_tiny(path: Path) -> Path:
-    """100 SGD steps of pspnet_r18 on 64x128 synthetic scenes.
-
-    Fewer steps leave logit margins so thin that any rounding flips labels, which says
-    nothing about a real student; 100 steps reach ~0.26 mIoU and stable INT8 figures.
-    """
-    torch.manual_seed(0)
-    ds = build_dataset(DATA, "train")
-    pre = PreprocessSpec(input_size=SIZE)
-    model = build_model("pspnet_r18", ds.labels.num_classes, aux=False)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
-    model.train()
-    rng = np.random.default_rng(0)
-    for _ in range(100):
-        batch = [ds[int(i)] for i in rng.integers(0, len(ds), 4)]  # BN needs batch >= 2
-        x = torch.from_numpy(np.stack([pre.normalize(img) for img, _ in batch]))
-        y = torch.from_numpy(np.stack([m for _, m in batch])).long()
-        logits = F.interpolate(model(x)["logits"], size=SIZE, mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, y, ignore_index=255)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    ckpt = make_checkpoint(
-        model=model,
-        arch="pspnet_r18",
-        model_kwargs=model.model_kwargs,
-        labels=ds.labels,
-        preprocess=pre,
-        config={"data": DATA},
-    )
-    atomic_torch_save(ckpt, path)
-    return path
+from tests.export.tiny_student import DATA, SIZE
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,7 +53,7 @@ SAME_KERNELS_ON_EVERY_X86 = {
 
 
 def train_tiny_reproducibly(path: Path) -> Path:
-    """`_train_tiny` in a child process whose kernels do not depend on the CPU's ISA."""
+    """`train_tiny` in a child process whose kernels do not depend on the CPU's ISA."""
     env = dict(os.environ)
     if platform.machine() in ("x86_64", "AMD64"):
         env.update(SAME_KERNELS_ON_EVERY_X86)
@@ -100,7 +61,7 @@ def train_tiny_reproducibly(path: Path) -> Path:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     code = (
         "import sys, torch; from pathlib import Path; torch.set_num_threads(1); "
-        "from tests.export.test_export import _train_tiny; _train_tiny(Path(sys.argv[1]))"
+        "from tests.export.tiny_student import train_tiny; train_tiny(Path(sys.argv[1]))"
     )
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env, cwd=root)
     return path

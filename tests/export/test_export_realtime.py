@@ -4,23 +4,17 @@ passes the parity gates, and the graph is static with fixed pooling ops."""
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.nn.functional as F
 
-from distill.checkpoint import atomic_torch_save, make_checkpoint
-from distill.data import build_dataset
-from distill.models import build_model
 from export.api import export_checkpoint
-from runtime.preprocess import PreprocessSpec
+from tests.export.tiny_student import DATA, SIZE, train_tiny
 
-SIZE = (64, 128)  # 1/64 is 1x2: the pyramid's pools all reach a single cell
-DATA = "synthetic:size=64x128,train=48,val=6"
+# SIZE 64x128: 1/64 is 1x2, so the pyramid's pools all reach a single cell
 ARCHS = ("ddrnet23_slim", "pidnet_s")
 
 
@@ -32,42 +26,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _train_tiny(arch: str, path: Path, steps: int = 60) -> Path:
-    """60 SGD steps of CE on synthetic scenes: enough for logit margins INT8 can keep
-    (a random net's labels flip under any rounding, which says nothing about a student)."""
-    torch.manual_seed(0)
-    ds = build_dataset(DATA, "train")
-    pre = PreprocessSpec(input_size=SIZE)
-    model = build_model(arch, ds.labels.num_classes, aux=False)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
-    model.train()
-    rng = np.random.default_rng(0)
-    for _ in range(steps):
-        batch = [ds[int(i)] for i in rng.integers(0, len(ds), 4)]
-        x = torch.from_numpy(np.stack([pre.normalize(img) for img, _ in batch]))
-        y = torch.from_numpy(np.stack([m for _, m in batch])).long()
-        logits = F.interpolate(model(x)["logits"], size=SIZE, mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, y, ignore_index=255)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    ckpt = make_checkpoint(
-        model=model,
-        arch=arch,
-        model_kwargs=model.model_kwargs,
-        labels=ds.labels,
-        preprocess=pre,
-        config={"data": DATA},
-    )
-    atomic_torch_save(ckpt, path)
-    return path
-
-
 @pytest.fixture(scope="module", params=ARCHS)
 def exported(request, tmp_path_factory: pytest.TempPathFactory):
     arch = request.param
-    ckpt = _train_tiny(arch, tmp_path_factory.mktemp(arch) / "student.pt")
+    ckpt = train_tiny(tmp_path_factory.mktemp(arch) / "student.pt", arch, steps=60)
     report = export_checkpoint(
         ckpt,
         tmp_path_factory.mktemp(f"{arch}-export"),
