@@ -637,12 +637,26 @@ def pipeline(
     report = run_pipeline(
         cfg, out, log=lambda msg: console.print(msg, highlight=False, markup=False)
     )
-    s, b = report["student"], report["baseline"]
-    line = f"distilled {s['arch']}: {100 * s['val_miou']:.2f} mIoU"
-    if b:
-        line += f" (student alone {100 * b['val_miou']:.2f}, teacher {100 * report['teacher']['val_miou']:.2f})"
-    console.print(line)
+    console.print(_gain_line(report))
     console.print(f"report: {out / 'report.md'}")
+
+
+def _gain_line(report: dict) -> str:
+    """The pipeline's result in one line: the students' means over seeds and the verdict."""
+    s, dist = report["student"], report.get("distillation") or {}
+    d_stats, b_stats = dist.get("distilled_stats") or {}, dist.get("baseline_stats")
+    n = d_stats.get("n", 1)
+    line = f"distilled {s['arch']}: {d_stats.get('mean', 100 * s['val_miou']):.2f} mIoU"
+    line += f" (mean of {n} seeds)" if n > 1 else ""
+    if b_stats:
+        line += f", student alone {b_stats['mean']:.2f}"
+        gain, spread = dist["gain_vs_baseline"], dist.get("spread")
+        if spread is None:
+            line += f": gain {gain:+.2f} pts (one seed: not a measurement)"
+        else:
+            verdict = "larger than" if dist["gain_exceeds_spread"] else "within"
+            line += f": gain {gain:+.2f} ± {spread:.2f} pts, {verdict} the seed spread"
+    return line + f"; teacher {100 * report['teacher']['val_miou']:.2f}"
 
 
 # OS errors the user can fix even when the OS does not say which file they hit.

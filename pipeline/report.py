@@ -240,16 +240,24 @@ def _summary(report: Mapping[str, Any]) -> str:
     )
     parts: list[str] = []
     if isinstance(student, Mapping):
-        s = f"Distilled student {student.get('arch', '?')}: **{fmt_pct(student.get('val_miou'))}** mIoU"
+        dist = report.get("distillation") or {}
+        d_stats, b_stats = dist.get("distilled_stats"), dist.get("baseline_stats")
+        n = (d_stats or {}).get("n") or 1
+        d_miou = (d_stats or {}).get("mean")
+        d_text = fmt_pct(student.get("val_miou")) if d_miou is None else f"{d_miou:.2f}%"
+        s = f"Distilled student {student.get('arch', '?')}: **{d_text}** mIoU"
+        s += f" (mean of {n} seeds)" if n > 1 else ""
         cmp: list[str] = []
         if isinstance(baseline, Mapping):
-            gain = (report.get("distillation") or {}).get("gain_vs_baseline")
+            gain = dist.get("gain_vs_baseline")
             if _num(gain) is None and None not in (
                 _num(student.get("val_miou")),
                 _num(baseline.get("val_miou")),
             ):
                 gain = (student["val_miou"] - baseline["val_miou"]) * 100
-            cmp.append(f"{fmt_pct(baseline.get('val_miou'))} alone ({fmt_pts(gain)} pts)")
+            b_miou = (b_stats or {}).get("mean")
+            b_text = fmt_pct(baseline.get("val_miou")) if b_miou is None else f"{b_miou:.2f}%"
+            cmp.append(f"{b_text} alone ({fmt_pts(gain)} pts{_spread_text(dist)})")
         if isinstance(teacher, Mapping):
             cmp.append(f"{fmt_pct(teacher.get('val_miou'))} for teacher {teacher.get('arch', '?')}")
         parts.append(s + (f" vs {' and '.join(cmp)}" if cmp else ""))
@@ -304,6 +312,63 @@ def _train_val_text(tv: Any) -> str:
     return f"{fmt_pct(tv.get('native'))} / {fmt_pct(tv.get('deploy'))}"
 
 
+def _spread_text(dist: Mapping[str, Any]) -> str:
+    """', seed spread 1.20: larger than the spread' for the summary ('' with one seed)."""
+    spread, exceeds = _num(dist.get("spread")), dist.get("gain_exceeds_spread")
+    if spread is None or exceeds is None:
+        return ", one seed: not a measurement"
+    verdict = "larger than the spread" if exceeds else "within the spread: not a measured gain"
+    return f", seed spread {spread:.2f}: {verdict}"
+
+
+def _gain_lines(
+    dist: Mapping[str, Any], student: Mapping[str, Any], baseline: Mapping[str, Any]
+) -> list[str]:
+    """Per-seed table of both rows, their mean +- std, and what the gain amounts to."""
+    seeds, gains = dist.get("seeds") or [], dist.get("gain_per_seed") or []
+    base, dist_miou = dist.get("baseline_miou") or [], dist.get("distilled_miou") or []
+    if not (seeds and len(seeds) == len(base) == len(dist_miou) == len(gains)):
+        gain = dist.get("gain_vs_baseline")  # a report from before seeds were recorded
+        return [
+            f"Student alone: {fmt_pct(baseline.get('val_miou'))} mIoU; distilled: "
+            f"{fmt_pct(student.get('val_miou'))}; distillation adds **{fmt_pts(gain)} pts** "
+            "(one run each: not a measurement)."
+        ]
+    rows = [
+        [f"seed {seed}", fmt_pct(b), fmt_pct(d), fmt_pts(g)]
+        for seed, b, d, g in zip(seeds, base, dist_miou, gains, strict=True)
+    ]
+
+    def stats(key: str) -> str:
+        st = dist.get(key) or {}
+        mean, std = _num(st.get("mean")), _num(st.get("std"))
+        if mean is None:
+            return NA
+        return f"{mean:.2f}%" + (f" ± {std:.2f}" if std is not None else "")
+
+    gain = dist.get("gain_vs_baseline")
+    rows.append(["mean ± std", stats("baseline_stats"), stats("distilled_stats"), fmt_pts(gain)])
+    spread, exceeds = _num(dist.get("spread")), dist.get("gain_exceeds_spread")
+    if spread is None or exceeds is None:
+        verdict = (
+            "One seed per row: a gap smaller than the seed-to-seed spread of such runs is "
+            "noise; set `student_seeds` to two or more seeds to measure it."
+        )
+    else:
+        verdict = (
+            f"Distillation adds **{fmt_pts(gain)} pts ± {spread:.2f}** (mean gain ± seed "
+            f"spread, the larger max - min of the two rows over {len(seeds)} seeds): "
+            + ("**larger than the spread**." if exceeds else
+               "**within the spread, so not a measured gain**.")
+        )  # fmt: skip
+    exported = f"The exported student is seed {seeds[0]}'s distilled one."
+    return [
+        md_table(["run", "student alone", "distilled", "gain (pts)"], rows, "lrrr"),
+        "",
+        f"{verdict} {exported}",
+    ]
+
+
 def _distillation_section(report: Mapping[str, Any]) -> list[str]:
     student, baseline = report.get("student"), report.get("baseline")
     dist = report.get("distillation") or {}
@@ -313,15 +378,8 @@ def _distillation_section(report: Mapping[str, Any]) -> list[str]:
     losses = student.get("losses") or []
     out.append(f"Losses: {', '.join(f'`{x}`' for x in losses) if losses else NA}.")
     out.append("")
-    gain = dist.get("gain_vs_baseline")
     if isinstance(baseline, Mapping):
-        out.append(
-            f"Student alone: {fmt_pct(baseline.get('val_miou'))} mIoU; distilled: "
-            f"{fmt_pct(student.get('val_miou'))}; distillation adds **{fmt_pts(gain)} pts**. "
-            "Both are one run each: a gap smaller than the seed-to-seed spread of such runs "
-            "is noise (measure it with several `seed` values; for the synthetic default see "
-            "docs/BENCHMARKS.md, distillation ablation)."
-        )
+        out += _gain_lines(dist, student, baseline)
     else:
         out.append("No student-alone baseline was trained, so the gain is not measured.")
     pos = dist.get("position_information")

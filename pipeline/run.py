@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import section_hash_view
+from pipeline.config import section_hash_view, student_seeds
+from pipeline.gain import seed_gain
 from pipeline.steps import Step, StepRunner
 from runtime.atomic_io import write_json_atomic
 from runtime.errors import SegkdError
@@ -30,8 +31,9 @@ def _fresh(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
-def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str):  # type: ignore[no-untyped-def]
-    """The TrainConfig of a pipeline stage (teacher / student) from its config section."""
+def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str, seed: int | None = None):  # type: ignore[no-untyped-def]
+    """The TrainConfig of a pipeline stage (teacher / student) from its config section;
+    `seed` overrides the run's seed (the students' seeds)."""
     from distill.training import TrainConfig
 
     s = cfg[section]
@@ -56,7 +58,7 @@ def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str):  # t
         backbone_weights=s["backbone_weights"],
         amp=bool(s["amp"]),
         sync_bn=bool(s["sync_bn"]),
-        seed=cfg["seed"],
+        seed=cfg["seed"] if seed is None else seed,
         device=cfg["device"],
         num_workers=cfg["num_workers"],
         role=role,
@@ -68,6 +70,7 @@ def check_stages(cfg: dict[str, Any], out: Path) -> None:
     not surface only after the teacher and the student have trained for minutes."""
     from distill.distillation import DistillConfig
 
+    student_seeds(cfg)
     for section in ("teacher", "student"):
         try:
             _train_config(cfg, section, out / section, section).validate()
@@ -84,6 +87,8 @@ def check_stages(cfg: dict[str, Any], out: Path) -> None:
     max_drop = cfg["eval"]["max_drop"]
     if max_drop is not None:
         finite("config option eval.max_drop", max_drop)
+    for key in ("min_fp16", "min_int8"):  # fractions of pixels
+        finite(f"config option export.{key}", cfg["export"][key], low=0.0, high=1.0)
 
 
 def machine_info() -> dict[str, Any]:
@@ -169,29 +174,29 @@ class Pipeline:
         )
         return ckpt, True
 
-    def baseline(self) -> Path | None:
+    def baseline(self, seed: int, first: bool) -> Path | None:
         if not self.cfg["baseline"]:
             return None
-        folder = self.out / "baseline"
+        folder = self.out / _seeded("baseline", seed, first)
 
         def run() -> None:
             from distill.training import train
 
             _fresh(folder)
-            train(_train_config(self.cfg, "student", folder, "student"))
+            train(_train_config(self.cfg, "student", folder, "student", seed))
 
         self.runner.run(
             Step(
-                "baseline",
+                _seeded("baseline", seed, first),
                 run,
                 outputs=[folder / "best.pt"],
-                settings=section_hash_view(self.cfg, "data", "seed", "student"),
+                settings=section_hash_view(self.cfg, "data", "student") | {"seed": seed},
             )
         )
         return folder / "best.pt"
 
-    def student(self, teacher: Path) -> Path:
-        folder = self.out / "student"
+    def student(self, teacher: Path, seed: int, first: bool) -> Path:
+        folder = self.out / _seeded("student", seed, first)
 
         def run() -> None:
             from distill.distillation import DistillConfig
@@ -199,7 +204,7 @@ class Pipeline:
 
             _fresh(folder)
             run_distillation(
-                _train_config(self.cfg, "student", folder, "student"),
+                _train_config(self.cfg, "student", folder, "student", seed),
                 teacher,
                 DistillConfig.from_dict(dict(self.cfg["distill"])),
                 readout_iters=int(self.cfg["teacher"]["readout_iters"]),
@@ -207,11 +212,11 @@ class Pipeline:
 
         self.runner.run(
             Step(
-                "distill",
+                _seeded("distill", seed, first),
                 run,
                 outputs=[folder / "best.pt"],
                 inputs=[teacher],
-                settings=section_hash_view(self.cfg, "data", "seed", "student", "distill"),
+                settings=section_hash_view(self.cfg, "data", "student", "distill") | {"seed": seed},
             )
         )
         return folder / "best.pt"
@@ -233,7 +238,7 @@ class Pipeline:
             return [manifest, *(folder / f for f in files)]
 
         def run() -> None:
-            from export.api import export_checkpoint
+            from export.api import Tolerances, export_checkpoint
 
             export_checkpoint(
                 student,
@@ -251,6 +256,10 @@ class Pipeline:
                 int8_method=e["int8_method"],
                 int8_variants=e["int8_variants"],
                 require_trt=bool(e["require_trt"]),
+                tolerances=Tolerances(
+                    fp16_min_agreement=float(e["min_fp16"]),
+                    int8_min_agreement=float(e["min_int8"]),
+                ),
                 progress=lambda msg: self.log(f"  export: {msg}"),
             )
 
@@ -364,6 +373,12 @@ class Pipeline:
         return items
 
 
+def _seeded(name: str, seed: int, first: bool) -> str:
+    """Folder / step name of a student run: the first seed keeps the plain name (it is the
+    one exported), the others get theirs, e.g. student-seed1."""
+    return name if first else f"{name}-seed{seed}"
+
+
 def _train_val(metrics: dict[str, Any]) -> dict[str, Any]:
     """The trainer's own validation of this checkpoint: native size and deploy size."""
     return {
@@ -398,18 +413,31 @@ def run_pipeline(
     check_stages(cfg, out)
     p = Pipeline(cfg, out, log)
     teacher_ckpt, teacher_trained = p.teacher()
-    baseline_ckpt = p.baseline()
-    student_ckpt = p.student(teacher_ckpt)
+    seeds = student_seeds(cfg)
+    runs_by_seed = [
+        (seed, p.baseline(seed, i == 0), p.student(teacher_ckpt, seed, i == 0))
+        for i, seed in enumerate(seeds)
+    ]
+    _, baseline_ckpt, student_ckpt = runs_by_seed[0]
     manifest = p.export(student_ckpt)
 
     # Every model is scored on the same val images, so the numbers compare.
     ev_teacher = p.evaluate("teacher (torch)", "teacher", teacher_ckpt, "torch")
-    ev_baseline = (
-        p.evaluate("baseline (torch)", "baseline", baseline_ckpt, "torch")
-        if baseline_ckpt
-        else None
-    )
-    ev_student = p.evaluate("torch fp32", "torch-fp32", student_ckpt, "torch")
+    per_seed = []
+    for i, (seed, base_ckpt, dist_ckpt) in enumerate(runs_by_seed):
+        tag = "" if i == 0 else f" seed {seed}"
+        ev_b = (
+            p.evaluate(
+                f"baseline (torch){tag}", _seeded("baseline", seed, i == 0), base_ckpt, "torch"
+            )
+            if base_ckpt
+            else None
+        )
+        ev_d = p.evaluate(
+            f"torch fp32{tag}", _seeded("torch-fp32", seed, i == 0), dist_ckpt, "torch"
+        )
+        per_seed.append((seed, ev_b, ev_d))
+    _, ev_baseline, ev_student = per_seed[0]
 
     runs: list[tuple[str, str, Path, str, dict[str, Any] | None]] = [
         ("torch fp32", "torch-fp32", student_ckpt, "torch", None)
@@ -477,9 +505,11 @@ def run_pipeline(
         "student": student,
         "baseline": baseline,
         "distillation": {
-            "gain_vs_baseline": 100 * (student["val_miou"] - baseline["val_miou"])
-            if baseline
-            else None,
+            **seed_gain(
+                [seed for seed, _, _ in per_seed],
+                [_miou(ev_b) for _, ev_b, _ in per_seed if ev_b is not None] or None,
+                [_miou(ev_d) for _, _, ev_d in per_seed],
+            ),
             "position_information": _position_info(student.get("position")),
         },
         "artifacts": artifacts,
