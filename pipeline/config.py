@@ -39,7 +39,7 @@ def _training(model: str, iters: int) -> dict[str, Any]:
 
 
 # The synthetic default, sized for a 2-core CPU: a real-time student (DDRNet-23-slim, 9 GMAC
-# at 512x1024, about a tenth of PSPNet-R18) distilled from a teacher trained 3x longer, and
+# at 512x1024, about a tenth of PSPNet-R18) distilled from a teacher trained 4x longer, and
 # the saving spent on seeds: the student alone and the distilled student run twice each, so
 # the report states the gain against its seed spread. DDRNet trains on whole 128x256 images:
 # on 64x128 crops its 1/64 branch is 1x2 pixels and it learns nothing in a few hundred steps
