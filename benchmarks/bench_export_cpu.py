@@ -34,37 +34,54 @@ import numpy as np
 import onnxruntime as ort
 
 from export.api import Tolerances, export_checkpoint, format_summary
+from runtime.backends.onnxruntime import has_fp16_qdq
 from runtime.errors import SegkdError
 from runtime.machine import cpu_info
 from runtime.sizes import parse_size
 
 
-def time_session(
-    path: Path, x: np.ndarray, threads: int, warmup: int, iters: int
-) -> dict[str, Any]:
+def open_session(path: Path, threads: int) -> tuple[ort.InferenceSession, float]:
+    """An onnxruntime CPU session with `threads` intra-op threads, and its load time (s)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if has_fp16_qdq(str(path)):  # as the runtime does: such graphs fail to load fused
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     t0 = time.perf_counter()
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    load_s = time.perf_counter() - t0
+    return sess, time.perf_counter() - t0
+
+
+def run_ms(sess: ort.InferenceSession, x: np.ndarray) -> float:
+    """One batch-1 run of `sess` on `x`, in milliseconds."""
     feed = {sess.get_inputs()[0].name: x}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t) * 1000.0)
-    times.sort()
+    t = time.perf_counter()
+    sess.run(None, feed)
+    return (time.perf_counter() - t) * 1000.0
+
+
+def summarize_ms(times: list[float]) -> dict[str, Any]:
+    times = sorted(times)
     return {
-        "provider": sess.get_providers()[0],
-        "session_load_s": round(load_s, 2),
         "median_ms": round(statistics.median(times), 1),
         "p90_ms": round(times[min(len(times) - 1, int(0.9 * len(times)))], 1),
         "min_ms": round(times[0], 1),
-        "iters": iters,
+        "iters": len(times),
+    }
+
+
+def time_session(
+    path: Path, x: np.ndarray, threads: int, warmup: int, iters: int
+) -> dict[str, Any]:
+    sess, load_s = open_session(path, threads)
+    for _ in range(warmup):
+        run_ms(sess, x)
+    times = [run_ms(sess, x) for _ in range(iters)]
+    return {
+        "provider": sess.get_providers()[0],
+        "session_load_s": round(load_s, 2),
+        **summarize_ms(times),
     }
 
 

@@ -129,6 +129,9 @@ TENSORRT_RECIPE = Int8Recipe(
 # (docs/BENCHMARKS.md, "INT8 on CPUs without VNNI"). The 7th bit is partly won back by
 # leaving the Convs on pooled context (the pyramid bins, at most 6x6 cells) in float:
 # they cost nothing there, and were the layers whose int8 rounding flipped most labels.
+# For DDRNet's DAPPM / PIDNet's PAPPM that is the whole pyramid at 1/64 of the input plus
+# the Convs its context merges into (pyramid_context_convs): on a trained PIDNet-S this
+# took the CPU file from 93.2 to 96.7 % pixel agreement at 128x256 (docs/notes/rtbench.md).
 CPU_RECIPE = Int8Recipe(
     name="cpu",
     file="model.int8-cpu.onnx",
@@ -177,6 +180,7 @@ def quantize_int8(
                 exclude += classifier_convs(graph)
             if recipe.float_pooled_context:
                 exclude += pooled_context_convs(graph)
+                exclude += [c for c in pyramid_context_convs(graph) if c not in exclude]
         cache = _calibrate(pre, reader, recipe, method, Path(tmp))
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
@@ -358,6 +362,79 @@ def pooled_context_convs(model: onnx.ModelProto) -> list[str]:
         if src is not None and src.op_type in _POOLING_OPS:
             found.append(node.name)
     return found
+
+
+# Fixed-kernel pooling: the pyramid of DDRNet's DAPPM and PIDNet's PAPPM.
+_PYRAMID_POOLS = frozenset({"AveragePool", "GlobalAveragePool"})
+
+
+def _spatial_areas(model: onnx.ModelProto) -> dict[str, int]:
+    """H x W of every 4-D tensor whose shape is static (value_info after shape inference)."""
+    areas = {}
+    for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+            areas[v.name] = dims[2].dim_value * dims[3].dim_value
+    return areas
+
+
+def pyramid_context_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Convs of a DAPPM/PAPPM-style pyramid and of the Convs it merges into.
+
+    The pyramid is everything computed from the map a fixed-kernel pooling reads (walking
+    back through pass-through ops) at that map's resolution or below: the bins, the
+    identity branch, the shortcut and the 3x3 "process"/compression Convs, at 1/64 of the
+    input in DDRNet and PIDNet, where float costs almost nothing (< 1 % of the MACs).
+    The merge Convs are the first Convs reached from the pyramid's output through
+    non-Conv ops only (upsampling, adds, PIDNet's sigmoid-gated Bag): their input sums
+    the pyramid's context, whose activations run far larger (|x| ~ 150 on a trained
+    PIDNet-S) than the detail branch it is added to (|x| ~ 25), so one per-tensor uint8
+    scale leaves the detail a few dozen levels. Needs static shapes; [] without them.
+    """
+    areas = _spatial_areas(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, None] = {}  # ordered set
+    for pool in model.graph.node:
+        if pool.op_type not in _PYRAMID_POOLS:
+            continue
+        src = pool.input[0]
+        while src in producers and producers[src].op_type in _PASS_THROUGH_OPS:
+            src = producers[src].input[0]
+        if src not in areas:
+            continue  # dynamic shapes: the resolution test cannot be made
+        limit = areas[src]
+        inside: set[str] = set()
+        stack, seen, exits = [src], set(), []
+        while stack:  # the pyramid: forward from src while at or below its resolution
+            for node in consumers.get(stack.pop(), []):
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                out = node.output[0]
+                if out in areas and areas[out] > limit:
+                    exits.append(out)  # leaves the pyramid (upsampled into a larger branch)
+                    continue
+                if node.op_type == "Conv":
+                    inside.add(node.name)
+                stack.extend(node.output)
+        stack = exits
+        while stack:  # merge: the first Convs after the pyramid, through non-Conv ops
+            for node in consumers.get(stack.pop(), []):
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if node.op_type == "Conv":
+                    inside.add(node.name)
+                else:
+                    stack.extend(node.output)
+        for node in model.graph.node:
+            if node.name in inside:
+                found[node.name] = None
+    return list(found)
 
 
 def classifier_convs(model: onnx.ModelProto) -> list[str]:

@@ -76,6 +76,12 @@ def check_stages(cfg: dict[str, Any], out: Path) -> None:
             _train_config(cfg, section, out / section, section).validate()
         except SegkdError as e:
             raise SegkdError(f"config section {section}: {e}") from None
+        # A missing ImageNet file would otherwise stop the run only when that stage starts
+        # training, e.g. the student's after hours of teacher training.
+        weights = cfg[section]["backbone_weights"]
+        trains = section == "student" or not cfg["teacher"].get("checkpoint")
+        if weights and trains and not Path(weights).is_file():
+            raise SegkdError(f"config option {section}.backbone_weights: file not found: {weights}")
     DistillConfig.from_dict(dict(cfg["distill"]))
     for key, least in (("export.calib_images", 1), ("export.verify_images", 1),
                        ("export.opset", 1), ("eval.max_images", 1), ("bench.iters", 1),

@@ -9,6 +9,7 @@ import yaml
 
 from distill.models.registry import available_models
 from pipeline.config import DEFAULTS, load_config
+from pipeline.run import check_stages
 from runtime.errors import SegkdError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -27,6 +28,54 @@ def test_every_shipped_config_is_complete_and_valid(name: str) -> None:
         if isinstance(value, dict):
             assert set(raw[section]) == set(value), f"{name}: {section} lists every option"
     assert cfg["student"]["model"] in available_models()
+    assert cfg["teacher"]["model"] in available_models()
+
+
+# The Cityscapes settings: (file, student, its ImageNet file, the student's published recipe
+# as configured: iterations, batch, crop, lr, weight decay).
+CITYSCAPES = {
+    "cityscapes_pspnet_r101_r18.yaml": ("pspnet_r18", None, (40000, 8, "512x1024", 0.01, 5e-4)),
+    "cityscapes_deeplabv3_r101_r18.yaml": ("deeplabv3_r18", None, (40000, 8, "512x1024", 0.01, 5e-4)),
+    "cityscapes_pspnet_r101_ddrnet23_slim.yaml": (
+        "ddrnet23_slim", "DDRNet23s_imagenet.pth", (119548, 12, "1024x1024", 0.01, 5e-4)
+    ),
+    "cityscapes_pspnet_r101_pidnet_s.yaml": (
+        "pidnet_s", "PIDNet_S_ImageNet.pth.tar", (119548, 12, "1024x1024", 0.01, 5e-4)
+    ),
+}  # fmt: skip
+
+
+def test_every_cityscapes_config_is_listed() -> None:
+    assert sorted(p.name for p in CONFIGS.glob("cityscapes_*.yaml")) == sorted(CITYSCAPES)
+
+
+@pytest.mark.parametrize("name", sorted(CITYSCAPES))
+def test_cityscapes_config_passes_every_stage_check(name: str, tmp_path: Path) -> None:
+    student, weights, recipe = CITYSCAPES[name]
+    cfg = load_config(CONFIGS / name)
+    assert cfg["data"].startswith("cityscapes:")
+    assert cfg["teacher"]["model"] == ("deeplabv3_r101" if "deeplabv3" in name else "pspnet_r101")
+    s = cfg["student"]
+    assert s["model"] == student
+    assert (s["iters"], s["batch_size"], s["crop_size"], s["lr"], s["weight_decay"]) == recipe
+    if weights is None:
+        assert s["backbone_weights"] is None
+        check_stages(cfg, tmp_path / "run")
+        return
+    assert Path(s["backbone_weights"]).name == weights
+    assert "NOT YET RUN" in (CONFIGS / name).read_text().splitlines()[0]
+    # The authors' file is not in the repository: the stage checks name it before any training...
+    with pytest.raises(SegkdError, match=f"student.backbone_weights: file not found: .*{weights}"):
+        check_stages(cfg, tmp_path / "run")
+    # ... and pass once it is there.
+    local = tmp_path / weights
+    local.write_bytes(b"")
+    cfg = load_config(CONFIGS / name, [f"student.backbone_weights={local}"])
+    check_stages(cfg, tmp_path / "run")
+    # A bad value in the student section is still refused by the training checks.
+    bad = load_config(CONFIGS / name, [f"student.backbone_weights={local}", "student.batch_size=1"])
+    with pytest.raises(SegkdError, match="config section student: --batch-size"):
+        check_stages(bad, tmp_path / "run")
 
 
 def test_command_line_overrides_the_file(tmp_path: Path) -> None:

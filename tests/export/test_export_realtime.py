@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from export.api import export_checkpoint
+from export.int8 import pyramid_context_convs
 from tests.export.tiny_student import DATA, SIZE, train_tiny
 
 # SIZE 64x128: 1/64 is 1x2, so the pyramid's pools all reach a single cell
@@ -81,3 +82,49 @@ def test_static_graph_with_fixed_pools_and_no_training_heads(exported) -> None:
     (labels,) = session.run(None, {"input": np.zeros((1, 3, *SIZE), np.float32)})
     assert labels.shape == (1, *SIZE)
     del arch
+
+
+def _convs(*modules: str) -> list[str]:
+    """'/model/spp/scale1/scale1.3/Conv' from 'spp/scale1.3' (the authors' module names)."""
+    out = []
+    for m in modules:
+        parent, _, leaf = m.rpartition("/")
+        out.append(f"/model/{parent}/{leaf.split('.')[0]}/{leaf}/Conv" if "." in leaf
+                   else f"/model/{m}/Conv")  # fmt: skip
+    return out
+
+
+# What the CPU INT8 recipe keeps in float besides the classifier: the whole pyramid (at
+# 1/64 of the input) and the Convs its context merges into (export/int8.py).
+PYRAMID = {
+    "ddrnet23_slim": _convs(
+        "spp/scale0.2", "spp/shortcut.2", "spp/scale1.3", "spp/scale2.3", "spp/scale3.3",
+        "spp/scale4.3", "spp/process1.2", "spp/process2.2", "spp/process3.2", "spp/process4.2",
+        "spp/compression.2", "final_layer/conv1",
+    ),
+    "pidnet_s": _convs(
+        "spp/scale0.2", "spp/shortcut.2", "spp/scale1.3", "spp/scale2.3", "spp/scale3.3",
+        "spp/scale4.3", "spp/scale_process.2", "spp/compression.2", "dfm/conv_i.0",
+        "dfm/conv_p.0",
+    ),
+}  # fmt: skip
+
+
+def test_cpu_int8_keeps_pyramid_and_its_merge_convs_float(exported) -> None:
+    arch, report = exported
+    fp32 = onnx.load(str(report.out_dir / "model.onnx"))
+    assert sorted(pyramid_context_convs(fp32)) == sorted(PYRAMID[arch])
+    # Without static shapes the resolution test cannot be made: nothing is claimed.
+    del fp32.graph.value_info[:]
+    assert pyramid_context_convs(fp32) == []
+    proto = onnx.load(str(report.out_dir / "model.int8-cpu.onnx"))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    float_convs = {
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Conv"
+        and getattr(producers.get(n.input[1]), "op_type", None) != "DequantizeLinear"
+    }
+    assert float_convs == set(PYRAMID[arch]) | {"/model/final_layer/conv2/Conv"}
+    quantized = [n for n in proto.graph.node if n.op_type == "Conv" and n.name not in float_convs]
+    assert len(quantized) > 3 * len(float_convs)  # the backbone and branches stay int8
