@@ -125,7 +125,7 @@ class Segmenter:
     # -- inference ---------------------------------------------------------------------
     @property
     def output_kind(self) -> str:
-        """ "logits", "labels" (at the input size) or "labels-lowres" (at the output stride)."""
+        """The raw output: logits, labels (input size) or labels-lowres (output stride)."""
         return self._backend.output_kind
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
