@@ -316,8 +316,22 @@ def export(
     sample_seed: Annotated[
         int, typer.Option(min=0, help="seed of the calibration/verification image draw")
     ] = 0,
-    output: Annotated[str, typer.Option(help="labels (argmax in the graph) or logits")] = "labels",
+    output: Annotated[
+        str,
+        typer.Option(
+            help="labels (argmax in the graph), labels-lowres (argmax at 1/8, resized on the "
+            "host) or logits"
+        ),
+    ] = "labels",
     label_dtype: Annotated[str, typer.Option(help="uint8 or int32 label map")] = "uint8",
+    input_dtype: Annotated[
+        str,
+        typer.Option(help="float32 (host normalises) or uint8 (NHWC BGR pixels, in-graph)"),
+    ] = "float32",
+    label_stride: Annotated[
+        int | None,
+        typer.Option(help="labels-lowres: argmax at 1/N of the input (2, 4) [output stride]"),
+    ] = None,
     dynamic: Annotated[
         bool, typer.Option(help="dynamic batch/H/W instead of the static input size")
     ] = False,
@@ -379,7 +393,9 @@ def export(
     report = export_checkpoint(
         checkpoint, out, precisions=precision, input_size=input_size, calib_data=calib_data,
         calib_images=calib_images, verify_images=verify_images, sample_seed=sample_seed, output=output,
-        label_dtype=label_dtype, dynamic=dynamic, opset=opset, simplify=simplify,
+        label_dtype=label_dtype, input_dtype=input_dtype, label_stride=label_stride,
+        dynamic=dynamic, opset=opset,
+        simplify=simplify,
         int8_method=int8_method, int8_variants=int8_variants, require_trt=require_trt, trt=trt,
         tolerances=Tolerances(
             fp16_min_agreement=min_fp16 if min_agreement_fp16 is None else min_agreement_fp16,
@@ -521,6 +537,9 @@ def bench(
     threads: Annotated[
         int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads")
     ] = None,
+    all_artifacts: Annotated[
+        bool, typer.Option("--all", help="bench every artifact an export folder lists")
+    ] = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the results as JSON")
     ] = None,
@@ -530,10 +549,16 @@ def bench(
 
     from pipeline.models import open_model
     from runtime.bench import benchmark, format_table
+    from runtime.loader import folder_artifacts
 
     size = parse_size(frame_size, "--frame-size", minimum=16)
     refuse_overwriting_inputs({"--json": json_out}, {f"the model {m}": m for m in models})
     backends = [b.strip() for b in backend.split(",") if b.strip()]
+    if all_artifacts:
+        models = [
+            str(f) for m in models
+            for f in (folder_artifacts(Path(m)) if Path(m).is_dir() else [Path(m)])
+        ]  # fmt: skip
     results = []
     for m in models:
         for b in backends:

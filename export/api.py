@@ -45,7 +45,14 @@ from export.onnx_file import (
     save_onnx,
     set_metadata,
 )
-from export.onnx_fp32 import INPUT_NAME, OUTPUT_NAMES, export_fp32
+from export.onnx_fp32 import (
+    INPUT_DTYPES,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    check_label_stride,
+    check_output_kind,
+    export_fp32,
+)
 from export.tensorrt_engine import TrtOptions, build_engine, tensorrt_unavailable_reason
 from export.verify import Agreement, compare, engine_runner, onnx_runner, torch_reference
 from runtime.atomic_io import publish_folder
@@ -171,6 +178,8 @@ def export_checkpoint(
     sample_seed: int = DEFAULT_SEED,
     output: str = "labels",
     label_dtype: str = "uint8",
+    input_dtype: str = "float32",
+    label_stride: int | None = None,
     dynamic: bool = False,
     opset: int = 17,
     simplify: bool = True,
@@ -188,6 +197,12 @@ def export_checkpoint(
     and verification images from its val split; None = the data the checkpoint was
     trained on (its config), else "synthetic". Both are a random sample of their split
     drawn with `sample_seed`; export.json records the seed and the images drawn.
+
+    input_dtype "uint8": every artifact takes the resized frame's uint8 pixels (NHWC, BGR)
+    and normalises inside the graph; calibration and verification feed the same pixels,
+    and verification compares with the PyTorch model fed the host-normalised float input.
+    output "labels-lowres": argmax at the model's output stride, or at 1/`label_stride`
+    of the input (see export/onnx_fp32.py).
     """
     started = time.perf_counter()
     say = progress or log.info
@@ -195,8 +210,11 @@ def export_checkpoint(
     trt_opts = trt or TrtOptions()
     wanted = _as_list(precisions, "--precision", PRECISIONS)
     variants = _as_list(int8_variants, "--int8-variants", list(RECIPES)) if "int8" in wanted else []
-    if output not in OUTPUT_NAMES:
-        raise SegkdError(f"--output must be 'logits' or 'labels', got {output!r}")
+    check_output_kind(output)
+    if input_dtype not in INPUT_DTYPES:
+        raise SegkdError(
+            f"--input-dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}"
+        )
     if label_dtype not in ("uint8", "int32"):
         raise SegkdError(f"--label-dtype must be 'uint8' or 'int32', got {label_dtype!r}")
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
@@ -228,8 +246,13 @@ def export_checkpoint(
             f"cannot read checkpoint {ckpt_path}: not a segkd checkpoint ({type(e).__name__})"
         ) from None
     labels, pre = checkpoint_specs(ckpt)
+    if label_stride is not None and output != "labels-lowres":
+        raise SegkdError("--label-stride applies to --output labels-lowres only")
+    label_stride = check_label_stride(model, label_stride)
     size = pre.input_size if input_size is None else parse_size(input_size, "--input-size", 32)
     pre = pre.with_input_size(size)
+    if input_dtype == "uint8":
+        pre = pre.uint8_input()
     data_spec = calib_data or str((ckpt.get("config") or {}).get("data") or "synthetic")
     out = Path(out_dir)
     _user_entries(out)  # refuses a folder that is not an export before the long work
@@ -251,6 +274,8 @@ def export_checkpoint(
             "input_size": list(size),
             "output": output,
             "label_dtype": label_dtype,
+            "input_dtype": input_dtype,
+            "label_stride": label_stride,
             "dynamic": dynamic,
             "opset": opset,
             "simplify": simplify,
@@ -276,13 +301,13 @@ def export_checkpoint(
     try:
         staged = _export_onnx_artifacts(
             model, staging, size, wanted, variants, output, label_dtype, dynamic, opset,
-            simplify, meta_base, manifest, say,
+            simplify, meta_base, manifest, say, pre if pre.raw_pixels else None, label_stride,
         )  # fmt: skip
         if variants:
             _quantize(staging, staged, variants, data_spec, calib_images, sample_seed,
                       int8_method, pre, meta_base, manifest, say)  # fmt: skip
         ref_labels = _verify_onnx(
-            model, staged, val, val_raw, pre, dynamic, labels, with_gt, tol, say
+            model, staged, val, val_raw, pre, dynamic, labels, with_gt, tol, say, label_stride
         )
         manifest.verification = {
             **val_split.describe(),
@@ -405,8 +430,13 @@ def _export_onnx_artifacts(
     meta_base: dict[str, Any],
     manifest: Manifest,
     say: Callable[[str], None],
+    pixels: PreprocessSpec | None = None,
+    label_stride: int | None = None,
 ) -> dict[str, _Staged]:
-    say(f"exporting fp32 ONNX at {size[0]}x{size[1]}{' (dynamic)' if dynamic else ''}")
+    say(
+        f"exporting fp32 ONNX at {size[0]}x{size[1]}{' (dynamic)' if dynamic else ''}"
+        f"{', uint8 NHWC input' if pixels is not None else ''}"
+    )
     fp32 = export_fp32(
         model,
         input_size=size,
@@ -415,6 +445,8 @@ def _export_onnx_artifacts(
         dynamic=dynamic,
         opset=opset,
         do_simplify=simplify,
+        pixels=pixels,
+        label_stride=label_stride,
     )
     manifest.notes.extend(fp32.notes)
     staged: dict[str, _Staged] = {}
@@ -484,6 +516,7 @@ def _verify_onnx(
     with_gt: bool,
     tol: Tolerances,
     say: Callable[[str], None],
+    label_stride: int | None = None,
 ) -> list[np.ndarray]:
     """Compare every staged ONNX file with PyTorch; fill entries; SegkdError on a miss.
 
@@ -491,11 +524,12 @@ def _verify_onnx(
     """
     say(f"verifying {len(staged)} ONNX files on {len(val)} held-out images")
     runners = {
-        k: onnx_runner(a.path or Path(a.file), a.proto, a.precision, a.entry["output"])
+        k: onnx_runner(a.path or Path(a.file), a.proto, a.precision, a.entry["output"], pre.layout)
         for k, a in staged.items()
     }
     providers = {k: r.provider for k, r in runners.items()}
-    ref = torch_reference(model)
+    lowres = any(a.entry["output"] == "labels-lowres" for a in staged.values())
+    ref = torch_reference(model, pre if pre.raw_pixels else None, lowres, label_stride)
     k, ignore = labels.num_classes, labels.ignore_index
     results, ref_labels, _ = compare(val, runners, ref, k, ignore, with_gt, 1, providers)
     other: dict[str, Agreement] = {}
@@ -599,8 +633,9 @@ def _engines(
             input_size=size,
             dynamic=dynamic,
             opts=opts,
+            layout=meta_base["preprocess"]["layout"],
         )
-        runner = engine_runner(built.path, precision, output)
+        runner = engine_runner(built.path, precision, output, meta_base["preprocess"]["layout"])
         try:
             res, _, _ = compare(
                 val, {key: runner}, ref_labels, labels.num_classes, labels.ignore_index,

@@ -16,42 +16,127 @@ from typing import Literal
 
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from export.onnx_file import default_opset, finalize, load_onnx
 from export.simplify import simplify
 from runtime.errors import SegkdError
+from runtime.preprocess import PreprocessSpec
 
-OutputKind = Literal["logits", "labels"]
+OutputKind = Literal["logits", "labels", "labels-lowres"]
 LabelDtype = Literal["uint8", "int32"]
+InputDtype = Literal["float32", "uint8"]
 
 INPUT_NAME = "input"
-OUTPUT_NAMES = {"logits": "logits", "labels": "labels"}
+# labels-lowres: the argmax at the network's own output stride (1/8), before the final
+# upsample; the host's one nearest resize to the frame size replaces the graph's Resize.
+OUTPUT_NAMES = {"logits": "logits", "labels": "labels", "labels-lowres": "labels"}
+OUTPUT_KINDS = tuple(OUTPUT_NAMES)
+INPUT_DTYPES = ("float32", "uint8")
 _LABEL_DTYPES = {"uint8": torch.uint8, "int32": torch.int32}
 
 
+class PixelInput(nn.Module):
+    """uint8 pixels (B,H,W,3 in the spec's input order) -> the normalised float32 NCHW input.
+
+    The graph's first ops: Transpose (on one byte a value), Cast, the channel flip when
+    the frame order is not the network's, then one multiply and one add per value, the
+    same (x - mean) / std the host would do (PreprocessSpec.normalize). TensorRT fuses
+    such pointwise chains with the input reformat; onnxruntime runs them on its threads.
+    """
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        super().__init__()
+        if not spec.raw_pixels:
+            raise ValueError("PixelInput needs a uint8-input PreprocessSpec")
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / std, persistent=False)
+        self.register_buffer("shift", -mean / std, persistent=False)
+        self.nhwc = spec.layout == "NHWC"
+        self.flip = spec.graph_order != spec.color_order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nhwc:
+            x = x.permute(0, 3, 1, 2)
+        x = x.to(torch.float32)
+        if self.flip:
+            x = torch.flip(x, dims=[1])
+        return x * self.scale + self.shift
+
+
+def check_output_kind(output: str) -> None:
+    if output not in OUTPUT_NAMES:
+        raise SegkdError(f"--output must be one of {', '.join(OUTPUT_KINDS)}, got {output!r}")
+
+
+def check_label_stride(model: nn.Module, label_stride: int | None) -> int | None:
+    """--label-stride for labels-lowres: None (or the model's output stride) = no Resize;
+    2 or 4 (< the output stride) = logits resized to 1/stride before the argmax."""
+    if label_stride is None:
+        return None
+    stride = int(getattr(model, "output_stride", 8))
+    if isinstance(label_stride, bool) or not isinstance(label_stride, int):
+        raise SegkdError(f"--label-stride must be an integer, got {label_stride!r}")
+    if not 1 < label_stride <= stride:
+        raise SegkdError(
+            f"--label-stride must be in 2..{stride} (the model's output stride; 1 is "
+            f"--output labels), got {label_stride}"
+        )
+    return None if label_stride == stride else label_stride
+
+
+def lowres_logits(model: nn.Module, x: torch.Tensor, label_stride: int | None) -> torch.Tensor:
+    """The logits a labels-lowres graph takes its argmax of: at the model's output stride,
+    or resized (bilinear, half-pixel) to 1/`label_stride` of the input."""
+    logits = model.extract(x, with_aux=False)["logits"]
+    if label_stride is None:
+        return logits
+    size = (x.shape[-2] // label_stride, x.shape[-1] // label_stride)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
 class ExportWrapper(nn.Module):
-    """model -> logits (B,K,H,W) float32, or argmax labels (B,H,W) uint8/int32.
+    """[uint8 pixels ->] model -> logits (B,K,H,W) float32, or argmax labels (B,H,W).
 
     The argmax lives in the graph because a 19-class 1024x2048 float map is 159 MB a
     frame and the label map 2 MB; it is cast because ArgMax's int64 read into the
-    wrong buffer type is garbage.
+    wrong buffer type is garbage. "labels-lowres" takes the argmax of the logits at the
+    model's output stride (`model.extract`), before the upsample to the input size.
+    `pixels`: a uint8-input spec; the graph then normalises itself (PixelInput).
     """
 
     def __init__(
-        self, model: nn.Module, output: OutputKind = "labels", label_dtype: LabelDtype = "uint8"
+        self,
+        model: nn.Module,
+        output: OutputKind = "labels",
+        label_dtype: LabelDtype = "uint8",
+        pixels: PreprocessSpec | None = None,
+        label_stride: int | None = None,
     ) -> None:
         super().__init__()
-        if output not in OUTPUT_NAMES:
-            raise SegkdError(f"--output must be 'logits' or 'labels', got {output!r}")
+        check_output_kind(output)
         if label_dtype not in _LABEL_DTYPES:
             raise SegkdError(f"--label-dtype must be 'uint8' or 'int32', got {label_dtype!r}")
+        if output == "labels-lowres" and not callable(getattr(model, "extract", None)):
+            raise SegkdError(
+                f"--output labels-lowres needs a segkd architecture (with extract()); "
+                f"{type(model).__name__} has none: use --output labels"
+            )
         self.model = model
         self.output = output
         self.label_dtype = _LABEL_DTYPES[label_dtype]
+        self.pixels = PixelInput(pixels) if pixels is not None else None
+        self.label_stride = check_label_stride(model, label_stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
+        if self.pixels is not None:
+            x = self.pixels(x)
+        if self.output == "labels-lowres":
+            logits = lowres_logits(self.model, x, self.label_stride)
+        else:
+            logits = self.model(x)
         if self.output == "logits":
             return logits
         return torch.argmax(logits, dim=1).to(self.label_dtype)
@@ -65,15 +150,26 @@ class Fp32Export:
     notes: tuple[str, ...]
 
 
-def _dynamic_axes(output: OutputKind) -> dict[str, dict[int, str]]:
+def _dynamic_axes(output: OutputKind, nhwc: bool = False) -> dict[str, dict[int, str]]:
     out_name = OUTPUT_NAMES[output]
     spatial = {0: "batch", 2: "height", 3: "width"}
-    out_axes = spatial if output == "logits" else {0: "batch", 1: "height", 2: "width"}
-    return {INPUT_NAME: spatial, out_name: out_axes}
+    inp = {0: "batch", 1: "height", 2: "width"} if nhwc else spatial
+    if output == "logits":
+        out_axes = spatial
+    elif output == "labels":
+        out_axes = {0: "batch", 1: "height", 2: "width"}
+    else:  # at the output stride: its own symbolic sizes
+        out_axes = {0: "batch", 1: "out_height", 2: "out_width"}
+    return {INPUT_NAME: inp, out_name: out_axes}
 
 
 def _export_torchscript(
-    wrapper: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool, output: OutputKind
+    wrapper: ExportWrapper,
+    x: torch.Tensor,
+    path: Path,
+    opset: int,
+    dynamic: bool,
+    output: OutputKind,
 ) -> None:
     with warnings.catch_warnings():
         # The legacy exporter announces its own deprecation on every call.
@@ -87,18 +183,24 @@ def _export_torchscript(
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAMES[output]],
-            dynamic_axes=_dynamic_axes(output) if dynamic else None,
+            dynamic_axes=_dynamic_axes(output, x.dtype == torch.uint8) if dynamic else None,
             do_constant_folding=True,
         )
 
 
 def _export_dynamo(
-    wrapper: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool, output: OutputKind
+    wrapper: ExportWrapper,
+    x: torch.Tensor,
+    path: Path,
+    opset: int,
+    dynamic: bool,
+    output: OutputKind,
 ) -> None:
     dynamic_shapes = None
     if dynamic:
         dim = torch.export.Dim
-        dynamic_shapes = ({0: dim("batch"), 2: dim("height"), 3: dim("width")},)
+        h, w = (1, 2) if x.dtype == torch.uint8 else (2, 3)
+        dynamic_shapes = ({0: dim("batch"), h: dim("height"), w: dim("width")},)
     torch.onnx.export(
         wrapper,
         (x,),
@@ -121,10 +223,19 @@ def export_fp32(
     dynamic: bool = False,
     opset: int = 17,
     do_simplify: bool = True,
+    pixels: PreprocessSpec | None = None,
+    label_stride: int | None = None,
 ) -> Fp32Export:
-    """Trace `model` (eval mode, CPU) at 1x3xHxW and return a checked, single-file ONNX model."""
-    wrapper = ExportWrapper(model, output, label_dtype).eval()
-    x = torch.zeros(1, 3, *input_size, dtype=torch.float32)
+    """Trace `model` (eval mode, CPU) at 1x3xHxW and return a checked, single-file ONNX model.
+
+    pixels: a uint8-input spec (PreprocessSpec.uint8_input): the graph takes its uint8
+    layout and normalises inside; None: the float32 NCHW input normalised on the host.
+    """
+    wrapper = ExportWrapper(model, output, label_dtype, pixels, label_stride).eval()
+    if pixels is not None:
+        x = torch.zeros(pixels.with_input_size(input_size).input_shape(1), dtype=torch.uint8)
+    else:
+        x = torch.zeros(1, 3, *input_size, dtype=torch.float32)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="segkd-export-") as tmp:
         path = Path(tmp) / "model.onnx"

@@ -117,10 +117,15 @@ def engine_cache_key(
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _shape(batch: int, hw: tuple[int, int], layout: str) -> tuple[int, ...]:
+    return (batch, *hw, 3) if layout == "NHWC" else (batch, 3, *hw)
+
+
 def profile_shapes(
-    input_size: tuple[int, int], opts: TrtOptions
+    input_size: tuple[int, int], opts: TrtOptions, layout: str = "NCHW"
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) 1x3xHxW shapes for a dynamic network's optimisation profile."""
+    """(min, opt, max) input shapes (1x3xHxW, or 1xHxWx3 for a uint8 NHWC input) for a
+    dynamic network's optimisation profile."""
     h, w = input_size
     min_hw = opts.profile_min_size or (max(32, h // 2), max(32, w // 2))
     max_hw = opts.profile_max_size or (h, w)
@@ -131,7 +136,11 @@ def profile_shapes(
         )
     if opts.max_batch < 1:
         raise SegkdError(f"--trt-max-batch must be >= 1, got {opts.max_batch}")
-    return (1, 3, *min_hw), (1, 3, h, w), (opts.max_batch, 3, *max_hw)
+    return (
+        _shape(1, min_hw, layout),
+        _shape(1, (h, w), layout),
+        _shape(opts.max_batch, max_hw, layout),
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -182,13 +191,18 @@ def build_engine(
     input_size: tuple[int, int],
     dynamic: bool,
     opts: TrtOptions,
+    layout: str = "NCHW",
 ) -> EngineBuild:
-    """Build (or reuse from the cache) the engine for `onnx_path` and write it to `engine_path`."""
+    """Build (or reuse from the cache) the engine for `onnx_path` and write it to `engine_path`.
+
+    layout: the ONNX input's layout (NHWC for a uint8-pixel input, whose Cast TensorRT
+    10+ runs on the GPU: uint8 is a valid network I/O type there).
+    """
     import tensorrt as trt
 
     gpu = gpu_identity()
     version = str(trt.__version__)
-    profile = profile_shapes(input_size, opts) if dynamic else None
+    profile = profile_shapes(input_size, opts, layout) if dynamic else None
     flag_enum = trt.NetworkDefinitionCreationFlag
     strongly_typed = not (opts.weak_typing and hasattr(trt.BuilderFlag, "FP16"))
     build_opts = {
@@ -202,7 +216,7 @@ def build_engine(
         gpu_name=gpu["name"],
         compute_capability=gpu["compute_capability"],
         precision=precision,
-        input_shape=[list(s) for s in profile] if profile else [1, 3, *input_size],
+        input_shape=[list(s) for s in profile] if profile else list(_shape(1, input_size, layout)),
         build_options=build_opts,
     )
     cache_dir = opts.resolved_cache_dir()

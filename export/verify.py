@@ -20,9 +20,10 @@ import onnx
 
 from export.calibration import Prepared
 from runtime.metrics import ConfusionMatrix
-from runtime.postprocess import as_label_batch, restore_size
+from runtime.postprocess import as_label_batch, restore_size, upsample_labels
+from runtime.preprocess import PreprocessSpec
 
-# x (Bx3xHxW float32) -> (labels BxHxW, logits BxKxHxW float32 or None)
+# x (the network input) -> (labels BxHxW at the input size, logits BxKxhxw float32 or None)
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
@@ -61,11 +62,14 @@ def expose_logits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
 class BackendRunner:
     """A runtime backend (runtime.backends.base.Backend) as a verification runner."""
 
-    def __init__(self, backend: Any, logits_output: str | None = None) -> None:
+    def __init__(
+        self, backend: Any, logits_output: str | None = None, layout: str = "NCHW"
+    ) -> None:
         self.backend = backend
         self.logits_output = logits_output  # an extra output holding the logits, if any
         self.has_logits = backend.output_kind == "logits" or logits_output is not None
         self.provider = backend.provider  # the one that really ran
+        self.layout = layout
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         logits = None
@@ -78,14 +82,24 @@ class BackendRunner:
             if self.backend.output_kind == "logits":
                 logits = out
         labels = as_label_batch(out, self.backend.output_kind)
+        if self.backend.output_kind == "labels-lowres":  # scored at the input size, as run
+            labels = upsample_labels(labels, _spatial(x, self.layout))
         return labels, None if logits is None else logits.astype(np.float32, copy=False)
 
     def close(self) -> None:
         self.backend.close()
 
 
+def _spatial(x: np.ndarray, layout: str) -> tuple[int, int]:
+    return (
+        (int(x.shape[1]), int(x.shape[2]))
+        if layout == "NHWC"
+        else (int(x.shape[2]), int(x.shape[3]))
+    )
+
+
 def onnx_runner(
-    path: Path, model: onnx.ModelProto, precision: str, output_kind: str
+    path: Path, model: onnx.ModelProto, precision: str, output_kind: str, layout: str = "NCHW"
 ) -> BackendRunner:
     """The ONNX file at `path` (whose graph is `model`) on onnxruntime's CPU provider.
 
@@ -102,28 +116,77 @@ def onnx_runner(
         allow_spinning=False,
     )
     backend.adopt(precision, output_kind, model.graph.input[0].name, model.graph.output[0].name)
-    return BackendRunner(backend, probe.graph.output[-1].name if added else None)
+    return BackendRunner(backend, probe.graph.output[-1].name if added else None, layout)
 
 
-def engine_runner(path: Path, precision: str, output_kind: str) -> BackendRunner:
+def engine_runner(
+    path: Path, precision: str, output_kind: str, layout: str = "NCHW"
+) -> BackendRunner:
     """A TensorRT engine through the runtime's TensorRT backend (plain launches, no graph)."""
     from runtime.backends.tensorrt import TensorRTBackend
 
     backend = TensorRTBackend(
         path, device="cuda", precision=precision, output_kind=output_kind, cuda_graph=False
     )
-    return BackendRunner(backend)
+    return BackendRunner(backend, layout=layout)
 
 
-def torch_reference(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The PyTorch model as x -> float32 logits (B,K,H,W) on the CPU."""
-    import torch
+class TorchReference:
+    """The PyTorch model as x -> float32 logits (B,K,H,W) at the input size, on the CPU.
 
-    def run(x: np.ndarray) -> np.ndarray:
+    pixels: a uint8-input spec; its uint8 inputs are then normalised on the host by the
+    float path (PreprocessSpec.normalize), so the graph's own normalisation is checked.
+    `lowres(x)`: the logits a labels-lowres graph takes its argmax of (at the model's
+    output stride, or resized to 1/label_stride).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        pixels: PreprocessSpec | None = None,
+        lowres: bool = False,
+        label_stride: int | None = None,
+    ) -> None:
+        self.model = model
+        self.pixels = pixels
+        self.label_stride = label_stride
+        # Reference labels the way a labels-lowres graph makes them (argmax at the output
+        # stride, nearest to the input size); the full-size ones are then tallied apart.
+        self.lowres_labels = lowres
+
+    def _float(self, x: np.ndarray) -> np.ndarray:
+        if self.pixels is None:
+            return x
+        spec = self.pixels
+        hwc = x if spec.layout == "NHWC" else x.transpose(0, 2, 3, 1)
+        flat = spec.float_input()
+        return np.stack([flat.normalize(np.ascontiguousarray(im), spec.graph_order) for im in hwc])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.no_grad():
-            return model(torch.from_numpy(x)).float().numpy()
+            return self.model(torch.from_numpy(self._float(x))).float().numpy()
 
-    return run
+    def lowres(self, x: np.ndarray) -> np.ndarray | None:
+        import torch
+
+        from export.onnx_fp32 import lowres_logits
+
+        if not callable(getattr(self.model, "extract", None)):
+            return None
+        with torch.no_grad():
+            out = lowres_logits(self.model, torch.from_numpy(self._float(x)), self.label_stride)
+        return out.float().numpy()
+
+
+def torch_reference(
+    model: Any,
+    pixels: PreprocessSpec | None = None,
+    lowres: bool = False,
+    label_stride: int | None = None,
+) -> TorchReference:
+    return TorchReference(model, pixels, lowres, label_stride)
 
 
 @dataclass
@@ -139,6 +202,10 @@ class Agreement:
     miou_vs_ground_truth: float | None = None
     reference_miou_vs_ground_truth: float | None = None
     provider: str = ""
+    # labels-lowres: agreement with the labels of the logits upsampled to the input size
+    # (the logits graph's labels): the quality cost of taking the argmax at 1/8.
+    pixel_agreement_vs_full_res: float | None = None
+    miou_vs_full_res: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +223,14 @@ class Agreement:
             "miou_vs_ground_truth": self.miou_vs_ground_truth,
             "fp32_miou_vs_ground_truth": self.reference_miou_vs_ground_truth,
             "provider": self.provider,
+            **(
+                {
+                    "pixel_agreement_vs_full_res": self.pixel_agreement_vs_full_res,
+                    "miou_vs_full_res": self.miou_vs_full_res,
+                }
+                if self.pixel_agreement_vs_full_res is not None
+                else {}
+            ),
         }
 
 
@@ -167,6 +242,9 @@ class _Tally:
         self.total = 0
         self.vs_ref = ConfusionMatrix(num_classes, ignore_index)
         self.vs_gt = ConfusionMatrix(num_classes, ignore_index) if with_gt else None
+        self.full_same = 0
+        self.has_full = False
+        self.vs_full = ConfusionMatrix(num_classes, ignore_index)
 
     def add_logits(self, a: np.ndarray, b: np.ndarray) -> None:
         d = float(np.max(np.abs(a - b))) if a.size else 0.0
@@ -201,10 +279,17 @@ def compare(
         group = samples[start : start + batch]
         x = np.concatenate([s.x for s in group], axis=0)
         shape = list(x.shape)
-        ref_logits = None
+        ref_logits = ref_low = full_labels = None
         if callable(reference):
             ref_logits = reference(x)
             ref_labels = as_label_batch(ref_logits, "logits")
+            if isinstance(reference, TorchReference) and reference.lowres_labels:
+                ref_low = reference.lowres(x)
+                if ref_low is not None:
+                    full_labels = ref_labels
+                    ref_labels = upsample_labels(
+                        as_label_batch(ref_low, "logits"), full_labels.shape[1:]
+                    )
         else:
             ref_labels = np.stack(reference[start : start + len(group)])
         ref_labels_out.extend(ref_labels)
@@ -219,10 +304,20 @@ def compare(
                     f"{key}: output {labels.shape} does not match reference {ref_labels.shape}"
                 )
             if ref_logits is not None and logits is not None:
-                t.add_logits(logits, ref_logits)
+                if logits.shape == ref_logits.shape:
+                    t.add_logits(logits, ref_logits)
+                else:  # a labels-lowres graph: its logits are the model's before upsampling
+                    if ref_low is None and isinstance(reference, TorchReference):
+                        ref_low = reference.lowres(x)
+                    if ref_low is not None and ref_low.shape == logits.shape:
+                        t.add_logits(logits, ref_low)
             t.same += int((labels == ref_labels).sum())
             t.total += int(labels.size)
             t.vs_ref.update(labels, ref_labels)
+            if full_labels is not None:
+                t.has_full = True
+                t.full_same += int((labels == full_labels).sum())
+                t.vs_full.update(labels, full_labels)
             if t.vs_gt is not None:
                 for lab, s in zip(labels, group, strict=True):
                     t.vs_gt.update(restore_size(lab, s.box, s.mask.shape), s.mask)
@@ -239,5 +334,9 @@ def compare(
             miou_vs_ground_truth=t.vs_gt.summary().miou if t.vs_gt is not None else None,
             reference_miou_vs_ground_truth=ref_miou,
             provider=(providers or {}).get(key, ""),
+            pixel_agreement_vs_full_res=(t.full_same / t.total if t.total else 0.0)
+            if t.has_full
+            else None,
+            miou_vs_full_res=t.vs_full.summary().miou if t.has_full else None,
         )
     return out, ref_labels_out, ref_miou

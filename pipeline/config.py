@@ -80,6 +80,7 @@ DEFAULTS: dict[str, Any] = {
         "input_size": None,  # None: the size recorded in the student checkpoint
         "output": "labels",
         "label_dtype": "uint8",
+        "input_dtype": "float32",  # uint8: NHWC pixels, normalised in the graph
         "opset": 17,
         "dynamic": False,
         "simplify": True,

@@ -256,6 +256,7 @@ class Pipeline:
                 verify_images=int(e["verify_images"]),
                 output=e["output"],
                 label_dtype=e["label_dtype"],
+                input_dtype=e.get("input_dtype", "float32"),
                 dynamic=bool(e["dynamic"]),
                 opset=int(e["opset"]),
                 simplify=bool(e["simplify"]),

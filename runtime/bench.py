@@ -1,9 +1,11 @@
 """Latency and throughput of a `Segmenter`, split into preprocess / inference / postprocess.
 
 What is timed is what a deployment runs: a full-size BGR frame goes through
-`Segmenter.predict_batch`: preprocess (resize + normalise), inference (the backend,
-host<->device copies included; for TensorRT also the CUDA graph launch), postprocess
-(argmax when the model outputs logits, label map resized back to the frame).
+`Segmenter.predict_batch`: preprocess (resize + normalise; for a uint8-input graph the
+resize alone), inference (the backend, host<->device copies included; for TensorRT also
+the CUDA graph launch), postprocess (argmax when the model outputs logits, label map
+resized back to the frame). Each result names the input and output path it timed and
+the host's share (pre + post over end to end).
 `time.perf_counter` around each stage; warm-up iterations are run and discarded first.
 """
 
@@ -71,11 +73,21 @@ class BenchResult:
     end_to_end: LatencyStats
     host: str
     cpu: dict[str, Any]  # model, cores and ISA flags (runtime.machine)
+    input_kind: str = "float32 NCHW"  # the graph input: dtype and layout
+    output_kind: str = "logits"  # logits | labels | labels-lowres
+    variant: str | None = None  # export.json's variant (portable, tensorrt, cpu)
+
+    @property
+    def host_share(self) -> float:
+        """(pre + post) / end to end, on the means: the host's part of a frame."""
+        e2e = self.end_to_end.mean_ms
+        return (self.preprocess.mean_ms + self.postprocess.mean_ms) / e2e if e2e > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
         d["frame_size"] = list(self.frame_size)
+        d["host_share"] = self.host_share
         return d
 
 
@@ -168,6 +180,9 @@ def benchmark(
         warmup=warmup,
         host=_host(),
         cpu=cpu_info(),
+        input_kind=f"{segmenter.preprocess.dtype} {segmenter.preprocess.layout}",
+        output_kind=segmenter.output_kind,
+        variant=segmenter.meta.extra.get("variant"),
         **stats,
     )
 
@@ -186,9 +201,10 @@ def format_table(results: Sequence[BenchResult], title: str | None = "segkd benc
     from rich.table import Table  # rich only where a table is drawn: runtime imports without it
 
     table = Table(title=title, caption="milliseconds per batch; FPS = frames/s end to end")
-    for col in ("model", "backend", "device", "prec", "input", "batch"):
+    for col in ("model", "backend", "device", "prec", "input", "in/out", "batch"):
         table.add_column(col, overflow="fold")
-    for col in ("pre", "infer", "infer p90", "infer p99", "post", "e2e", "e2e p99", "FPS"):
+    cols = ("pre", "infer", "infer p90", "infer p99", "post", "e2e", "e2e p99", "host %", "FPS")
+    for col in cols:
         table.add_column(col, justify="right")
     for name, r in zip(_short_names(results), results, strict=True):
         table.add_row(
@@ -197,6 +213,7 @@ def format_table(results: Sequence[BenchResult], title: str | None = "segkd benc
             r.device,
             r.precision,
             f"{r.input_size[0]}x{r.input_size[1]}",
+            f"{r.input_kind.split()[0]}/{r.output_kind}",
             str(r.batch),
             f"{r.preprocess.mean_ms:.2f}",
             f"{r.inference.mean_ms:.2f}",
@@ -205,6 +222,7 @@ def format_table(results: Sequence[BenchResult], title: str | None = "segkd benc
             f"{r.postprocess.mean_ms:.2f}",
             f"{r.end_to_end.mean_ms:.2f}",
             f"{r.end_to_end.p99_ms:.2f}",
+            f"{100 * r.host_share:.1f}",
             f"{r.end_to_end.fps:.1f}",
         )
     return table

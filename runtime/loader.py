@@ -29,8 +29,20 @@ BACKEND_OPTIONS = {
     "tensorrt": {"cuda_graph"},
     "torch": {"channels_last", "cuda_graph"},
 }
-# Default precision when a folder holds several: the safest one for each runtime.
-_ONNX_ORDER, _ENGINE_ORDER = ("fp32", "fp16", "int8"), ("fp16", "fp32", "int8")
+# Which artifact of an export folder to run: the fastest one for the runtime and device,
+# among those the folder holds (every listed artifact passed its export gate). Keys are
+# "precision/variant"; the TensorRT-bound INT8 file is "int8/tensorrt", the CPU one
+# "int8/cpu". On ONNX Runtime's CPU provider the CPU INT8 variant is the fastest and the
+# TensorRT-bound Q/DQ file slower than fp32 (1634 vs 1311 ms at 512x1024 on a 2-core AVX2
+# CPU; CPU INT8 783 ms), fp16 slowest (its Casts); on CUDA fp16 is the fast float path;
+# TensorRT (engines, or ONNX Runtime's TensorRT provider) runs the symmetric Q/DQ file.
+# A precision asked for narrows the order to that precision's entries, in the same order.
+PICK_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("int8/cpu", "fp32", "int8/tensorrt", "fp16"),
+    "cuda": ("fp16", "fp32", "int8/tensorrt", "int8/cpu"),
+    "tensorrt": ("int8/tensorrt", "fp16", "fp32", "int8/cpu"),
+    "engine": ("int8/tensorrt", "fp16", "fp32"),
+}
 
 TorchModelLoader = Callable[[Path, str], tuple[Any, dict[str, Any]]]
 
@@ -65,13 +77,26 @@ def open_segmenter(
     if not path.exists():
         raise SegkdError(f"model not found: {path}")
     if path.is_dir():
-        folder, path = path, _pick_from_folder(path, backend, precision)
+        folder, path = path, _pick_from_folder(path, backend, precision, device)
         if backend == "auto" and path.suffix.lower() in ENGINE_SUFFIXES:
             try:
                 return _open_engine(path, device, input_size, verify, _opts("tensorrt", opts))
             except SegkdError as e:  # e.g. TensorRT present but no GPU, or a foreign engine
                 log.warning("%s cannot run here (%s); falling back to ONNX Runtime", path, e)
-                path = _pick_from_folder(folder, "onnxruntime", precision)
+                path = _pick_from_folder(folder, "onnxruntime", precision, device)
+        if path.suffix.lower() == ".onnx" and backend != "tensorrt":
+            _check_backend(path, backend, "onnxruntime")
+            seg = _open_onnx(path, device, input_size, verify, _opts("onnxruntime", opts))
+            # The provider list can promise CUDA where there is no GPU (DEPLOY_FACTS): pick
+            # again for the provider that really runs, and reopen if that is another file.
+            ran = _provider_kind(seg.provider)
+            if ran != _onnx_device_kind(device):
+                better = _pick_from_folder(folder, backend, precision, device, kind=ran)
+                if better != path:
+                    seg.close()
+                    log.info("%s: runs on %s; using %s instead", folder, seg.provider, better.name)
+                    seg = _open_onnx(better, device, input_size, verify, _opts("onnxruntime", opts))
+            return seg
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         chosen = _check_backend(path, backend, "torch")
@@ -119,8 +144,45 @@ def _opts(backend: str, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- export folder ---------------------------------------------------------------------
-def _pick_from_folder(folder: Path, backend: str, precision: str | None) -> Path:
-    """The artifact in an export folder that fits the backend and precision asked for."""
+def _onnx_device_kind(device: str) -> str:
+    """cpu | cuda | tensorrt: where ONNX Runtime will run for --device (before it runs)."""
+    kind = device.lower().partition(":")[0]
+    if kind in ("cpu", "cuda", "tensorrt"):
+        return kind
+    try:  # auto: CUDA when this onnxruntime offers it (checked again after opening)
+        import onnxruntime
+
+        return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _provider_kind(provider: str) -> str:
+    return {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda"}.get(
+        provider, "cpu"
+    )
+
+
+def _artifact_key(a: dict[str, Any]) -> str:
+    precision = a.get("precision", "fp32")
+    if precision != "int8":
+        return str(precision)
+    return "int8/cpu" if a.get("variant") == "cpu" else "int8/tensorrt"
+
+
+def _pick_from_folder(
+    folder: Path,
+    backend: str,
+    precision: str | None,
+    device: str = "auto",
+    kind: str | None = None,
+) -> Path:
+    """The artifact in an export folder that fits the backend and precision asked for:
+    the first of PICK_ORDER for the runtime and device that the folder holds.
+
+    kind: the ONNX Runtime device kind (cpu, cuda, tensorrt) to pick for; None = from
+    `device`.
+    """
     export = read_export_json(folder)
     arts = [
         a for a in export["artifacts"] if isinstance(a, dict) and isinstance(a.get("file"), str)
@@ -133,10 +195,10 @@ def _pick_from_folder(folder: Path, backend: str, precision: str | None) -> Path
         )
 
     def pick(cands: list[dict[str, Any]], order: tuple[str, ...]) -> dict[str, Any] | None:
-        wanted = (precision,) if precision else order
-        for p in wanted:
+        wanted = [k for k in order if precision is None or k.split("/")[0] == precision]
+        for key in wanted:
             for a in cands:
-                if a.get("precision", "fp32") == p:
+                if _artifact_key(a) == key:
                     return a
         return None
 
@@ -144,7 +206,7 @@ def _pick_from_folder(folder: Path, backend: str, precision: str | None) -> Path
 
     art = None
     if backend == "tensorrt" or (backend == "auto" and engines and tensorrt_available()):
-        art = pick(engines, _ENGINE_ORDER)
+        art = pick(engines, PICK_ORDER["engine"])
         if art is None and backend == "tensorrt":
             have = ", ".join(f"{a['file']} ({a.get('precision')})" for a in engines) or "none"
             raise SegkdError(
@@ -152,7 +214,7 @@ def _pick_from_folder(folder: Path, backend: str, precision: str | None) -> Path
                 f"(engines: {have}); build one with `segkd export` on this machine"
             )
     if art is None:
-        art = pick(onnx, _ONNX_ORDER)
+        art = pick(onnx, PICK_ORDER[kind or _onnx_device_kind(device)])
     if art is None:
         have = ", ".join(f"{a['file']} ({a.get('precision')})" for a in arts) or "none"
         raise SegkdError(
@@ -164,6 +226,29 @@ def _pick_from_folder(folder: Path, backend: str, precision: str | None) -> Path
         raise SegkdError(f"{folder / 'export.json'} lists {art['file']}, but {path} is missing")
     log.info("%s: using %s", folder, art["file"])
     return path
+
+
+def folder_artifacts(folder: Path, engines: bool | None = None) -> list[Path]:
+    """Every model file an export folder lists, in its order (for `segkd bench --all`).
+
+    engines: include TensorRT engines; None = where TensorRT is installed.
+    """
+    from runtime.backends.tensorrt import tensorrt_available
+
+    export = read_export_json(folder)
+    with_engines = tensorrt_available() if engines is None else engines
+    out = []
+    for a in export["artifacts"]:
+        name = a.get("file") if isinstance(a, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name.lower().endswith(ENGINE_SUFFIXES) and not with_engines:
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise SegkdError(f"{folder / 'export.json'} lists {name}, but {path} is missing")
+        out.append(path)
+    return out
 
 
 # -- one loader per artifact type ------------------------------------------------------

@@ -17,7 +17,10 @@ from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.preprocess import PreprocessSpec
 
-OutputKind = Literal["logits", "labels"]
+# labels-lowres: label maps at the network's output stride (argmax before the upsample);
+# the runtime resizes them (nearest, pixel centres aligned) straight to the frame size.
+OutputKind = Literal["logits", "labels", "labels-lowres"]
+OUTPUT_KINDS = ("logits", "labels", "labels-lowres")
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_JSON = "export.json"
 EXPORT_FORMAT = "segkd-export"
@@ -51,8 +54,11 @@ class ModelMeta:
         except (KeyError, TypeError, ValueError) as e:
             raise SegkdError(f"{where}: invalid segkd metadata ({type(e).__name__}: {e})") from None
         output = d.get("output", "logits")
-        if output not in ("logits", "labels"):
-            raise SegkdError(f"{where}: metadata 'output' must be logits or labels, got {output!r}")
+        if output not in OUTPUT_KINDS:
+            raise SegkdError(
+                f"{where}: metadata 'output' must be one of {', '.join(OUTPUT_KINDS)}, "
+                f"got {output!r} (written by a newer segkd?)"
+            )
         precision = str(d.get("precision", "fp32"))
         if precision not in PRECISIONS:
             raise SegkdError(f"{where}: unknown precision {precision!r} in metadata")

@@ -39,15 +39,46 @@ def as_label_batch(output: np.ndarray, kind: str) -> np.ndarray:
     return output.astype(np.uint8) if int(output.max(initial=0)) < 256 else output.astype(np.int32)
 
 
-def restore_size(labels: np.ndarray, box: Letterbox, size: tuple[int, int]) -> np.ndarray:
-    """HxW label map at the network input -> label map at `size` (H, W), undoing letterbox."""
+def restore_size(
+    labels: np.ndarray,
+    box: Letterbox,
+    size: tuple[int, int],
+    input_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """HxW label map at the network input -> label map at `size` (H, W), undoing letterbox.
+
+    input_size: the network input (H, W) when `labels` is smaller than it (a labels-lowres
+    graph, at its output stride): the letterbox is scaled down to the map, and the one
+    resize to `size` aligns pixel centres (INTER_NEAREST_EXACT: a label pixel covers the
+    input pixels whose centres fall in it, as the bilinear half-pixel upsample would).
+    """
+    interp = cv2.INTER_NEAREST
+    if input_size is not None and labels.shape[:2] != tuple(input_size):
+        fy, fx = labels.shape[0] / input_size[0], labels.shape[1] / input_size[1]
+        top, left = round(box.top * fy), round(box.left * fx)
+        box = Letterbox(
+            scale=box.scale,
+            top=top,
+            left=left,
+            height=max(1, min(labels.shape[0] - top, round(box.height * fy))),
+            width=max(1, min(labels.shape[1] - left, round(box.width * fx))),
+        )
+        interp = cv2.INTER_NEAREST_EXACT
     crop = labels[box.top : box.top + box.height, box.left : box.left + box.width]
     h, w = size
     if crop.shape == (h, w):
         return np.ascontiguousarray(crop)
     if crop.dtype not in (np.uint8, np.int32, np.int16, np.uint16):
         crop = crop.astype(np.int32)
-    return cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=interp)
+
+
+def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(B,h,w) label maps -> (B,H,W) at `size`, pixel centres aligned (INTER_NEAREST_EXACT)."""
+    h, w = size
+    if labels.shape[1:] == (h, w):
+        return labels
+    return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST_EXACT) for m in labels])
 
 
 # cv2.resize takes at most this many channels per call (OpenCV 5 refuses 150).

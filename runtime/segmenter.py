@@ -3,6 +3,10 @@
 frame (BGR uint8, any size) -> PreprocessSpec.apply -> backend -> argmax if logits
 -> label map back at the frame's size. Bench, eval and demo all go through here, so
 they measure and score exactly what a deployment runs.
+
+The host work follows what the artifact offers: a uint8-input graph gets the frame
+resized straight into the input buffer (no float work on the host); a labels-lowres
+graph's 1/8 label map gets one nearest resize straight to the frame size.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from runtime.backends.base import Backend
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.metadata import ModelMeta
-from runtime.postprocess import as_label_batch, restore_size, upsample_argmax
+from runtime.postprocess import as_label_batch, restore_size, upsample_argmax, upsample_labels
 from runtime.preprocess import ColorOrder, Letterbox, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,8 @@ class Segmenter:
         self._meta = meta
         self._path = Path(model_path) if model_path is not None else None
         spec = meta.preprocess
-        _, _, fixed_h, fixed_w = backend.input_shape
+        dims = backend.input_shape
+        fixed_h, fixed_w = (dims[1], dims[2]) if spec.layout == "NHWC" else (dims[2], dims[3])
         fixed = (fixed_h, fixed_w) if fixed_h and fixed_w else None
         if input_size is not None:
             input_size = (int(input_size[0]), int(input_size[1]))
@@ -118,28 +123,44 @@ class Segmenter:
         }
 
     # -- inference ---------------------------------------------------------------------
+    @property
+    def output_kind(self) -> str:
+        """The raw output: logits, labels (input size) or labels-lowres (output stride)."""
+        return self._backend.output_kind
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Bx3xHxW float32 network input -> BxHxW label maps (uint8) at the input size."""
-        return self.to_labels(self.run(batch))
+        """Network input (the spec's dtype and layout) -> BxHxW uint8 label maps at the input size."""
+        labels = self.to_labels(self.run(batch))
+        if self.output_kind == "labels-lowres":
+            labels = upsample_labels(labels, self.input_size)
+        return labels
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The backend alone: network input -> raw model output (logits or label maps)."""
-        h, w = self.input_size
-        if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
-            raise ValueError(f"expected a Bx3x{h}x{w} batch, got shape {batch.shape}")
+        spec = self._preprocess
+        want = spec.input_shape(batch.shape[0] if batch.ndim == 4 else 1)
+        if batch.ndim != 4 or batch.shape != want:
+            dims = "x".join(str(d) for d in want[1:])
+            raise ValueError(f"expected a Bx{dims} {spec.dtype} batch, got shape {batch.shape}")
         fixed = self.fixed_batch
         if fixed and batch.shape[0] != fixed:
             raise SegkdError(
                 f"{self._path}: model was exported for batch {fixed}, got a batch of "
                 f"{batch.shape[0]} (re-export with a dynamic batch axis)"
             )
-        return self._backend.run(np.ascontiguousarray(batch, dtype=np.float32))
+        if spec.raw_pixels and batch.dtype != np.uint8:
+            raise ValueError(f"{self._path} takes uint8 pixels, got a {batch.dtype} batch")
+        return self._backend.run(np.ascontiguousarray(batch, dtype=spec.dtype))
 
     def to_labels(self, output: np.ndarray) -> np.ndarray:
-        """Raw model output -> BxHxW label maps at the input size (argmax when it is logits)."""
+        """Raw model output -> BxHxW label maps at the input size (argmax when it is logits).
+
+        A labels-lowres graph's maps stay at its output stride: `predict_batch` resizes
+        them once, to the frame; `infer` to the input size.
+        """
         h, w = self.input_size
         labels = as_label_batch(output, self._backend.output_kind)
-        if labels.shape[1:] != (h, w):
+        if labels.shape[1:] != (h, w) and self.output_kind != "labels-lowres":
             # A graph without the final upsample; nearest is the best we can do on ids.
             if not self._warned_size:
                 log.warning(
@@ -157,15 +178,34 @@ class Segmenter:
     def preprocess_frames(
         self, frames: Sequence[np.ndarray], input_order: ColorOrder = "BGR"
     ) -> tuple[np.ndarray, list[Letterbox]]:
-        """Frames (HxWx3 uint8, any sizes) -> one Bx3xHxW batch and each frame's letterbox."""
+        """Frames (HxWx3 uint8, any sizes) -> one network-input batch and each frame's letterbox.
+
+        Bx3xHxW float32 normalised on the host, or, for a uint8-input graph, the frames
+        resized straight into the BxHxWx3 uint8 batch (one cv2.resize a frame, no copy).
+        """
+        spec = self._preprocess
         h, w = self.input_size
-        batch = np.empty((len(frames), 3, h, w), dtype=np.float32)
+        batch = np.empty(spec.input_shape(len(frames)), dtype=spec.dtype)
+        direct = (
+            spec.raw_pixels
+            and spec.layout == "NHWC"
+            and spec.resize == "stretch"
+            and input_order == spec.graph_order
+        )
         boxes = []
         for i, frame in enumerate(frames):
             if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
                 shape = None if frame is None else (frame.shape, frame.dtype)
                 raise ValueError(f"expected an HxWx3 uint8 frame, got {shape}")
-            x, box = self._preprocess.apply(frame, input_order)
+            if direct:
+                fh, fw = frame.shape[:2]
+                if (fh, fw) == (h, w):
+                    batch[i] = frame
+                else:
+                    cv2.resize(frame, (w, h), dst=batch[i], interpolation=cv2.INTER_LINEAR)
+                boxes.append(Letterbox(scale=h / fh, top=0, left=0, height=h, width=w))
+                continue
+            x, box = spec.apply(frame, input_order)
             batch[i] = x[0]
             boxes.append(box)
         return batch, boxes
@@ -191,7 +231,8 @@ class Segmenter:
         t2 = time.perf_counter()
         labels = self.to_labels(raw)
         sizes = out_sizes or [f.shape[:2] for f in frames]
-        out = [restore_size(m, b, s) for m, b, s in zip(labels, boxes, sizes, strict=True)]
+        size_in = self.input_size
+        out = [restore_size(m, b, s, size_in) for m, b, s in zip(labels, boxes, sizes, strict=True)]
         t3 = time.perf_counter()
         if timings is not None:
             timings.update(preprocess=t1 - t0, infer=t2 - t1, postprocess=t3 - t2)

@@ -28,8 +28,11 @@ def test_bench_json_has_every_field(model_dir: Path) -> None:
     )
     assert calls[-1] == (8, 8) and len(calls) == 8
     d = json.loads(json.dumps(res.to_dict()))  # JSON-serialisable as is
-    expected = {f.name for f in dataclasses.fields(BenchResult)}
+    expected = {f.name for f in dataclasses.fields(BenchResult)} | {"host_share"}
     assert set(d) == expected
+    pre, post, e2e = (d[k]["mean_ms"] for k in ("preprocess", "postprocess", "end_to_end"))
+    assert d["host_share"] == pytest.approx((pre + post) / e2e)
+    assert (d["input_kind"], d["output_kind"]) == ("float32 NCHW", "logits")
     for key in ("model", "backend", "device", "provider", "precision", "host", "arch"):
         assert isinstance(d[key], str) and d[key]
     assert d["input_size"] == [64, 64] and d["frame_size"] == [96, 160]

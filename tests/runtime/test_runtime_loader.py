@@ -105,3 +105,63 @@ def test_auto_falls_back_to_onnx_when_the_engine_cannot_run(
         seg = open_segmenter(folder)
     assert seg.backend_name == "onnxruntime" and seg.model_path == folder / "model.onnx"
     assert "falling back to ONNX Runtime" in caplog.text and "model.fp16.engine" in caplog.text
+
+
+def _add_int8(folder: Path, variant: str, name: str) -> None:
+    """A copy of the fp32 logits file listed as an INT8 artifact of `variant`."""
+    import onnx
+
+    from runtime.atomic_io import sha256_of
+    from tests.runtime.rt_models import segkd_meta
+
+    model = onnx.load(str(folder / "model.onnx"))
+    del model.metadata_props[:]
+    meta = {**segkd_meta("logits", "int8"), "variant": variant}
+    model.metadata_props.add(key="segkd", value=json.dumps(meta))
+    onnx.save(model, str(folder / name))
+    manifest = json.loads((folder / "export.json").read_text())
+    manifest["artifacts"].append(
+        {"file": name, "precision": "int8", "variant": variant, "output": "logits",
+         "sha256": sha256_of(folder / name), "inputs": [{"name": "input"}],
+         "outputs": [{"name": "logits"}]}
+    )  # fmt: skip
+    (folder / "export.json").write_text(json.dumps(manifest))
+
+
+def test_folder_picks_the_fastest_artifact_for_onnxruntime_cpu(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """On ONNX Runtime's CPU provider the CPU INT8 variant is the fastest artifact (the
+    TensorRT-bound Q/DQ file is slower there than fp32): it is chosen with no precision
+    and for --precision int8; an older folder without it keeps fp32 as its default."""
+    folder = write_export_folder(tmp_path / "exp", model_dir)
+    _add_int8(folder, "tensorrt", "model.int8.onnx")
+    # TensorRT-bound file only: int8 asked -> that file; default -> fp32 (faster on CPU)
+    assert open_segmenter(folder, device="cpu").model_path.name == "model.onnx"
+    assert open_segmenter(folder, precision="int8").model_path.name == "model.int8.onnx"
+    _add_int8(folder, "cpu", "model.int8-cpu.onnx")
+    for precision in (None, "int8"):
+        for device in ("cpu", "auto"):  # auto: on this machine the session runs on CPU
+            seg = open_segmenter(folder, device=device, precision=precision)
+            assert seg.model_path.name == "model.int8-cpu.onnx", (precision, device)
+            assert seg.provider == "CPUExecutionProvider" and seg.precision == "int8"
+    assert open_segmenter(folder, precision="fp32").model_path.name == "model.onnx"
+
+
+def test_pick_order_per_runtime(model_dir: Path, tmp_path: Path) -> None:
+    from runtime.loader import _pick_from_folder
+
+    folder = write_export_folder(tmp_path / "exp", model_dir)
+    _add_int8(folder, "tensorrt", "model.int8.onnx")
+    _add_int8(folder, "cpu", "model.int8-cpu.onnx")
+    picks = {
+        kind: _pick_from_folder(folder, "onnxruntime", None, kind=kind).name
+        for kind in ("cpu", "cuda", "tensorrt")
+    }
+    # model.labels.onnx is this folder's fp16 stand-in
+    assert picks == {
+        "cpu": "model.int8-cpu.onnx",
+        "cuda": "model.labels.onnx",
+        "tensorrt": "model.int8.onnx",
+    }
+    assert _pick_from_folder(folder, "onnxruntime", "int8", kind="cuda").name == "model.int8.onnx"

@@ -77,3 +77,24 @@ def test_overlay_blends_and_legend_draws_only_present_classes() -> None:
     assert len(changed) > 0 and changed[:, 1].min() > 80  # drawn in the right-hand corner
     with pytest.raises(ValueError, match="differ in size"):
         overlay(frame, labels[:10], bgr_lut(SPEC))
+
+
+def test_restore_size_of_a_lowres_label_map_undoes_the_letterbox() -> None:
+    """A 1/8 label map of a letterboxed 64x128 input (content 32x128 in the middle) comes
+    back at the frame size in one resize, each label cell covering the frame pixels
+    whose centres fall in it."""
+    from runtime.postprocess import restore_size, upsample_labels
+    from runtime.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(input_size=(64, 128), resize="letterbox")
+    frame = np.zeros((48, 192, 3), np.uint8)
+    _, box = spec.resize_frame(frame)
+    assert (box.top, box.height, box.width) == (16, 32, 128)
+    low = np.full((8, 16), 9, np.uint8)  # padding rows 0-1 and 6-7 are class 9
+    low[2:6] = np.arange(16, dtype=np.uint8)[None, :] % 4  # content: 4 rows of 1/8 cells
+    out = restore_size(low, box, (48, 192), input_size=(64, 128))
+    assert out.shape == (48, 192) and 9 not in out  # the padding is cropped away
+    # each of the 16 cells spans 12 frame columns
+    assert np.array_equal(out[0], np.repeat(np.arange(16) % 4, 12).astype(np.uint8))
+    up = upsample_labels(low[None], (64, 128))
+    assert up.shape == (1, 64, 128) and np.array_equal(up[0, ::8, ::8], low)
