@@ -3,8 +3,9 @@
 Three stages overlap through bounded queues: a capture thread decodes frames, the
 calling thread runs the model and draws the overlay, a writer thread encodes. OpenCV
 releases the GIL while decoding/encoding, so I/O runs while the model computes. The
-bounded queues stop a fast reader from filling memory. The model runs in the calling
-thread so Ctrl-C lands there; every exit path joins both threads and releases the
+bounded queues stop a fast reader from filling memory. Ctrl-C sets a flag that the
+calling thread checks between frames (a KeyboardInterrupt raised inside a queue's lock
+could deadlock the threads); every exit path joins both threads and releases the
 writer, so the output file is always a valid video.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -195,6 +197,26 @@ def partial_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.partial{out.suffix}")
 
 
+@contextlib.contextmanager
+def _sigint_sets(flag: threading.Event) -> Any:
+    """While the demo runs, Ctrl-C sets `flag` instead of raising KeyboardInterrupt.
+
+    A KeyboardInterrupt can land between a queue's lock acquire and the `with` block that
+    releases it: the lock stays held, and the writer thread and our final put then wait
+    on it forever (seen as a hung demo after SIGINT). So the main loop polls the flag
+    between frames instead. Off the main thread signals cannot be caught; KeyboardInterrupt
+    keeps its usual path there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     """Blocking put that gives up once `stop` is set (so no thread hangs on a full queue)."""
     while True:
@@ -315,8 +337,13 @@ def run_demo(
     stopped, done, busy = "end of stream", 0, 0.0
     live_fps, last = 0.0, time.perf_counter()
     finished = False  # False if an error escapes: then an older output is left untouched
+    interrupted = threading.Event()
+    sigint = contextlib.ExitStack()
     try:
+        sigint.enter_context(_sigint_sets(interrupted))
         while True:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
             if stop.is_set():  # only the writer sets it while we run: it failed
                 stopped = "write failed"
                 break
@@ -354,6 +381,7 @@ def run_demo(
         stopped = "interrupted"
         log.warning("interrupted: finishing the %d frames already processed", done)
     finally:
+        sigint.close()  # Ctrl-C during the clean-up below ends it the usual way
         stop.set()  # the reader leaves its loop; drain so a blocked put returns
         while threads[0].is_alive():
             with contextlib.suppress(queue.Empty):

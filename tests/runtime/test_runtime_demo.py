@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,31 @@ def test_ctrl_c_stops_cleanly_with_a_valid_partial_video(seg: Segmenter, tmp_pat
     assert stats.out == str(tmp_path / "demo.partial.mp4")
     assert count_frames(tmp_path / "demo.partial.mp4") == 7
     assert out.read_bytes() == before
+
+
+class _SigintAfter(_InterruptAfter):
+    """A real SIGINT delivered to this process while frame `n` is being segmented."""
+
+    def predict(self, frame: np.ndarray, **kw: Any) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self._n:
+            signal.raise_signal(signal.SIGINT)
+        return self._seg.predict(frame, **kw)
+
+
+def test_a_real_sigint_is_a_flag_checked_between_frames(seg: Segmenter, tmp_path: Path) -> None:
+    """SIGINT must not raise inside the demo's queues (a KeyboardInterrupt between a lock's
+    acquire and release left the writer and the clean-up waiting on it forever): the frame
+    in flight is finished and written, then the demo stops, and Ctrl-C works again after."""
+    src = make_video(tmp_path / "in.mp4")
+    out = tmp_path / "demo.mp4"
+    before = signal.getsignal(signal.SIGINT)
+    stats = run_demo(src, _SigintAfter(seg, 5), out)  # type: ignore[arg-type]
+    assert stats.stopped == "interrupted" and stats.frames_out == 5
+    assert count_frames(tmp_path / "demo.partial.mp4") == 5
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
 
 
 def test_a_crash_mid_run_leaves_the_previous_output_untouched(
