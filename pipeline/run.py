@@ -8,6 +8,7 @@ one does no work.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -144,7 +145,10 @@ class Pipeline:
         """(the teacher: a checkpoint path or a given SPEC, whether the pipeline trained it)."""
         given = self.cfg["teacher"]["checkpoint"]
         if given:
-            return check_given_teacher(str(given), self.cfg["data"]), False
+            from distill.distillation import DistillConfig
+
+            pid = DistillConfig.from_dict(dict(self.cfg["distill"])).active("pid")
+            return check_given_teacher(str(given), self.cfg["data"], pid), False
         folder = self.out / "teacher"
         ckpt = folder / "best.pt"
 
@@ -373,12 +377,13 @@ class Pipeline:
         return items
 
 
-def check_given_teacher(spec: str, data: str) -> str:
+def check_given_teacher(spec: str, data: str, pid: bool = False) -> str:
     """teacher.checkpoint: a segkd .pt or a model-zoo SPEC (FILE, mmseg:FILE, cirkd:FILE,
     torchvision:NAME:FILE), loaded now as distillation will load it, so a missing or broken
-    file, an unknown layout or classes that do not cover the dataset's fail in one line
-    before the baseline trains."""
+    file, an unknown layout, classes that do not cover the dataset's or (with `pid`) a
+    read-only folder for the readout cache fail in one line before the baseline trains."""
     from distill.data import build_dataset
+    from distill.teacher import cached_readout, sidecar_path
     from distill.zoo.entry import load_teacher
     from runtime.preprocess import PreprocessSpec
 
@@ -387,10 +392,18 @@ def check_given_teacher(spec: str, data: str) -> str:
     if not path.is_file():
         raise SegkdError(f"{option}: file not found: {path}")
     try:
-        load_teacher(spec, build_dataset(data, "val").labels.names, PreprocessSpec(), option)
+        _, record, _ = load_teacher(
+            spec, build_dataset(data, "val").labels.names, PreprocessSpec(), option
+        )
     except SegkdError as e:
         text = str(e)
         raise SegkdError(text if text.startswith(option) else f"{option}: {text}") from None
+    if pid and cached_readout(path, record) is None and not os.access(path.parent, os.W_OK):
+        raise SegkdError(
+            f"{option}: {path.parent} is not writable, and distillation caches the teacher's "
+            f"position readout (pid) beside {path.name} as {sidecar_path(path).name}; copy the "
+            "file to a writable folder, or leave pid out of distill.losses"
+        )
     return spec
 
 

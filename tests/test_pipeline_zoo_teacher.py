@@ -140,3 +140,25 @@ def test_a_plain_zoo_path_is_detected_and_foreign_classes_are_refused(tmp_path: 
     other = save_mmseg_pspnet_r18(tmp_path / "pspnet_r18-d8_abc.pth", ("a", "b", "c"), 31)
     text = _error_before_training(str(other), tmp_path / "run")
     assert str(other) in text and "do not cover" in text
+
+
+def test_a_read_only_teacher_folder_fails_before_any_step_when_pid_needs_its_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PID's readout is cached beside the teacher (<file>.readout.pt): a folder that cannot
+    take it fails now, not in the distill step after the baseline trained. (os.access is
+    patched: these tests may run as root, for whom every folder is writable.)"""
+    import pipeline.run as run
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    teacher = save_mmseg_pspnet_r18(folder / "pspnet_r18-d8_synthetic.pth", SYNTHETIC.names, 37)
+    real = os.access
+    monkeypatch.setattr(
+        run.os, "access", lambda p, mode: False if Path(p) == folder else real(p, mode)
+    )
+    text = _error_before_training(f"mmseg:{teacher}", tmp_path / "run")
+    assert "not writable" in text and str(folder) in text
+    assert "pspnet_r18-d8_synthetic.readout.pt" in text
+    # Without pid nothing is cached there, and the folder's mode does not matter.
+    assert run.check_given_teacher(f"mmseg:{teacher}", DATA, pid=False)
