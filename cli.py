@@ -637,7 +637,11 @@ def pipeline(
     ] = None,
     data: Annotated[str | None, typer.Option(help="dataset SPEC (overrides the config)")] = None,
     teacher: Annotated[
-        Path | None, typer.Option(help="use this teacher checkpoint instead of training one")
+        str | None,
+        typer.Option(
+            help="use this teacher instead of training one: a segkd .pt, or a model-zoo file "
+            "(mmseg, cirkd, torchvision; force with mmseg:FILE, cirkd:FILE, torchvision:NAME:FILE)"
+        ),
     ] = None,
     max_drop: Annotated[
         float | None,

@@ -76,11 +76,11 @@ def embed_readout(ckpt_path: Path, entry: dict[str, Any]) -> None:
 
 
 def check_teacher_fits(
-    teacher_ckpt: dict[str, Any], class_names: Sequence[str], path: Path
+    teacher_ckpt: dict[str, Any], class_names: Sequence[str], path: Path, option: str = "--teacher"
 ) -> None:
     names = list(teacher_ckpt["labels"]["names"])
     if names != list(class_names):
         raise SegkdError(
-            f"--teacher {path}: trained for {len(names)} classes ({', '.join(names[:4])}, ...), "
+            f"{option} {path}: trained for {len(names)} classes ({', '.join(names[:4])}, ...), "
             f"but the dataset has {len(class_names)} ({', '.join(list(class_names)[:4])}, ...)"
         )

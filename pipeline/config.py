@@ -60,7 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "num_workers": 1,
     "teacher": {
-        "checkpoint": None,  # an existing teacher .pt; when None the pipeline trains one
+        # A given teacher instead of training one: a segkd .pt or a model-zoo SPEC (FILE,
+        # mmseg:FILE, cirkd:FILE, torchvision:NAME:FILE; distill/zoo). None: trained here.
+        "checkpoint": None,
         **_realtime(TEACHER_ITERS),
         "readout_iters": 100,
     },
@@ -117,7 +119,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[s
 
 # Options whose default is None: what they take when set (the rest follow their default).
 _NONE_TYPES: dict[str, tuple[type, ...]] = {
-    "checkpoint": (str,),
+    "checkpoint": (str,),  # a SPEC, not always a path (mmseg:FILE): distill.zoo parses it
     "scale_range": (list,),
     "export_size": (str,),
     "input_size": (str,),

@@ -8,6 +8,7 @@ one does no work.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -146,16 +147,14 @@ class Pipeline:
         self.skipped: list[dict[str, str]] = []
 
     # -- training ---------------------------------------------------------------------------
-    def teacher(self) -> tuple[Path, bool]:
+    def teacher(self) -> tuple[str | Path, bool]:
+        """(the teacher: a checkpoint path or a given SPEC, whether the pipeline trained it)."""
         given = self.cfg["teacher"]["checkpoint"]
         if given:
-            from distill.checkpoint import load_checkpoint
+            from distill.distillation import DistillConfig
 
-            path = Path(given)
-            if not path.is_file():
-                raise SegkdError(f"teacher.checkpoint: file not found: {path}")
-            load_checkpoint(path)  # a broken teacher fails now, not after the baseline trained
-            return path, False
+            pid = DistillConfig.from_dict(dict(self.cfg["distill"])).active("pid")
+            return check_given_teacher(str(given), self.cfg["data"], pid), False
         folder = self.out / "teacher"
         ckpt = folder / "best.pt"
 
@@ -201,7 +200,7 @@ class Pipeline:
         )
         return folder / "best.pt"
 
-    def student(self, teacher: Path, seed: int, first: bool) -> Path:
+    def student(self, teacher: str | Path, seed: int, first: bool) -> Path:
         folder = self.out / _seeded("student", seed, first)
 
         def run() -> None:
@@ -221,7 +220,7 @@ class Pipeline:
                 _seeded("distill", seed, first),
                 run,
                 outputs=[folder / "best.pt"],
-                inputs=[teacher],
+                inputs=[teacher_file(teacher)],  # a changed teacher file re-runs distillation
                 settings=section_hash_view(self.cfg, "data", "student", "distill") | {"seed": seed},
             )
         )
@@ -284,7 +283,9 @@ class Pipeline:
         return data
 
     # -- measurement -------------------------------------------------------------------------
-    def evaluate(self, name: str, key: str, model: Path, backend: str) -> dict[str, Any]:
+    def evaluate(self, name: str, key: str, model: str | Path, backend: str) -> dict[str, Any]:
+        """mIoU of `model` (a file, or a zoo SPEC such as mmseg:FILE, scored in the zoo
+        model's own input convention and reduced to the dataset's classes)."""
         ev = self.cfg["eval"]
         path = self.out / "eval" / f"{key}.json"
 
@@ -304,7 +305,7 @@ class Pipeline:
                 f"eval-{key}",
                 run,
                 outputs=[path],
-                inputs=[model],
+                inputs=[teacher_file(model)],
                 settings=section_hash_view(self.cfg, "data", "eval", "device") | {"b": backend},
             )
         )
@@ -337,17 +338,18 @@ class Pipeline:
 
     # -- report --------------------------------------------------------------------------------
     def model_facts(
-        self, ckpt_path: Path, ev: dict[str, Any], trained_here: bool
+        self, ckpt_path: str | Path, ev: dict[str, Any], trained_here: bool
     ) -> dict[str, Any]:
-        from distill.checkpoint import load_checkpoint
-        from distill.models import build_model
+        """Arch, size and scores of a segkd checkpoint or a zoo teacher SPEC (its arch as the
+        zoo names it, its own input size; aux heads counted, as for segkd's teachers)."""
         from distill.models.complexity import count_macs, count_params
+        from distill.zoo.entry import load_any_model
 
-        ckpt = load_checkpoint(ckpt_path)
+        model, ckpt = load_any_model(ckpt_path)
         size = tuple(ckpt["preprocess"]["input_size"])
-        model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
         return {
             "arch": ckpt["arch"],
+            "source": ckpt.get("source", "segkd"),  # as distillation records the teacher
             "params_m": count_params(model) / 1e6,
             "gmacs": count_macs(model, size) / 1e9,
             "input_size": list(size),
@@ -361,23 +363,63 @@ class Pipeline:
             "train_val": _train_val(ckpt.get("metrics", {})),
         }
 
-    def examples(self, models: dict[str, tuple[Path, str]]) -> list[dict[str, Any]]:
+    def examples(self, models: dict[str, tuple[str | Path, str]]) -> list[dict[str, Any]]:
         from pipeline.models import dataset_split, open_model
 
         n = int(self.cfg["report"]["examples"])
         if n <= 0:
             return []
-        samples, _, _, _ = dataset_split(self.cfg["data"], self.cfg["eval"]["split"], n)
+        samples, labels, _, _ = dataset_split(self.cfg["data"], self.cfg["eval"]["split"], n)
         items = [
             {"image": img, "ground_truth": mask, "predictions": {}} for img, mask, _ in samples()
         ]
         for name, (path, backend) in models.items():
-            with open_model(path, backend, self.cfg["device"]) as seg:
+            # dataset: a zoo teacher's logits reduced to the dataset's classes, so its labels
+            # index the report's palette like every other model's.
+            with open_model(path, backend, self.cfg["device"], dataset=labels) as seg:
                 for item in items:
                     item["predictions"][name] = seg.predict(
                         item["image"], input_order="RGB", out_size=item["ground_truth"].shape[:2]
                     )
         return items
+
+
+def check_given_teacher(spec: str, data: str, pid: bool = False) -> str:
+    """teacher.checkpoint: a segkd .pt or a model-zoo SPEC (FILE, mmseg:FILE, cirkd:FILE,
+    torchvision:NAME:FILE), loaded now as distillation will load it, so a missing or broken
+    file, an unknown layout, classes that do not cover the dataset's or (with `pid`) a
+    read-only folder for the readout cache fail in one line before the baseline trains."""
+    from distill.data import build_dataset
+    from distill.teacher import cached_readout, sidecar_path
+    from distill.zoo.entry import load_teacher
+    from runtime.preprocess import PreprocessSpec
+
+    option = "teacher.checkpoint"
+    path = teacher_file(spec)
+    if not path.is_file():
+        raise SegkdError(f"{option}: file not found: {path}")
+    try:
+        _, record, _ = load_teacher(
+            spec, build_dataset(data, "val").labels.names, PreprocessSpec(), option
+        )
+    except SegkdError as e:
+        text = str(e)
+        raise SegkdError(text if text.startswith(option) else f"{option}: {text}") from None
+    if pid and cached_readout(path, record) is None and not os.access(path.parent, os.W_OK):
+        raise SegkdError(
+            f"{option}: {path.parent} is not writable, and distillation caches the teacher's "
+            f"position readout (pid) beside {path.name} as {sidecar_path(path).name}; copy the "
+            "file to a writable folder, or leave pid out of distill.losses"
+        )
+    return spec
+
+
+def teacher_file(model: str | Path) -> Path:
+    """The file behind a model argument: a zoo SPEC such as torchvision:NAME:FILE names FILE
+    (an existing path is taken as it is)."""
+    from distill.zoo.load import parse_teacher_spec
+
+    return parse_teacher_spec(model).path
 
 
 def _seeded(name: str, seed: int, first: bool) -> str:
@@ -485,7 +527,7 @@ def run_pipeline(
     failing = [
         a["name"] for a in artifacts if max_drop is not None and a["drop_vs_torch"] > max_drop
     ]
-    example_models = {"teacher": (teacher_ckpt, "torch")}
+    example_models: dict[str, tuple[str | Path, str]] = {"teacher": (teacher_ckpt, "torch")}
     if baseline_ckpt:
         example_models["student alone"] = (baseline_ckpt, "torch")
     example_models["distilled"] = (student_ckpt, "torch")
@@ -496,19 +538,20 @@ def run_pipeline(
     from runtime.labels import LabelSpec
 
     labels = LabelSpec.from_dict(manifest["labels"])
+    teacher = p.model_facts(teacher_ckpt, ev_teacher, teacher_trained)
     student = p.model_facts(student_ckpt, ev_student, True)
     baseline = (
         p.model_facts(baseline_ckpt, ev_baseline, True) if baseline_ckpt and ev_baseline else None
     )
     report = {
-        "title": f"segkd pipeline: {cfg['teacher']['model'] if teacher_trained else 'given teacher'} -> "
+        "title": f"segkd pipeline: {teacher['arch']}{'' if teacher_trained else ' (given)'} -> "
         f"{cfg['student']['model']} on {cfg['data']}",
         "created": started,
         "machine": machine_info(),
         "data": cfg["data"],
         "class_names": list(labels.names),
         "palette": [list(c) for c in labels.palette],
-        "teacher": p.model_facts(teacher_ckpt, ev_teacher, teacher_trained),
+        "teacher": teacher,
         "student": student,
         "baseline": baseline,
         "distillation": {

@@ -42,10 +42,12 @@ def load_teacher(
     spec_text: str | Path,
     dataset_classes: Sequence[str],
     student_preprocess: PreprocessSpec,
+    option: str = "--teacher",
 ) -> tuple[nn.Module, dict[str, Any], Path]:
     """(frozen teacher fed the student's batches, checkpoint-like record, the file's path).
 
-    Raises a one-line SegkdError when the teacher's classes do not fit the dataset's.
+    Raises a one-line SegkdError when the teacher's classes do not fit the dataset's
+    (naming `option`, the setting that gave SPEC).
     """
     from distill.teacher import check_teacher_fits
 
@@ -53,9 +55,9 @@ def load_teacher(
     zoo = _zoo_or_none(spec)
     if zoo is None:
         model, ckpt = load_model(spec.path, device="cpu")
-        check_teacher_fits(ckpt, dataset_classes, spec.path)
+        check_teacher_fits(ckpt, dataset_classes, spec.path, option)
         return model, ckpt, spec.path  # segkd trains every model under the student's spec
-    index = class_indices(zoo.labels, dataset_classes, spec.path)
+    index = class_indices(zoo.labels, dataset_classes, spec.path, option)
     return ConvertedTeacher(zoo, student_preprocess, index), teacher_record(zoo, spec), spec.path
 
 

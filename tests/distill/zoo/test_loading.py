@@ -22,6 +22,7 @@ from runtime.errors import SegkdError
 from runtime.labels import CITYSCAPES_CLASSES
 from runtime.preprocess import PreprocessSpec
 from tests.distill.zoo import reference as ref
+from tests.distill.zoo.files import save_mmseg_pspnet_r18
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -183,11 +184,9 @@ def test_distill_from_a_zoo_file_maps_classes_and_caches_the_readout_beside_it(
         teacher = tmp_path / cirkd_r18.name
         shutil.copy(cirkd_r18, teacher)
     else:  # mmseg's {'meta', 'state_dict'} wrapper, PSPNet-R18-d8
-        P = ref.Params(11)
-        with torch.no_grad():
-            ref.mmseg_forward(P, torch.zeros(1, 3, 32, 32), 18, "psp", 19)
-        teacher = tmp_path / "pspnet_r18-d8_512x1024_80k_cityscapes.pth"
-        torch.save({"meta": {"CLASSES": CITYSCAPES_CLASSES}, "state_dict": P.state}, teacher)
+        teacher = save_mmseg_pspnet_r18(
+            tmp_path / "pspnet_r18-d8_512x1024_80k_cityscapes.pth", CITYSCAPES_CLASSES, 11
+        )
     before = hashlib.sha256(teacher.read_bytes()).hexdigest()
     r = _segkd(
         "distill", "--teacher", teacher, *SYN, "--iters", "2", "--batch-size", "2",
@@ -219,11 +218,7 @@ def test_eval_of_a_prefixed_zoo_file(tmp_path: Path) -> None:
     (so it runs at mmseg's 512x512, not the 1024x2048 of a Cityscapes-19 teacher)."""
     from distill.data.synthetic import SYNTHETIC
 
-    P = ref.Params(17)
-    with torch.no_grad():
-        ref.mmseg_forward(P, torch.zeros(1, 3, 32, 32), 18, "psp", SYNTHETIC.num_classes)
-    path = tmp_path / "pspnet_r18-d8_synthetic.pth"
-    torch.save({"meta": {"CLASSES": SYNTHETIC.names}, "state_dict": P.state}, path)
+    path = save_mmseg_pspnet_r18(tmp_path / "pspnet_r18-d8_synthetic.pth", SYNTHETIC.names, 17)
     out = tmp_path / "eval.json"
     r = _segkd("eval", f"mmseg:{path}", *SYN, "--device", "cpu", "--json", out)
     assert r.returncode == 0, r.stderr[-2000:]
