@@ -14,7 +14,7 @@ Run from the repository root:
     python benchmarks/bench_rt_students_cpu.py pspnet_r18=R18.pt ddrnet23_slim=DDR.pt \\
         pidnet_s=PID.pt [--reference pspnet_r18] [--size 512x1024] [--threads 1]
         [--warmup 3] [--iters 10] [--calib-images 32] [--eval-images 24]
-        [--variants cpu,tensorrt] [--json out.json]
+        [--variants cpu,tensorrt] [--output labels|labels-lowres] [--json out.json]
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def parse_models(items: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def reused_export(folder: Path, ckpt: Path, size: tuple[int, int], variants: list[str]) -> Any:
-    """The export already in `folder`, if it is of `ckpt` at `size` with `variants`."""
+def reused_export(
+    folder: Path, ckpt: Path, size: tuple[int, int], variants: list[str], output: str
+) -> Any:
+    """The export already in `folder`, if it is of `ckpt` at `size` with `variants`, `output`."""
     from export.api import ExportReport
     from runtime.metadata import EXPORT_JSON, sha256_of
 
@@ -77,6 +79,7 @@ def reused_export(folder: Path, ckpt: Path, size: tuple[int, int], variants: lis
         manifest.get("checkpoint", {}).get("sha256") != sha256_of(ckpt)
         or opts.get("input_size") != list(size)
         or opts.get("int8_variants") != variants
+        or opts.get("output", "labels") != output
     ):
         raise SegkdError(f"--reuse: {path} is not an export of {ckpt} at {size} with {variants}")
     return ExportReport(out_dir=folder, manifest_path=path, manifest=manifest, seconds=0.0)
@@ -125,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--int8-method", default="minmax", choices=("minmax", "entropy", "percentile"))
     ap.add_argument("--variants", default="cpu,tensorrt", help="INT8 variants to export and time")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    ap.add_argument(
+        "--output",
+        default="labels",
+        choices=("labels", "labels-lowres"),
+        help="graph output: full-size labels, or the argmax at the output stride",
+    )
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10, help="timed runs per file")
     ap.add_argument("--out", default=None, help="keep the exports here, one folder per model")
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, ckpt in models:
                 t0 = time.perf_counter()
                 if args.reuse:
-                    report = reused_export(root / name, ckpt, size, variants)
+                    report = reused_export(root / name, ckpt, size, variants, args.output)
                     print(f"[bench] reusing {root / name}", file=sys.stderr, flush=True)
                     exports[name] = {"checkpoint": str(ckpt), "arch": report.manifest["arch"],
                                      "export_s": None, "report": report}  # fmt: skip
@@ -171,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     verify_images=args.eval_images,
                     int8_method=args.int8_method,
                     int8_variants=variants,
+                    output=args.output,
                     build_engines=False,
                     # Measure every file; only an fp32 mismatch (a bug) stops the run.
                     tolerances=Tolerances(int8_min_agreement=0.0),
@@ -256,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": describe_cpu(),
         "cpu_info": cpu_info(),
         "threads": args.threads,
+        "output": args.output,
         "onnxruntime": ort.__version__,
         "loadavg": load,
         "timing_s": round(timing_s, 1),

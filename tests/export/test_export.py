@@ -29,14 +29,7 @@ from runtime.metadata import artifact_meta, parse_metadata_json, read_export_jso
 from runtime.preprocess import PreprocessSpec
 from tests.export.tiny_student import DATA, SIZE
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a shared 2-core machine, two spinning OpenMP threads ran 4x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Kernels chosen by ISA round floats differently, and after 100 SGD steps that is another

@@ -13,7 +13,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from distill.data import build_dataset
 from export.api import export_checkpoint
@@ -28,12 +27,7 @@ from tests.export.tiny_student import DATA, SIZE, train_tiny
 GATES = {"fp32": 0.999, "fp16": 0.99, "int8": 0.90}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from export.api import export_checkpoint
 from export.int8 import pyramid_context_convs
@@ -19,12 +18,7 @@ from tests.export.tiny_student import DATA, SIZE, train_tiny
 ARCHS = ("ddrnet23_slim", "pidnet_s")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=ARCHS)
