@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_runtime_cpu import make_video
+import numpy as np
+from bench_runtime_cpu import make_video
+
 from distill.data import build_dataset
 from runtime.bench import benchmark, format_table
 from runtime.demo import run_demo
