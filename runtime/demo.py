@@ -321,18 +321,28 @@ def run_demo(
                 item = write_q.get()
                 if item is _END:
                     return
+                frame, labels, text, name = item
+                shown = frame if labels is None else compose(frame, labels, text)
                 if sink is not None:
-                    sink.write(*item)
+                    sink.write(shown, name)
         except BaseException as e:  # surfaced in the calling thread after join
             state["write_error"] = e
             stop.set()
+
+    lut, spec = bgr_lut(segmenter.labels), segmenter.labels
+
+    def compose(frame: np.ndarray, labels: np.ndarray, text: str) -> np.ndarray:
+        shown = overlay(frame, labels, lut, alpha)
+        if legend:
+            draw_legend(shown, spec, present_classes(labels, spec.num_classes))
+        draw_text(shown, text, (10, max(24, shown.shape[0] // 24)))
+        return shown
 
     threads = [threading.Thread(target=reader, name="segkd-capture", daemon=True)]
     threads.append(threading.Thread(target=writer, name="segkd-writer", daemon=True))
     for t in threads:
         t.start()
 
-    lut, spec = bgr_lut(segmenter.labels), segmenter.labels
     label = f"{segmenter.backend_name} {segmenter.precision} {segmenter.input_size[0]}x{segmenter.input_size[1]}"
     stopped, done, busy = "end of stream", 0, 0.0
     live_fps, last = 0.0, time.perf_counter()
@@ -357,16 +367,17 @@ def run_demo(
             frame, name = item
             t0 = time.perf_counter()
             labels = segmenter.predict(frame)
-            shown = overlay(frame, labels, lut, alpha)
-            if legend:
-                draw_legend(shown, spec, present_classes(labels, spec.num_classes))
             now = time.perf_counter()
             busy += now - t0
             rate = 1.0 / max(now - last, 1e-9)
             live_fps = rate if done == 0 else 0.9 * live_fps + 0.1 * rate  # smoothed for display
             last = now
-            draw_text(shown, f"{live_fps:5.1f} FPS  {label}", (10, max(24, shown.shape[0] // 24)))
-            if not _put(write_q, (shown, name), stop):
+            text = f"{live_fps:5.1f} FPS  {label}"
+            # The writer thread draws the overlay while the next frame is segmented; only a
+            # window needs the finished frame here (GUI calls belong to the main thread).
+            shown = compose(frame, labels, text) if show else None
+            queued = (shown, None, text, name) if show else (frame, labels, text, name)
+            if not _put(write_q, queued, stop):
                 stopped = "write failed"
                 break
             done += 1
