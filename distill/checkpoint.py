@@ -9,14 +9,12 @@ not create is ever unpickled.
 from __future__ import annotations
 
 import logging
-import pickle
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from distill.weights_only import load_plain_data
 from runtime.atomic_io import atomic_output
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
@@ -81,25 +79,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "`segkd export` take a segkd .pt checkpoint (best.pt / last.pt from `segkd train` "
             "or `segkd distill`); run exported models with `segkd eval` / `bench` / `demo`"
         )
-    try:
-        with warnings.catch_warnings():  # a foreign pickle's protocol notice: we refuse it anyway
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SegkdError(
-            f"refused to load {path}: it holds objects other than tensors and plain data "
-            f"(weights_only=True); load only checkpoints you created ({first[:160]})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SegkdError(
-            f"cannot read checkpoint {path}: corrupt or truncated ({msg[:160]})"
-        ) from None
-    except Exception as e:  # arbitrary bytes: the weights-only unpickler fails in other ways
-        raise SegkdError(
-            f"cannot read checkpoint {path}: corrupt or not a checkpoint ({type(e).__name__})"
-        ) from None
+    ckpt = load_plain_data(
+        path, noun="checkpoint ", advice="load only checkpoints you created", not_a="a checkpoint"
+    )
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SegkdError(f"{path} is not a segkd checkpoint (no '{FORMAT}' format tag)")
     for key in ("arch", "num_classes", "state_dict", "labels", "preprocess"):

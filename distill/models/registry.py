@@ -4,8 +4,6 @@ ImageNet backbone loading."""
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from distill.models.heads import DeepLabV3Head, PSPHead
 from distill.models.pidnet import PIDNet
 from distill.models.resnet import DilatedResNet
 from distill.models.segmentor import SegmentationNet, Segmentor
+from distill.weights_only import load_plain_data
 from runtime.errors import SegkdError
 
 log = logging.getLogger(__name__)
@@ -141,20 +140,9 @@ def match_weights(
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SegkdError(f"backbone weights not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise SegkdError(
-            f"refused to load backbone weights {path}: it holds objects other than tensors "
-            "(weights_only=True); use a plain state-dict file"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SegkdError(f"cannot read backbone weights {path}: {msg[:160]}") from None
-    except Exception as e:  # arbitrary bytes: the weights-only unpickler fails in other ways
-        raise SegkdError(
-            f"cannot read backbone weights {path}: not a weights file ({type(e).__name__})"
-        ) from None
+    obj = load_plain_data(
+        path, noun="backbone weights ", advice="use a plain state-dict file", not_a="a weights file"
+    )
     # Some checkpoints wrap the weights ({"state_dict": ...}) or carry DDP's prefix.
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -9,15 +9,13 @@ data, not code. Anything else is refused with one line, and its payload never ru
 
 from __future__ import annotations
 
-import pickle
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from distill.weights_only import load_plain_data
 from runtime.errors import SegkdError
 
 
@@ -42,23 +40,13 @@ def read_weights_file(path: Path) -> Any:
     """The unpickled object, or one SegkdError line (missing, corrupt, or not plain data)."""
     if not path.is_file():
         raise SegkdError(f"teacher file not found: {path}")
-    try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_globals()):
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SegkdError(
-            f"refused to load {path}: it holds objects other than tensors and plain data "
-            f"(weights_only=True); load only files from sources you trust ({first[:160]})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SegkdError(f"cannot read {path}: corrupt or truncated ({msg[:160]})") from None
-    except Exception as e:  # arbitrary bytes: the weights-only unpickler fails in other ways
-        raise SegkdError(
-            f"cannot read {path}: corrupt or not a weights file ({type(e).__name__})"
-        ) from None
+    return load_plain_data(
+        path,
+        noun="",
+        advice="load only files from sources you trust",
+        not_a="a weights file",
+        allowed_globals=_numpy_globals(),
+    )
 
 
 def split_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
