@@ -28,13 +28,13 @@ from distill.models.dualres import (
     Bottleneck,
     SegHead,
     conv_bn,
-    init_weights,
     pooled_branch,
     pre_act_conv,
     resize_to,
     stage,
     stem,
 )
+from distill.models.heads import kaiming_init
 from distill.models.segmentor import SegmentationNet
 
 
@@ -100,7 +100,7 @@ class DDRNet(SegmentationNet):
         self.spp = DAPPM(planes * 16, spp_planes, planes * 4)
         self.final_layer = SegHead(planes * 4, head_planes, num_classes)
         self.seghead_extra = SegHead(high, head_planes, num_classes) if aux else None
-        init_weights(self)
+        kaiming_init(self)
 
     @property
     def has_aux(self) -> bool:

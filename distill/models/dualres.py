@@ -173,15 +173,3 @@ class SegHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = F.relu(self.bn2(self.conv1(F.relu(self.bn1(x)))))
         return self.conv2(feat), feat
-
-
-def init_weights(module: nn.Module) -> None:
-    """Kaiming (fan_out) convs, unit BN: the authors' initialisation."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)

@@ -50,8 +50,9 @@ def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def init_head(module: nn.Module) -> None:
-    """Kaiming init for the new (not ImageNet-pretrained) layers."""
+def kaiming_init(module: nn.Module) -> None:
+    """Kaiming (fan_out) convs, unit BN: the init of every layer not loaded from ImageNet
+    weights (the heads here; the whole DDRNet/PIDNet, as their authors do)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -94,7 +95,7 @@ class PSPHead(nn.Module):
         self.bottleneck = conv_bn_relu(self.ppm.out_channels, self.channels, kernel=3)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(self.channels, num_classes, 1)
-        init_head(self)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.bottleneck(self.ppm(x))
@@ -145,7 +146,7 @@ class DeepLabV3Head(nn.Module):
         self.bottleneck = conv_bn_relu(channels, channels, kernel=3)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
-        init_head(self)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.bottleneck(self.aspp(x))
@@ -161,7 +162,7 @@ class FCNHead(nn.Module):
         self.conv = conv_bn_relu(in_channels, self.channels, kernel=3)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(self.channels, num_classes, 1)
-        init_head(self)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.conv(x)

@@ -37,13 +37,13 @@ from distill.models.dualres import (
     SegHead,
     conv_bn,
     first_block,
-    init_weights,
     pooled_branch,
     pre_act_conv,
     resize_to,
     stage,
     stem,
 )
+from distill.models.heads import kaiming_init
 from distill.models.segmentor import SegmentationNet
 
 
@@ -144,7 +144,7 @@ class PIDNet(SegmentationNet):
         self.final_layer = SegHead(planes * 4, head_planes, num_classes)
         self.seghead_p = SegHead(p2, head_planes, num_classes) if aux else None
         self.seghead_d = SegHead(p2, planes, 1) if boundary else None
-        init_weights(self)
+        kaiming_init(self)
 
     @property
     def has_aux(self) -> bool:
