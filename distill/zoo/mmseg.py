@@ -43,11 +43,12 @@ from distill.zoo.base import (
     tensor,
 )
 from runtime.errors import SegkdError
+from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 CONVENTION = SourceConvention(
     color_order="RGB",
-    mean=(123.675, 116.28, 103.53),
-    std=(58.395, 57.12, 57.375),
+    mean=IMAGENET_MEAN,  # mmseg's own values are ImageNet's, in 0..255 units like segkd's
+    std=IMAGENET_STD,
     align_corners=False,
 )
 PSP_SCALES = (1, 2, 3, 6)
