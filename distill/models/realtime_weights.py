@@ -18,51 +18,26 @@ the known ImageNet classifier keys (ignored).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from distill.models.segmentor import SegmentationNet
-from runtime.errors import SegkdError
-
-log = logging.getLogger(__name__)
 
 # Parts of the authors' ImageNet classifiers that have no place in the segmentation net.
 IMAGENET_ONLY_PREFIXES = ("down5.", "last_layer.", "linear.", "fc.", "classifier.")
 
 
 def load_realtime_imagenet(model: SegmentationNet, path: str | Path) -> dict[str, Any]:
-    from distill.models.registry import match_weights, read_state_dict
+    from distill.models.registry import load_matching_weights
 
-    path = Path(path)
-    source = read_state_dict(path)
-    target = model.state_dict()
-    fitting, report = match_weights(source, target, IMAGENET_ONLY_PREFIXES)
-    ignored = report["ignored"]
-    if not fitting:
-        raise SegkdError(
-            f"backbone weights {path}: no key fits {model.arch} ({len(source)} keys, e.g. "
-            f"{next(iter(source), 'none')!r}); is it the authors' ImageNet checkpoint?"
-        )
-    model.load_state_dict(fitting, strict=False)
-    report = {"path": str(path), **report}
-    log.info(
-        "backbone weights %s: %d tensors loaded into %s, %d ImageNet classifier keys ignored",
+    return load_matching_weights(
+        model,
         path,
-        len(fitting),
-        model.arch,
-        len(ignored),
+        IMAGENET_ONLY_PREFIXES,
+        target=model.arch,
+        hint="is it the authors' ImageNet checkpoint?",
+        describe=lambda keys: f", by module: {_by_module(keys)}",
     )
-    for kind in ("missing", "unexpected", "mismatched"):
-        if report[kind]:
-            log.warning(
-                "backbone weights %s: %d %s keys, by module: %s",
-                path,
-                len(report[kind]),
-                kind,
-                _by_module(report[kind]),
-            )
-    return report
 
 
 def _by_module(keys: list[str]) -> str:

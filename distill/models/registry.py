@@ -163,27 +163,55 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     backbone = model.backbone if isinstance(model, Segmentor) else model
+    return load_matching_weights(
+        backbone,
+        path,
+        ("fc.",),
+        target=f"the ResNet-{backbone.depth} backbone",
+        hint="is it a ResNet state dict?",
+    )
+
+
+def load_matching_weights(
+    module: nn.Module,
+    path: str | Path,
+    ignore_prefixes: tuple[str, ...],
+    *,
+    target: str,
+    hint: str,
+    describe: Callable[[list[str]], str] = lambda keys: ": " + ", ".join(keys),
+) -> dict[str, Any]:
+    """Load the tensors of a local weights file whose name and shape fit `module`.
+
+    Returns the match report (loaded / missing / unexpected / mismatched / ignored), each
+    non-empty group logged as a warning ending in `describe(keys)`; no fitting key at all is an
+    error naming `target`, with `hint` on what the file should be.
+    """
+    path = Path(path)
     source = read_state_dict(path)
-    target = backbone.state_dict()
-    fitting, report = match_weights(source, target, ignore_prefixes=("fc.",))
-    ignored = report["ignored"]
+    fitting, report = match_weights(source, module.state_dict(), ignore_prefixes)
     if not fitting:
         raise SegkdError(
-            f"backbone weights {path}: no key fits the ResNet-{backbone.depth} backbone "
-            f"({len(source)} keys, e.g. {next(iter(source), 'none')!r}); is it a ResNet state dict?"
+            f"backbone weights {path}: no key fits {target} ({len(source)} keys, e.g. "
+            f"{next(iter(source), 'none')!r}); {hint}"
         )
-    backbone.load_state_dict(fitting, strict=False)
+    module.load_state_dict(fitting, strict=False)
     report = {"path": str(path), **report}
     log.info(
-        "backbone weights %s: %d tensors loaded, %d ignored (fc)", path, len(fitting), len(ignored)
+        "backbone weights %s: %d tensors loaded into %s, %d ignored (%s)",
+        path,
+        len(fitting),
+        target,
+        len(report["ignored"]),
+        ", ".join(ignore_prefixes),
     )
     for kind in ("missing", "unexpected", "mismatched"):
         if report[kind]:
             log.warning(
-                "backbone weights %s: %d %s keys: %s",
+                "backbone weights %s: %d %s keys%s",
                 path,
                 len(report[kind]),
                 kind,
-                ", ".join(report[kind]),
+                describe(report[kind]),
             )
     return report
