@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from onnxruntime.quantization.calibrate import TensorsData
 
 from export.calibration import (
     DEFAULT_SEED,
@@ -34,7 +35,7 @@ from export.calibration import (
     prepare,
 )
 from export.fp16 import DEFAULT_FP32_OPS, convert_fp16
-from export.int8 import CALIBRATION_METHODS, RECIPES, count_qdq, quantize_int8
+from export.int8 import CALIBRATION_METHODS, RECIPES, calibrate_int8, count_qdq, quantize_int8
 from export.int8_tensorrt import placement_summary
 from export.manifest import Manifest, Skipped, file_facts, write_json_atomic
 from export.onnx_file import (
@@ -484,10 +485,15 @@ def _quantize(
         "method": method,
         "preprocessing": "runtime PreprocessSpec.apply at the export size",
     }
+    fp32 = staging / FILES["fp32"]
+    ranges: dict[tuple[str, ...] | None, TensorsData] = {}  # one calibration per op-type set
     for variant in variants:
         recipe = RECIPES[variant]
-        say(f"quantizing INT8 ({variant}, {method} calibration on {len(reader)} images)")
-        proto = quantize_int8(staging / FILES["fp32"], reader, recipe, method)
+        if recipe.op_types not in ranges:
+            say(f"calibrating INT8 ({method}, {len(reader)} images)")
+            ranges[recipe.op_types] = calibrate_int8(fp32, reader, recipe, method)
+        say(f"quantizing INT8 ({variant})")
+        proto = quantize_int8(fp32, reader, recipe, method, ranges=ranges[recipe.op_types])
         key = "int8" if variant == "tensorrt" else f"int8-{variant}"
         a = _Staged(key, recipe.file, "int8", variant, proto, ship=True)
         quant = {**recipe.describe(), "method": method, "qdq_nodes": count_qdq(proto)}

@@ -147,29 +147,53 @@ CPU_RECIPE = Int8Recipe(
 RECIPES = {r.name: r for r in (TENSORRT_RECIPE, CPU_RECIPE)}
 
 
-def quantize_int8(
-    fp32_path: Path,
-    reader: SampleReader,
-    recipe: Int8Recipe,
-    method: str = "minmax",
-) -> onnx.ModelProto:
-    """Pre-process, calibrate on `reader` and quantize `fp32_path`; returns the Q/DQ model."""
+def _check_method(method: str) -> None:
     if method not in CALIBRATION_METHODS:
         raise SegkdError(
             f"--int8-method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
         )
     # onnxruntime's quantizer logs per tensor and prints histogram progress.
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+
+
+def _pre_processed(fp32_path: Path, tmp: Path) -> Path:
+    """onnxruntime's quantization pre-processing of `fp32_path` (the input on failure)."""
+    pre = tmp / "pre.onnx"
+    try:
+        quant_pre_process(str(fp32_path), str(pre))
+    except Exception as e:  # symbolic shape inference can trip on exotic graphs
+        logging.getLogger(__name__).warning(
+            "quant_pre_process failed (%s); quantizing the unprocessed graph", e
+        )
+        return fp32_path
+    return pre
+
+
+def calibrate_int8(
+    fp32_path: Path, reader: SampleReader, recipe: Int8Recipe, method: str = "minmax"
+) -> TensorsData:
+    """The activation ranges `quantize_int8` would collect for `recipe`. They depend only on
+    the recipe's op types and the method, so recipes that share both share one pass over
+    the calibration images (the slow part of an INT8 export)."""
+    _check_method(method)
+    with tempfile.TemporaryDirectory(prefix="segkd-calib-") as tmp:
+        pre = _pre_processed(fp32_path, Path(tmp))
+        return load_tensors_data(_calibrate(pre, reader, recipe, method, Path(tmp)))
+
+
+def quantize_int8(
+    fp32_path: Path,
+    reader: SampleReader,
+    recipe: Int8Recipe,
+    method: str = "minmax",
+    ranges: TensorsData | None = None,
+) -> onnx.ModelProto:
+    """Pre-process, calibrate on `reader` (unless `ranges` from `calibrate_int8` are given)
+    and quantize `fp32_path`; returns the Q/DQ model."""
+    _check_method(method)
     with tempfile.TemporaryDirectory(prefix="segkd-int8-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
+        pre = _pre_processed(fp32_path, Path(tmp))
         out = Path(tmp) / "int8.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(pre))
-        except Exception as e:  # symbolic shape inference can trip on exotic graphs
-            logging.getLogger(__name__).warning(
-                "quant_pre_process failed (%s); quantizing the unprocessed graph", e
-            )
-            pre = fp32_path
         exclude: list[str] = []
         if recipe.float_classifier or recipe.float_pooled_context:
             graph = onnx.load(str(pre))
@@ -181,7 +205,11 @@ def quantize_int8(
             if recipe.float_pooled_context:
                 exclude += pooled_context_convs(graph)
                 exclude += [c for c in pyramid_context_convs(graph) if c not in exclude]
-        cache = _calibrate(pre, reader, recipe, method, Path(tmp))
+        if ranges is None:
+            cache = _calibrate(pre, reader, recipe, method, Path(tmp))
+        else:
+            cache = Path(tmp) / "calibration.json"
+            save_tensors_data(ranges, cache)
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(pre),

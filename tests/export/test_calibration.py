@@ -156,3 +156,17 @@ def test_calibration_memory_does_not_grow_with_the_image_count(tmp_path: Path) -
     # One image's Conv inputs and outputs are ~1.5 MB; five times the images held at
     # once would add ~50 MB.
     assert large < 1.3 * small, peaks
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_one_calibration_serves_both_recipes_unchanged(tmp_path: Path, method: str) -> None:
+    """The export calibrates once for both INT8 variants: each recipe's file must equal the
+    one it gets when it calibrates alone (so sharing only saves the second pass)."""
+    model = conv_model(tmp_path / "m.onnx")
+    reader = SampleReader("input", inputs(int8.CALIBRATION_CHUNK + 2))
+    assert int8.TENSORRT_RECIPE.op_types == int8.CPU_RECIPE.op_types  # what makes sharing valid
+    shared = int8.calibrate_int8(model, reader, int8.TENSORRT_RECIPE, method)
+    for recipe in (int8.TENSORRT_RECIPE, int8.CPU_RECIPE):
+        alone = int8.quantize_int8(model, reader, recipe, method)
+        reused = int8.quantize_int8(model, reader, recipe, method, ranges=shared)
+        assert reused.SerializeToString() == alone.SerializeToString(), recipe.name
