@@ -672,6 +672,8 @@ def pipeline(
 
 def _gain_line(report: dict) -> str:
     """The pipeline's result in one line: the students' means over seeds and the verdict."""
+    from pipeline.gain import verdict
+
     s, dist = report["student"], report.get("distillation") or {}
     d_stats, b_stats = dist.get("distilled_stats") or {}, dist.get("baseline_stats")
     n = d_stats.get("n", 1)
@@ -683,8 +685,7 @@ def _gain_line(report: dict) -> str:
         if spread is None:
             line += f": gain {gain:+.2f} pts (one seed: not a measurement)"
         else:
-            verdict = "larger than" if dist["gain_exceeds_spread"] else "within"
-            line += f": gain {gain:+.2f} ± {spread:.2f} pts, {verdict} the seed spread"
+            line += f": gain {gain:+.2f} ± {spread:.2f} pts, {verdict(dist)}"
     return line + f"; teacher {100 * report['teacher']['val_miou']:.2f}"
 
 

@@ -14,6 +14,17 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def verdict(dist: dict[str, Any]) -> str | None:
+    """What the gain amounts to, in the words every output uses; None with one seed."""
+    if dist.get("gain_exceeds_spread") is None:
+        return None
+    return (
+        "larger than the spread"
+        if dist["gain_exceeds_spread"]
+        else "within the spread, so not a measured gain"
+    )
+
+
 def row_stats(values: Sequence[float]) -> dict[str, Any]:
     """Mean, sample standard deviation and range (max - min) of one row, in points."""
     points = [100.0 * v for v in values]

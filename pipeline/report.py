@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.gain import verdict
 from runtime.errors import SegkdError
 
 FIGURES_DIR = "figures"
@@ -314,11 +315,10 @@ def _train_val_text(tv: Any) -> str:
 
 def _spread_text(dist: Mapping[str, Any]) -> str:
     """', seed spread 1.20: larger than the spread' for the summary ('' with one seed)."""
-    spread, exceeds = _num(dist.get("spread")), dist.get("gain_exceeds_spread")
-    if spread is None or exceeds is None:
+    spread, said = _num(dist.get("spread")), verdict(dict(dist))
+    if spread is None or said is None:
         return ", one seed: not a measurement"
-    verdict = "larger than the spread" if exceeds else "within the spread: not a measured gain"
-    return f", seed spread {spread:.2f}: {verdict}"
+    return f", seed spread {spread:.2f}: {said}"
 
 
 def _gain_lines(
@@ -348,24 +348,22 @@ def _gain_lines(
 
     gain = dist.get("gain_vs_baseline")
     rows.append(["mean ± std", stats("baseline_stats"), stats("distilled_stats"), fmt_pts(gain)])
-    spread, exceeds = _num(dist.get("spread")), dist.get("gain_exceeds_spread")
-    if spread is None or exceeds is None:
-        verdict = (
+    spread, said = _num(dist.get("spread")), verdict(dict(dist))
+    if spread is None or said is None:
+        finding = (
             "One seed per row: a gap smaller than the seed-to-seed spread of such runs is "
             "noise; set `student_seeds` to two or more seeds to measure it."
         )
     else:
-        verdict = (
+        finding = (
             f"Distillation adds **{fmt_pts(gain)} pts ± {spread:.2f}** (mean gain ± seed "
-            f"spread, the larger max - min of the two rows over {len(seeds)} seeds): "
-            + ("**larger than the spread**." if exceeds else
-               "**within the spread, so not a measured gain**.")
-        )  # fmt: skip
+            f"spread, the larger max - min of the two rows over {len(seeds)} seeds): **{said}**."
+        )
     exported = f"The exported student is seed {seeds[0]}'s distilled one."
     return [
         md_table(["run", "student alone", "distilled", "gain (pts)"], rows, "lrrr"),
         "",
-        f"{verdict} {exported}",
+        f"{finding} {exported}",
     ]
 
 
