@@ -55,6 +55,7 @@ from export.onnx_fp32 import (
     export_fp32,
 )
 from export.tensorrt_engine import TrtOptions, build_engine, tensorrt_unavailable_reason
+from export.tensorrt_graph import uint8_casts_through_float
 from export.verify import Agreement, compare, engine_runner, onnx_runner, torch_reference
 from runtime.atomic_io import publish_folder
 from runtime.errors import SegkdError
@@ -64,6 +65,7 @@ from runtime.metadata import EXPORT_JSON, PRECISIONS, sha256_of
 from runtime.numbers import finite
 from runtime.preprocess import PreprocessSpec
 from runtime.sizes import parse_size
+from runtime.tensorrt_onnx_check import describe_targets, require_tensorrt_onnx
 
 log = logging.getLogger(__name__)
 
@@ -395,9 +397,17 @@ def _link_copy(src: Path, dst: Path) -> None:
 
 
 def _stage(staging: Path, a: _Staged, meta_base: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Stamp metadata, check and write one ONNX artifact; fill its export.json entry."""
+    """Stamp metadata, check and write one ONNX artifact; fill its export.json entry.
+
+    Every file an engine may be built from (all but the CPU INT8 variant) must pass the
+    static TensorRT check first: a Jetson should never be the first to find out.
+    """
     set_metadata(a.proto, {**meta_base, "precision": a.precision, "variant": a.variant})
+    uint8_casts_through_float(a.proto)
     finalize(a.proto, a.file)
+    if a.variant != "cpu":
+        require_tensorrt_onnx(a.proto, a.file)
+        extra = {**extra, "tensorrt_check": {"passed": describe_targets()}}
     path = a.path = save_onnx(a.proto, staging / a.file)
     inputs, outputs = io_signature(a.proto)
     a.entry = {

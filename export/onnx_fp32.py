@@ -40,10 +40,11 @@ _LABEL_DTYPES = {"uint8": torch.uint8, "int32": torch.int32}
 class PixelInput(nn.Module):
     """uint8 pixels (B,H,W,3 in the spec's input order) -> the normalised float32 NCHW input.
 
-    The graph's first ops: Transpose (on one byte a value), Cast, the channel flip when
-    the frame order is not the network's, then one multiply and one add per value, the
-    same (x - mean) / std the host would do (PreprocessSpec.normalize). TensorRT fuses
-    such pointwise chains with the input reformat; onnxruntime runs them on its threads.
+    The graph's first ops: Cast, Transpose, the channel flip when the frame order is not
+    the network's, then one multiply and one add per value, the same (x - mean) / std
+    the host would do (PreprocessSpec.normalize). The Cast comes first because TensorRT
+    takes a UINT8 network input only into a Cast (docs/DEPLOY_FACTS.md, "UINT8"); TensorRT
+    fuses the pointwise chain with the input reformat; onnxruntime runs it on its threads.
     """
 
     def __init__(self, spec: PreprocessSpec) -> None:
@@ -58,9 +59,9 @@ class PixelInput(nn.Module):
         self.flip = spec.graph_order != spec.color_order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32)
         if self.nhwc:
             x = x.permute(0, 3, 1, 2)
-        x = x.to(torch.float32)
         if self.flip:
             x = torch.flip(x, dims=[1])
         return x * self.scale + self.shift
@@ -102,7 +103,8 @@ class ExportWrapper(nn.Module):
 
     The argmax lives in the graph because a 19-class 1024x2048 float map is 159 MB a
     frame and the label map 2 MB; it is cast because ArgMax's int64 read into the
-    wrong buffer type is garbage. "labels-lowres" takes the argmax of the logits at the
+    wrong buffer type is garbage (export/tensorrt_graph.py then routes a uint8 cast
+    through float32, the only way TensorRT makes UINT8). "labels-lowres" takes the argmax of the logits at the
     model's output stride (`model.extract`), before the upsample to the input size.
     `pixels`: a uint8-input spec; the graph then normalises itself (PixelInput).
     """

@@ -147,7 +147,7 @@ def test_runtime_feeds_uint8_pixels_without_float_work(pixels, frames, monkeypat
 def test_tensorrt_int8_with_uint8_input_keeps_its_placement(reference, pixels) -> None:
     """The TensorRT-bound file still passes the structural checks: symmetric int8 Q/DQ,
     fp16 everywhere else at opset 19, the Q/DQ placement of the float-input file; the
-    uint8 input goes Transpose -> Cast(fp16)."""
+    uint8 input goes Cast(fp16) -> Transpose (TensorRT takes UINT8 only into a Cast)."""
     proto = onnx.load(str(pixels.out_dir / "model.int8.onnx"))
     assert zero_point_violations(proto) == []
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
@@ -155,10 +155,10 @@ def test_tensorrt_int8_with_uint8_input_keeps_its_placement(reference, pixels) -
     assert fp32 == []
     (graph_in,) = proto.graph.input
     nodes = list(proto.graph.node)
-    (first,) = [n for n in nodes if graph_in.name in n.input]
-    assert first.op_type == "Transpose"
-    (cast,) = [n for n in nodes if first.output[0] in n.input]
+    (cast,) = [n for n in nodes if graph_in.name in n.input]
     assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT16
+    (transpose,) = [n for n in nodes if cast.output[0] in n.input]
+    assert transpose.op_type == "Transpose"
     summary = placement_summary(proto)
     float_input = placement_summary(onnx.load(str(reference.out_dir / "model.int8.onnx")))
     assert summary["residual_adds"] > 0 and summary["quantized_convs"] > 0
@@ -173,7 +173,7 @@ def test_lowres_labels_cost_and_runtime(reference, lowres, frames) -> None:
     art = lowres.artifact("model.onnx")
     proto = onnx.load(str(lowres.out_dir / "model.onnx"))
     ops = [n.op_type for n in proto.graph.node]
-    assert ops[-2:] == ["ArgMax", "Cast"] and "Resize" not in ops[-4:]
+    assert ops[-3:] == ["ArgMax", "Cast", "Cast"] and "Resize" not in ops[-4:]
     dims = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
     assert dims == [1, SIZE[0] // 8, SIZE[1] // 8]
     # exact against the same computation in PyTorch; its cost against full-size labels
