@@ -358,7 +358,10 @@ def export(
     ] = 0.90,
     min_agreement_fp16: Annotated[float | None, typer.Option(hidden=True)] = None,
     min_agreement_int8: Annotated[float | None, typer.Option(hidden=True)] = None,
-    trt_workspace: Annotated[float, typer.Option(help="TensorRT builder workspace (GiB)")] = 4.0,
+    trt_workspace: Annotated[
+        float | None,
+        typer.Option(help="TensorRT builder workspace (GiB) [half the free GPU memory, <= 4]"),
+    ] = None,
     opt_level: Annotated[
         int, typer.Option(min=0, max=5, help="TensorRT builder optimisation level")
     ] = 3,
@@ -380,7 +383,7 @@ def export(
 ) -> None:
     """PyTorch -> verified ONNX (fp32) -> fp16 and INT8 Q/DQ ONNX -> TensorRT engines."""
     from export.api import Tolerances, export_checkpoint, format_summary
-    from export.tensorrt_engine import TrtOptions
+    from runtime.backends.tensorrt_builder import TrtOptions
 
     refuse_overwriting_inputs(
         {"--out": out, "--json": json_out},
@@ -405,6 +408,40 @@ def export(
     )  # fmt: skip
     console.print(format_summary(report), highlight=False, markup=False)
     _write_json(json_out, report.manifest)
+
+
+@app.command()
+def build(
+    folder: Annotated[Path, typer.Argument(help="an export folder copied to this machine")],
+    precision: Annotated[
+        str | None, typer.Option(help="comma list of fp32, fp16, int8 [every one the folder has]")
+    ] = None,
+    dla_core: Annotated[
+        int | None, typer.Option(min=0, help="Jetson DLA core, GPU fallback (not on Orin Nano)")
+    ] = None,
+    workspace: Annotated[
+        float | None, typer.Option(help="builder workspace GiB [half the free memory, <= 4]")
+    ] = None,
+    engine_cache: Annotated[
+        Path | None, typer.Option(help="engine + timing cache [~/.cache/segkd/tensorrt]")
+    ] = None,
+    cache: Annotated[bool, typer.Option(help="reuse an identical engine built before")] = True,
+    opt_level: Annotated[int, typer.Option(min=0, max=5, help="builder optimization level")] = 3,
+    verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log")] = False,
+) -> None:
+    """Build TensorRT engines from an export folder on this GPU (a Jetson): no torch needed."""
+    from runtime.backends.tensorrt_builder import TrtOptions
+    from runtime.engine_folder import build_folder, format_build
+
+    opts = TrtOptions(
+        workspace_gib=workspace, optimization_level=opt_level, cache_dir=engine_cache,
+        use_cache=cache, verbose=verbose, dla_core=dla_core,
+    )  # fmt: skip
+    wanted = [p.strip() for p in precision.split(",") if p.strip()] if precision else None
+    report = build_folder(
+        folder, wanted, opts, say=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False)
+    )
+    console.print(format_build(report), highlight=False, markup=False)
 
 
 @app.command("eval")
@@ -575,6 +612,10 @@ def bench(
                 bar.close()
                 results.append(res)
     console.print(format_table(results))
+    from runtime.jetson_facts import describe_run  # Jetson release, mode, clocks, power
+
+    for line in dict.fromkeys(describe_run(r.jetson, r.power) for r in results if r.jetson):
+        console.print(line, highlight=False, markup=False)
     _write_json(json_out, [r.to_dict() for r in results])
 
 

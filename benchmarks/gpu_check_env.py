@@ -79,7 +79,7 @@ def _git_commit() -> str | None:
 
 
 def _tensorrt() -> dict[str, Any]:
-    from export.tensorrt_engine import tensorrt_unavailable_reason
+    from runtime.backends.tensorrt_builder import tensorrt_unavailable_reason
 
     reason = tensorrt_unavailable_reason()
     if reason is not None:

@@ -118,7 +118,7 @@ def ort_cuda(export_dir: Path, plan: Plan) -> tuple[dict[str, Any], list[list[st
 
 
 def tensorrt_engines(export_dir: Path, plan: Plan) -> tuple[dict[str, Any], list[list[str]]]:
-    from export.tensorrt_engine import tensorrt_unavailable_reason
+    from runtime.backends.tensorrt_builder import tensorrt_unavailable_reason
     from runtime.loader import open_segmenter
 
     reason = tensorrt_unavailable_reason()

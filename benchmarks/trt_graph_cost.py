@@ -1,8 +1,8 @@
 """CPU cost of the graph ends TensorRT needs, against the ones it cannot build.
 
 A label map leaves the graph as ArgMax -> Cast(uint8) (TensorRT cannot: it converts
-to UINT8 only from float), ArgMax -> Cast(float) -> Cast(uint8) (what segkd writes),
-or ArgMax -> Cast(int32) (4 bytes a pixel). A uint8 frame enters as
+to UINT8 only from float), ArgMax -> Cast(float16) -> Cast(uint8) (what segkd writes),
+ArgMax -> Cast(float) -> Cast(uint8), or ArgMax -> Cast(int32) (4 bytes a pixel). A uint8 frame enters as
 Transpose(uint8) -> Cast(float) (TensorRT cannot: UINT8 feeds only a Cast) or
 Cast(float) -> Transpose (what segkd writes). Each end is timed alone in onnxruntime
 (CPU provider), round-robin across variants so a shared machine's load falls on all
@@ -48,6 +48,7 @@ def label_tails(k: int, h: int, w: int) -> dict[str, onnx.ModelProto]:
     out = {}
     for name, casts, dtype in (
         ("ArgMax->Cast(uint8)", [U8], U8),
+        ("ArgMax->Cast(float16)->Cast(uint8)", [TensorProto.FLOAT16, U8], U8),
         ("ArgMax->Cast(float)->Cast(uint8)", [F, U8], U8),
         ("ArgMax->Cast(int32)", [I32], I32),
     ):

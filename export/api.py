@@ -54,16 +54,22 @@ from export.onnx_fp32 import (
     check_output_kind,
     export_fp32,
 )
-from export.tensorrt_engine import TrtOptions, build_engine, tensorrt_unavailable_reason
 from export.tensorrt_graph import uint8_casts_through_float
 from export.verify import Agreement, compare, engine_runner, onnx_runner, torch_reference
 from runtime.atomic_io import publish_folder
+from runtime.backends.tensorrt_builder import TrtOptions, build_engine, tensorrt_unavailable_reason
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
 from runtime.machine import cpu_info
 from runtime.metadata import EXPORT_JSON, PRECISIONS, sha256_of
 from runtime.numbers import finite
 from runtime.preprocess import PreprocessSpec
+from runtime.reference_set import (
+    DEFAULT_IMAGES,
+    REFERENCE_FILE,
+    ReferenceSample,
+    write_reference_set,
+)
 from runtime.sizes import parse_size
 from runtime.tensorrt_onnx_check import describe_targets, require_tensorrt_onnx
 
@@ -81,7 +87,7 @@ _TOLERANCE_OPTIONS = {
 }
 # Files an export writes into its folder; anything else there is the user's and is kept.
 _OWN_FILE = re.compile(
-    r"(export\.json|model(\.[\w-]+)*\.(onnx|engine)(\.json)?|\.export-staging-.*)"
+    r"(export\.json|reference\.npz|model(\.[\w-]+)*\.(onnx|engine)(\.json)?|\.export-staging-.*)"
 )
 
 
@@ -319,6 +325,7 @@ def export_checkpoint(
             # INT8 kernels, and so the agreement figures, depend on the CPU's ISA
             "cpu": cpu_info(),
         }
+        manifest.reference = _write_reference(staging, val_raw, pre, ref_labels, with_gt)
         engines = _engines(
             staging, staged, wanted, variants, size, dynamic, output, meta_base, val, ref_labels,
             labels, with_gt, tol, require_trt, build_engines, trt_opts, manifest, say,
@@ -335,6 +342,7 @@ def export_checkpoint(
             sidecar = staging / (entry["file"] + ".json")
             if sidecar.exists():
                 os.replace(sidecar, fresh / sidecar.name)
+        os.replace(staging / REFERENCE_FILE, fresh / REFERENCE_FILE)
         # Listed now, not at the start: an --engine-cache inside --out was filled meanwhile.
         for name in _user_entries(out, refuse=False):
             _link_copy(target / name, fresh / name)
@@ -353,6 +361,31 @@ def export_checkpoint(
     return ExportReport(
         out_dir=out, manifest_path=path, manifest=written, seconds=time.perf_counter() - started
     )
+
+
+def _write_reference(
+    staging: Path,
+    val_raw: list[RawSample],
+    pre: PreprocessSpec,
+    ref_labels: list[np.ndarray],
+    with_gt: bool,
+) -> dict[str, Any]:
+    """reference.npz: the first few verification images as the runtime resizes them, with
+    their fp32 PyTorch labels (and ground truth), so `segkd build` can gate engines on a
+    device without the dataset (runtime/reference_set.py)."""
+    samples = []
+    for raw, labels in list(zip(val_raw, ref_labels, strict=True))[:DEFAULT_IMAGES]:
+        resized, box = pre.resize_frame(raw.image)
+        samples.append(ReferenceSample(resized, labels, raw.mask if with_gt else None, box))
+    path = write_reference_set(staging / REFERENCE_FILE, samples)
+    return {
+        "file": REFERENCE_FILE,
+        **file_facts(path),
+        "images": len(samples),
+        "image_order": "RGB",
+        "labels": "PyTorch fp32, at the network input size",
+        "ground_truth": with_gt,
+    }
 
 
 def _user_entries(out: Path, refuse: bool = True) -> list[str]:
@@ -681,6 +714,8 @@ def _engines(
             "tensorrt_version": built.tensorrt_version,
             "gpu": built.gpu["name"],
             "compute_capability": built.gpu["compute_capability"],
+            "l4t": built.l4t,
+            "dla_core": built.dla_core,
             "strongly_typed": built.strongly_typed,
             "profile": built.profile,
             "cache_key": built.cache_key,

@@ -36,6 +36,7 @@ class Manifest:
     skipped: list[Skipped] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = None  # reference.npz: what `segkd build` gates on
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,6 +51,7 @@ class Manifest:
             "options": self.options,
             "calibration": self.calibration,
             "verification": self.verification,
+            "reference": self.reference,
             "artifacts": self.artifacts,
             "skipped": [s.to_dict() for s in self.skipped],
             "notes": self.notes,

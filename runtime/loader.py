@@ -211,7 +211,7 @@ def _pick_from_folder(
             have = ", ".join(f"{a['file']} ({a.get('precision')})" for a in engines) or "none"
             raise SegkdError(
                 f"{folder}: no TensorRT engine{' for ' + precision if precision else ''} "
-                f"(engines: {have}); build one with `segkd export` on this machine"
+                f"(engines: {have}); build one on this machine with `segkd build {folder}`"
             )
     if art is None:
         art = pick(onnx, PICK_ORDER[kind or _onnx_device_kind(device)])

@@ -206,8 +206,8 @@ class TensorRTBackend:
         reason = self._errors[-1][:200] if self._errors else "deserialization failed"
         return (
             f"{self.path}: this engine does not load on {here} (built for {there}: {reason}); "
-            "engines are tied to one TensorRT version and GPU: rebuild it here from the ONNX "
-            "with `segkd export`"
+            "engines are tied to one TensorRT version and GPU: rebuild it here from the export "
+            "folder with `segkd build FOLDER`"
         )
 
     def _np_dtype(self, name: str) -> np.dtype:

@@ -22,8 +22,8 @@ from distill.data import build_dataset
 from export.api import Tolerances, export_checkpoint, format_summary
 from export.int8 import CPU_RECIPE, pooled_context_convs, zero_point_violations
 from export.onnx_file import MAX_IR_VERSION
-from export.tensorrt_engine import engine_cache_key, tensorrt_unavailable_reason
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from runtime.backends.tensorrt_builder import engine_cache_key, tensorrt_unavailable_reason
 from runtime.errors import SegkdError
 from runtime.metadata import artifact_meta, parse_metadata_json, read_export_json, sha256_of
 from runtime.preprocess import PreprocessSpec
@@ -450,7 +450,7 @@ def test_require_trt_fails_fast_without_tensorrt(ckpt: Path, tmp_path: Path) -> 
     reason=f"TensorRT engines cannot be built here: {tensorrt_unavailable_reason()}",
 )
 def test_tensorrt_engines(ckpt: Path, tmp_path: Path) -> None:
-    from export.tensorrt_engine import TrtOptions
+    from runtime.backends.tensorrt_builder import TrtOptions
 
     report = export_checkpoint(
         ckpt, tmp_path, calib_data=DATA, calib_images=8, verify_images=4,

@@ -98,7 +98,7 @@ def test_a_full_disk_at_any_write_leaves_the_old_export_whole(
     export_checkpoint(ckpt, out, precisions="fp32", tolerances=LOOSE, **FAST)
     (out / "notes.txt").write_text("the user's own file")
     old = snapshot(out)
-    assert set(old) == {"export.json", "model.onnx", "notes.txt"}
+    assert set(old) == {"export.json", "model.onnx", "reference.npz", "notes.txt"}
 
     new_run = {"precisions": "fp32,fp16", "tolerances": LOOSE, **FAST}
     # Count the writes of a clean run over a copy of the old export, then fail each in turn.
@@ -199,4 +199,4 @@ def test_files_written_into_out_during_the_export_are_kept(ckpt: Path, tmp_path:
             (out / "cache" / "timing.bin").write_bytes(b"cache")
 
     export_checkpoint(ckpt, out, precisions="fp32", progress=progress, **FAST)
-    assert set(snapshot(out)) == {"export.json", "model.onnx", "cache/timing.bin"}
+    assert set(snapshot(out)) == {"export.json", "model.onnx", "reference.npz", "cache/timing.bin"}

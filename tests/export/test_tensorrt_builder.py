@@ -17,19 +17,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import export.tensorrt_engine as te
+import runtime.backends.tensorrt_builder as te
 from runtime.errors import SegkdError
+from runtime.gpu import GpuIdentity
 
 
-def fake_tensorrt(version: str, weak_typing_api: bool, calls: list) -> types.ModuleType:
+def fake_tensorrt(
+    version: str, weak_typing_api: bool, calls: list, dla_cores: int = 0
+) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.NetworkDefinitionCreationFlag = IntEnum(
         "NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 0}, start=0
     )
-    flags = {"FP16": 0, "INT8": 1} if weak_typing_api else {"REFIT": 0}
+    flags = {"FP16": 0, "INT8": 1, "GPU_FALLBACK": 2} if weak_typing_api else {"GPU_FALLBACK": 2}
     trt.BuilderFlag = IntEnum("BuilderFlag", flags, start=0)
     trt.MemoryPoolType = IntEnum("MemoryPoolType", {"WORKSPACE": 0}, start=0)
+    trt.DeviceType = IntEnum("DeviceType", {"GPU": 0, "DLA": 1}, start=0)
     trt.TensorIOMode = IntEnum("TensorIOMode", {"INPUT": 0, "OUTPUT": 1}, start=0)
     trt.DataType = IntEnum("DataType", {"FLOAT": 0, "UINT8": 1}, start=0)
     trt.nptype = lambda dt: {0: np.float32, 1: np.uint8}[int(dt)]
@@ -47,6 +51,11 @@ def fake_tensorrt(version: str, weak_typing_api: bool, calls: list) -> types.Mod
     class Config:
         def __init__(self) -> None:
             self.builder_optimization_level = 3
+
+        def __setattr__(self, name, value) -> None:
+            if name in ("default_device_type", "DLA_core"):
+                calls.append((name, value))
+            object.__setattr__(self, name, value)
 
         def set_memory_pool_limit(self, pool, size) -> None:
             calls.append(("workspace", size))
@@ -76,6 +85,8 @@ def fake_tensorrt(version: str, weak_typing_api: bool, calls: list) -> types.Mod
             return types.SimpleNamespace(name="input")
 
     class Builder:
+        num_DLA_cores = dla_cores
+
         def __init__(self, logger) -> None:
             pass
 
@@ -130,6 +141,9 @@ def fake_tensorrt(version: str, weak_typing_api: bool, calls: list) -> types.Mod
     return trt
 
 
+ORIN = GpuIdentity(0, "Orin", "8.7", total_bytes=8 * 2**30, free_bytes=6 * 2**30, integrated=True)
+
+
 @pytest.fixture
 def onnx_file(tmp_path: Path) -> Path:
     path = tmp_path / "model.int8.onnx"
@@ -139,7 +153,10 @@ def onnx_file(tmp_path: Path) -> Path:
 
 def _build(monkeypatch, tmp_path: Path, onnx_file: Path, trt, opts: te.TrtOptions, **kw):
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(te, "gpu_identity", lambda: {"name": "Orin", "compute_capability": "8.7"})
+    l4t = kw.pop("l4t", "36.4.3")
+    gpu = kw.pop("gpu", ORIN)
+    monkeypatch.setattr(te, "gpu_identity", lambda: gpu)
+    monkeypatch.setattr(te, "l4t_release", lambda: l4t)
     return te.build_engine(
         onnx_file, tmp_path / kw.pop("name", "model.int8.engine"), precision=kw.pop("precision", "int8"),
         onnx_sha256="ab" * 32, input_size=(64, 128), dynamic=kw.pop("dynamic", False), opts=opts,
@@ -199,3 +216,71 @@ def test_dynamic_profile(monkeypatch, tmp_path, onnx_file) -> None:
     assert built.profile == [[1, 3, 32, 64], [1, 3, 64, 128], [4, 3, 64, 128]]
     with pytest.raises(SegkdError, match="profile"):
         te.profile_shapes((64, 128), te.TrtOptions(profile_max_size=(48, 96)))
+
+
+@pytest.mark.parametrize("version", ["8.6.2", "10.0.1", "10.2.0"])
+def test_tensorrt_older_than_10_3_is_refused_naming_the_jetpack(
+    monkeypatch, tmp_path, onnx_file, version
+) -> None:
+    trt = fake_tensorrt(version, weak_typing_api=True, calls=[])
+    with pytest.raises(SegkdError, match=r"^TensorRT .* not supported .* JetPack 6.1 or newer"):
+        _build(monkeypatch, tmp_path, onnx_file, trt, te.TrtOptions(cache_dir=tmp_path / "c"))
+    assert not (tmp_path / "model.int8.engine").exists()
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.16.2", "11.4.1"])
+def test_supported_versions_pass_the_version_check(version) -> None:
+    te.check_tensorrt_version(version)
+
+
+def test_workspace_default_is_half_the_free_memory_at_most_4_gib() -> None:
+    auto = te.TrtOptions()
+    assert auto.workspace_bytes(6 * 2**30) == 3 * 2**30  # Orin Nano 8 GB, 6 GiB free
+    assert auto.workspace_bytes(70 * 2**30) == 4 * 2**30  # a desktop GPU: the cap
+    assert te.TrtOptions(workspace_gib=1.5).workspace_bytes(2**30) == int(1.5 * 2**30)
+
+
+def test_the_build_uses_the_workspace_from_free_memory(monkeypatch, tmp_path, onnx_file) -> None:
+    calls: list = []
+    trt = fake_tensorrt("10.3.0", weak_typing_api=True, calls=calls)
+    built = _build(monkeypatch, tmp_path, onnx_file, trt, te.TrtOptions(cache_dir=tmp_path / "c"))
+    assert ("workspace", 3 * 2**30) in calls and built.workspace_bytes == 3 * 2**30
+
+
+def test_dla_on_a_module_without_dla_is_refused(monkeypatch, tmp_path, onnx_file) -> None:
+    trt = fake_tensorrt("10.3.0", weak_typing_api=True, calls=[], dla_cores=0)  # Orin Nano
+    opts = te.TrtOptions(cache_dir=tmp_path / "c", dla_core=0)
+    with pytest.raises(SegkdError, match=r"^--dla-core 0: Orin has no DLA"):
+        _build(monkeypatch, tmp_path, onnx_file, trt, opts)
+    trt = fake_tensorrt("10.3.0", weak_typing_api=True, calls=[], dla_cores=2)  # AGX Orin
+    with pytest.raises(SegkdError, match=r"cores 0\.\.1"):
+        _build(monkeypatch, tmp_path, onnx_file, trt, te.TrtOptions(dla_core=2))
+    with pytest.raises(SegkdError, match="fp16 or int8 only"):
+        _build(monkeypatch, tmp_path, onnx_file, trt, opts, precision="fp32")
+
+
+def test_dla_build_falls_back_to_the_gpu_with_a_fixed_shape(monkeypatch, tmp_path, onnx_file):
+    calls: list = []
+    trt = fake_tensorrt("10.3.0", weak_typing_api=True, calls=calls, dla_cores=2)
+    opts = te.TrtOptions(cache_dir=tmp_path / "c", dla_core=1)
+    built = _build(monkeypatch, tmp_path, onnx_file, trt, opts, dynamic=True)
+    assert ("default_device_type", trt.DeviceType.DLA) in calls and ("DLA_core", 1) in calls
+    assert ("flag", "GPU_FALLBACK") in calls
+    assert built.profile is None and not [c for c in calls if c[0] == "profile"]
+    gpu = _build(monkeypatch, tmp_path, onnx_file, trt, te.TrtOptions(cache_dir=tmp_path / "c"))
+    assert gpu.cache_key != built.cache_key and built.dla_core == 1
+
+
+def test_cache_key_covers_every_field_an_engine_is_tied_to() -> None:
+    base = dict(
+        onnx_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="Orin",
+        compute_capability="8.7", precision="fp16", input_shape=[1, 3, 64, 128], l4t="36.4.3",
+    )  # fmt: skip
+    key = te.engine_cache_key(**base)
+    assert te.engine_cache_key(**base) == key
+    for field, other in (
+        ("onnx_sha256", "cd" * 32), ("tensorrt_version", "10.16.2"), ("gpu_name", "H100"),
+        ("compute_capability", "9.0"), ("precision", "int8"),
+        ("input_shape", [1, 3, 64, 96]), ("l4t", "36.4.0"),
+    ):  # fmt: skip
+        assert te.engine_cache_key(**{**base, field: other}) != key, field

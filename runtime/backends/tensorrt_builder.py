@@ -1,22 +1,27 @@
-"""ONNX -> TensorRT engine, written for TensorRT 10.x (JetPack 6) and 11.x alike.
+"""ONNX -> TensorRT engine, written for TensorRT 10.x (JetPack 6/7) and 11.x alike.
+
+It sits beside its runner (runtime/backends/tensorrt.py) on the torch-free side, so a
+Jetson builds engines from an export folder (runtime/engine_folder.py, `segkd build`)
+with TensorRT, numpy and cuda-python only; `segkd export` uses it on a GPU box too.
 
 Precision comes from the ONNX graph (fp16 tensors, explicit Q/DQ), so the network is
 built strongly typed wherever the flag exists. Everything version-specific is
 feature-detected with hasattr: TensorRT 11 removed BuilderFlag.FP16/INT8, calibrators
-and EXPLICIT_BATCH, and none of those is touched unless present (DEPLOY_FACTS.md).
+and EXPLICIT_BATCH, and none of those is touched unless present. TensorRT older than
+10.3 is refused (8.6 on JetPack 6.0 makes an implicit-batch network the ONNX parser
+rejects). Facts and sources: docs/DEPLOY_FACTS.md.
 
-This module imports tensorrt lazily; the cache key and the availability check work
-without it. Built engines are verified through runtime.backends.tensorrt, the backend
-that serves them. No machine this was written on had TensorRT: the build path is unrun.
+This module imports tensorrt lazily; the cache key, the version check and the workspace
+rule work without it. No machine this was written on had TensorRT: the build path is
+unrun (its tests drive it through a stand-in for the tensorrt module).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +29,28 @@ from typing import Any
 
 import numpy as np
 
+from runtime.atomic_io import write_bytes_atomic
 from runtime.errors import SegkdError
+from runtime.gpu import gpu_identity, gpu_unavailable_reason
+from runtime.jetson_release import l4t_release
 from runtime.numbers import finite
+
+log = logging.getLogger(__name__)
+
+# The oldest TensorRT segkd builds with, and what to install where it finds an older one.
+MIN_TENSORRT = (10, 3)
+_UPGRADE = (
+    "install JetPack 6.1 or newer on a Jetson Orin (TensorRT 10.3), or TensorRT >= 10.3 "
+    "on a desktop (pip install tensorrt)"
+)
+WORKSPACE_CAP_GIB = 4.0  # the default's ceiling; never more than half the free memory
 
 
 @dataclass(frozen=True)
 class TrtOptions:
-    workspace_gib: float = 4.0  # builder scratch memory limit
+    workspace_gib: float | None = (
+        None  # builder scratch limit; None = half the free memory, <= 4 GiB
+    )
     optimization_level: int = 3  # 0..5; higher searches longer for faster tactics
     cache_dir: Path | None = None  # engine + timing cache folder; None = ~/.cache/segkd/tensorrt
     use_cache: bool = True
@@ -40,9 +60,21 @@ class TrtOptions:
     profile_min_size: tuple[int, int] | None = None  # dynamic exports; None = half the size
     profile_max_size: tuple[int, int] | None = None  # dynamic exports; None = the export size
     verbose: bool = False
+    dla_core: int | None = None  # Jetson DLA core to build for (GPU fallback); None = GPU
 
     def __post_init__(self) -> None:
-        finite("--trt-workspace", self.workspace_gib, low=0.0, low_open=True)
+        if self.workspace_gib is not None:
+            finite("--trt-workspace", self.workspace_gib, low=0.0, low_open=True)
+        if self.dla_core is not None and (isinstance(self.dla_core, bool) or self.dla_core < 0):
+            raise SegkdError(f"--dla-core must be an integer >= 0, got {self.dla_core!r}")
+
+    def workspace_bytes(self, free_bytes: int) -> int:
+        """The given limit, else min(4 GiB, half the free device memory): an 8 GB Orin Nano
+        shares its memory with the CPU, and a 4 GiB default left the camera and the host
+        pipeline short."""
+        if self.workspace_gib is not None:
+            return int(self.workspace_gib * 2**30)
+        return int(min(WORKSPACE_CAP_GIB * 2**30, free_bytes // 2))
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
@@ -51,14 +83,32 @@ class TrtOptions:
         return base / "segkd" / "tensorrt"
 
 
+def tensorrt_version_tuple(version: str) -> tuple[int, int]:
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise SegkdError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def check_tensorrt_version(version: str) -> None:
+    """SegkdError (one line naming what to install) for a TensorRT segkd cannot build with."""
+    if tensorrt_version_tuple(version) < MIN_TENSORRT:
+        raise SegkdError(f"TensorRT {version} is not supported (10.3 or newer needed): {_UPGRADE}")
+
+
 def tensorrt_unavailable_reason() -> str | None:
     """None when engines can be built here, else one line saying why not."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError:
         return "the tensorrt Python package is not installed"
     except Exception as e:  # a broken install (missing libnvinfer) raises other errors
         return f"tensorrt failed to import ({type(e).__name__}: {e!s:.120})"
+    try:
+        check_tensorrt_version(str(tensorrt.__version__))
+    except SegkdError as e:
+        return str(e)
     # Engines are verified through the runtime's TensorRT backend, which needs cuda-python.
     from runtime.backends.tensorrt import import_cudart
 
@@ -66,27 +116,7 @@ def tensorrt_unavailable_reason() -> str | None:
         import_cudart()
     except SegkdError:
         return "cuda-python (which the tensorrt backend uses for GPU memory) is not installed"
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return "no CUDA GPU is visible"
-    except ImportError:
-        return "torch is needed to identify the GPU"
-    return None
-
-
-def gpu_identity() -> dict[str, Any]:
-    """Name and compute capability of the current CUDA device (engines are tied to both)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SegkdError(
-            "no CUDA GPU is visible: TensorRT engines are built on the GPU that runs them"
-        )
-    idx = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(idx)
-    return {"name": torch.cuda.get_device_name(idx), "compute_capability": f"{major}.{minor}"}
+    return gpu_unavailable_reason()
 
 
 def engine_cache_key(
@@ -97,18 +127,21 @@ def engine_cache_key(
     compute_capability: str,
     precision: str,
     input_shape: Any,
+    l4t: str | None = None,
     build_options: dict[str, Any] | None = None,
 ) -> str:
     """A stable key for a built engine; any change to its inputs gives a new key.
 
     An engine is only valid for the exact TensorRT version and GPU model it was built
-    for, and the ONNX hash covers the weights, the graph and the precision recipe.
+    for, and the ONNX hash covers the weights, the graph and the precision recipe; on a
+    Jetson the L4T release too (a JetPack update changes the driver and CUDA).
     """
     payload = {
         "onnx_sha256": onnx_sha256,
         "tensorrt": tensorrt_version,
         "gpu": gpu_name,
         "cc": compute_capability,
+        "l4t": l4t,
         "precision": precision,
         "input_shape": input_shape,
         "build": build_options or {},
@@ -143,23 +176,12 @@ def profile_shapes(
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class EngineBuild:
     path: Path
     tensorrt_version: str
     gpu: dict[str, Any]
+    l4t: str | None
     cache_key: str
     from_cache: bool
     build_seconds: float
@@ -167,6 +189,8 @@ class EngineBuild:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     profile: list[list[int]] | None
+    workspace_bytes: int
+    dla_core: int | None
 
 
 def _io_tensors(trt: Any, engine: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -180,6 +204,31 @@ def _io_tensors(trt: Any, engine: Any) -> tuple[list[dict[str, Any]], list[dict[
         }
         (ins if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outs).append(entry)
     return ins, outs
+
+
+def check_dla(dla_core: int | None, dla_cores: int, precision: str, gpu_name: str) -> None:
+    """Refuse a DLA build this module or this file cannot make (docs/DEPLOY_FACTS.md, DLA)."""
+    if dla_core is None:
+        return
+    if dla_cores == 0:
+        raise SegkdError(
+            f"--dla-core {dla_core}: {gpu_name} has no DLA (Orin Nano has none; AGX Orin and "
+            "Orin NX have two): drop --dla-core to build for the GPU"
+        )
+    if dla_core >= dla_cores:
+        raise SegkdError(f"--dla-core {dla_core}: this module has DLA cores 0..{dla_cores - 1}")
+    if precision == "fp32":
+        raise SegkdError(
+            f"--dla-core {dla_core}: the DLA runs fp16 or int8 only; build model.fp16.onnx "
+            "or model.int8.onnx (--precision fp16,int8)"
+        )
+
+
+def _configure_dla(trt: Any, config: Any, dla_core: int) -> None:
+    """Layers on DLA core `dla_core`, the rest falling back to the GPU layer by layer."""
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = int(dla_core)
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
 def build_engine(
@@ -197,37 +246,48 @@ def build_engine(
 
     layout: the ONNX input's layout (NHWC for a uint8-pixel input, whose Cast TensorRT
     10+ runs on the GPU: uint8 is a valid network I/O type there).
+    A DLA build (opts.dla_core) fixes the shapes: the DLA has no dynamic shapes, and a
+    dynamic profile would push its layers back to the GPU.
     """
     import tensorrt as trt
 
-    gpu = gpu_identity()
     version = str(trt.__version__)
+    check_tensorrt_version(version)
+    gpu = gpu_identity()
+    l4t = l4t_release()
+    logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    check_dla(opts.dla_core, int(getattr(builder, "num_DLA_cores", 0)), precision, gpu.name)
+    if opts.dla_core is not None and dynamic:
+        log.info("DLA build: fixing the input at %dx%d, batch 1", *input_size)
+        dynamic = False
     profile = profile_shapes(input_size, opts, layout) if dynamic else None
     flag_enum = trt.NetworkDefinitionCreationFlag
     strongly_typed = not (opts.weak_typing and hasattr(trt.BuilderFlag, "FP16"))
+    workspace = opts.workspace_bytes(gpu.free_bytes)
     build_opts = {
         "strongly_typed": strongly_typed,
         "optimization_level": opts.optimization_level,
-        "workspace_gib": opts.workspace_gib,
+        "workspace_bytes": workspace,
+        "dla_core": opts.dla_core,
     }
     key = engine_cache_key(
         onnx_sha256=onnx_sha256,
         tensorrt_version=version,
-        gpu_name=gpu["name"],
-        compute_capability=gpu["compute_capability"],
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
         precision=precision,
         input_shape=[list(s) for s in profile] if profile else list(_shape(1, input_size, layout)),
+        l4t=l4t,
         build_options=build_opts,
     )
     cache_dir = opts.resolved_cache_dir()
     cached = cache_dir / f"{key}.engine"
-    logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     started = time.perf_counter()
     from_cache = opts.use_cache and cached.is_file()
     if from_cache:
-        shutil.copyfile(cached, engine_path)
+        write_bytes_atomic(engine_path, cached.read_bytes())
     else:
-        builder = trt.Builder(logger)
         flags = 0
         if strongly_typed and hasattr(flag_enum, "STRONGLY_TYPED"):
             flags |= 1 << int(flag_enum.STRONGLY_TYPED)  # ignored (always on) in 11.x
@@ -239,7 +299,7 @@ def build_engine(
                 f"{onnx_path.name}: TensorRT {version} cannot parse it: {'; '.join(errors)[:300]}"
             )
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gib * 2**30))
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
         if hasattr(config, "builder_optimization_level"):
             config.builder_optimization_level = int(opts.optimization_level)
         if not strongly_typed:  # TensorRT 10.x weak typing; these flags do not exist in 11.x
@@ -247,6 +307,8 @@ def build_engine(
                 config.set_flag(trt.BuilderFlag.FP16)
             if precision == "int8":
                 config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: no calibrator
+        if opts.dla_core is not None:
+            _configure_dla(trt, config, opts.dla_core)
         if profile is not None:
             opt_profile = builder.create_optimization_profile()
             opt_profile.set_shape(network.get_input(0).name, *profile)
@@ -265,11 +327,11 @@ def build_engine(
                 "(re-run with --trt-verbose; if the log mentions memory, raise --trt-workspace)"
             )
         data = bytes(serialized)
-        _atomic_write(engine_path, data)
+        write_bytes_atomic(engine_path, data)
         if timing is not None:
-            _atomic_write(timing_path, bytes(config.get_timing_cache().serialize()))
+            write_bytes_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
         if opts.use_cache:
-            _atomic_write(cached, data)
+            write_bytes_atomic(cached, data)
     seconds = time.perf_counter() - started
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
@@ -278,7 +340,8 @@ def build_engine(
     return EngineBuild(
         path=engine_path,
         tensorrt_version=version,
-        gpu=gpu,
+        gpu={"name": gpu.name, "compute_capability": gpu.compute_capability},
+        l4t=l4t,
         cache_key=key,
         from_cache=from_cache,
         build_seconds=seconds,
@@ -286,4 +349,6 @@ def build_engine(
         inputs=inputs,
         outputs=outputs,
         profile=[list(s) for s in profile] if profile else None,
+        workspace_bytes=workspace,
+        dla_core=opts.dla_core,
     )
