@@ -11,6 +11,7 @@ the host's share (pre + post over end to end).
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -22,8 +23,11 @@ import cv2
 import numpy as np
 
 from runtime.errors import SegkdError
+from runtime.jetson_facts import clocks_warning, power_meter, read_jetson_facts
 from runtime.machine import cpu_info, describe_cpu
 from runtime.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
 
 STAGES = ("preprocess", "inference", "postprocess", "end_to_end")
 
@@ -76,6 +80,10 @@ class BenchResult:
     input_kind: str = "float32 NCHW"  # the graph input: dtype and layout
     output_kind: str = "logits"  # logits | labels | labels-lowres
     variant: str | None = None  # export.json's variant (portable, tensorrt, cpu)
+    # On a Jetson (runtime/jetson_facts.py): release, power mode, clocks; power drawn during
+    # the timed loop (mean W, mJ per frame). None elsewhere.
+    jetson: dict[str, Any] | None = None
+    power: dict[str, Any] | None = None
 
     @property
     def host_share(self) -> float:
@@ -129,12 +137,15 @@ def benchmark(
     warmup: int = 10,
     batch: int = 1,
     on_iteration: Callable[[int, int], None] | None = None,
+    device_root: Path | str = "/",
 ) -> BenchResult:
     """Time `iters` calls of `predict_batch` on `batch` frames each (after `warmup` calls).
 
     frames: BGR uint8 frames to cycle through; default one synthetic street frame of
     `frame_size` (H, W), Cityscapes' 1024x2048 unless told otherwise.
     on_iteration(done, total) is called after each call (warm-up included), for progress.
+    device_root: where the Jetson's /etc, /proc and /sys are (tests pass a fixture tree);
+    on a Jetson the INA3221 rails are sampled through the timed iterations.
     """
     if iters < 1 or warmup < 0 or batch < 1:
         raise SegkdError(
@@ -150,7 +161,14 @@ def benchmark(
     frame_hw = pool[0].shape[:2] if len(sizes) == 1 else (-1, -1)  # -1: mixed sizes
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     total, cursor = warmup + iters, 0
+    jetson = read_jetson_facts(device_root)
+    meter = power_meter(device_root) if jetson is not None else None
+    warning = clocks_warning(jetson)
+    if warning:
+        log.warning(warning)
     for i in range(total):
+        if i == warmup and meter is not None:
+            meter.start()
         chunk = [pool[(cursor + k) % len(pool)] for k in range(batch)]
         cursor += batch
         t: dict[str, float] = {}
@@ -164,6 +182,7 @@ def benchmark(
             times["end_to_end"].append(e2e)
         if on_iteration is not None:
             on_iteration(i + 1, total)
+    power = meter.stop(frames=iters * batch) if meter is not None else None
     stats = {s: LatencyStats.from_seconds(v, batch) for s, v in times.items()}
     path = segmenter.model_path
     return BenchResult(
@@ -183,6 +202,8 @@ def benchmark(
         input_kind=f"{segmenter.preprocess.dtype} {segmenter.preprocess.layout}",
         output_kind=segmenter.output_kind,
         variant=segmenter.meta.extra.get("variant"),
+        jetson=jetson.to_dict() if jetson is not None else None,
+        power=power,
         **stats,
     )
 

@@ -38,9 +38,35 @@ def _cpuinfo_text() -> str:
         return ""
 
 
+# arm64 /proc/cpuinfo has no "model name": the core is named by implementer and part
+# (Linux arch/arm64/include/asm/cputype.h). The ones a Jetson or an Arm server has.
+ARM_PARTS = {
+    (0x41, 0xD05): "Arm Cortex-A55",
+    (0x41, 0xD08): "Arm Cortex-A72",
+    (0x41, 0xD0B): "Arm Cortex-A76",
+    (0x41, 0xD0C): "Arm Neoverse-N1",
+    (0x41, 0xD40): "Arm Neoverse-V1",
+    (0x41, 0xD41): "Arm Cortex-A78",
+    (0x41, 0xD42): "Arm Cortex-A78AE",  # Jetson Orin
+    (0x41, 0xD49): "Arm Neoverse-N2",
+    (0x41, 0xD4F): "Arm Neoverse-V2",  # Grace
+    (0x41, 0xD8E): "Arm Neoverse-V3AE",  # Jetson Thor
+    (0x4E, 0x004): "NVIDIA Carmel",  # Jetson Xavier
+}
+
+
+def _hex(value: str) -> int | None:
+    try:
+        return int(value.strip(), 0)
+    except ValueError:
+        return None
+
+
 def parse_cpuinfo(text: str) -> tuple[str | None, set[str]]:
-    """(model name, flags) from /proc/cpuinfo text (x86 'flags', Arm 'Features')."""
+    """(model, flags) from /proc/cpuinfo text: x86 'model name' and 'flags'; arm64
+    'Features' and the core named from 'CPU implementer' + 'CPU part'."""
     model, flags = None, set()
+    implementer = part = None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -48,6 +74,12 @@ def parse_cpuinfo(text: str) -> tuple[str | None, set[str]]:
             model = value.strip() or None
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
+        elif key == "cpu implementer" and implementer is None:
+            implementer = _hex(value)
+        elif key == "cpu part" and part is None:
+            part = _hex(value)
+    if model is None and implementer is not None and part is not None:
+        model = ARM_PARTS.get((implementer, part), f"Arm core {implementer:#x}/{part:#05x}")
     return model, flags
 
 
