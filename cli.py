@@ -622,7 +622,10 @@ def bench(
 @app.command()
 def demo(
     source: Annotated[
-        str, typer.Argument(help="video file, camera index, image folder or stream URL")
+        str,
+        typer.Argument(
+            help="video file, camera index, /dev/videoN, csi://N, stream URL, gst:PIPELINE or image folder"
+        ),
     ],
     model: Annotated[str, typer.Option(help=".pt, .onnx, .engine or an export folder")],
     out: Annotated[

@@ -3,7 +3,8 @@
 TensorRT (both 10.x and 11.x) consumes explicit Q/DQ graphs and rejects non-zero
 zero-points, so its recipe is fully symmetric int8. ONNX Runtime's CPU kernels are
 fastest with unsigned (asymmetric) activations, which fuse Conv+ReLU into QLinearConv
-(DEPLOY_FACTS.md); that recipe would be rejected by TensorRT, hence two artifacts.
+(docs/DEPLOY_FACTS.md, "TensorRT's ONNX limits" and "ONNX Runtime"); that recipe would
+be rejected by TensorRT, hence two artifacts.
 The TensorRT file is then rewritten into a mixed int8/fp16 graph at opset 19, because
 strongly typed TensorRT runs every tensor in its ONNX type (export/int8_tensorrt.py).
 """

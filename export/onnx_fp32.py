@@ -3,7 +3,8 @@
 The legacy TorchScript exporter (dynamo=False) is tried first: it writes the opset we
 ask for and keeps the matmul pooling's shape arithmetic symbolic. If a torch build has
 dropped it, the dynamo exporter is used with external_data=False, and a silently
-raised opset (it writes 18 when asked for 17, DEPLOY_FACTS.md) is converted back.
+raised opset (it writes 18 when asked for 17, docs/DEPLOY_FACTS.md, "ONNX export") is
+converted back.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class PixelInput(nn.Module):
     The graph's first ops: Cast, Transpose, the channel flip when the frame order is not
     the network's, then one multiply and one add per value, the same (x - mean) / std
     the host would do (PreprocessSpec.normalize). The Cast comes first because TensorRT
-    takes a UINT8 network input only into a Cast (docs/DEPLOY_FACTS.md, "UINT8"); TensorRT
-    fuses the pointwise chain with the input reformat; onnxruntime runs it on its threads.
+    takes a UINT8 network input only into a Cast (docs/DEPLOY_FACTS.md, "TensorRT's ONNX
+    limits"); TensorRT fuses the pointwise chain with the input reformat; onnxruntime
+    runs it on its threads.
     """
 
     def __init__(self, spec: PreprocessSpec) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from runtime.camera import open_capture, parse_live_source
 from runtime.errors import SegkdError
 from runtime.evaluate import IMAGE_SUFFIXES, write_image
 from runtime.numbers import finite
@@ -81,12 +82,13 @@ class _Source:
         self.fps: float | None = None
         text = str(source)
         path = Path(text)
+        live = None if isinstance(source, int) else parse_live_source(text)
         if isinstance(source, int) or text.isdigit():
             self.kind = "camera"
             self.cap = cv2.VideoCapture(int(text))
-        elif "://" in text:
-            self.kind = "stream"
-            self.cap = cv2.VideoCapture(text)
+        elif live is not None:  # csi://N, /dev/videoN, a URL, gst:PIPELINE (runtime/camera.py)
+            self.kind = live.kind
+            self.cap = open_capture(live, text)
         elif path.is_dir():
             self.kind = "images"
             self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -101,7 +103,7 @@ class _Source:
             self.cap = cv2.VideoCapture(text)
         else:
             raise SegkdError(
-                f"demo source not found: {text} (a video file, camera index, image folder or URL)"
+                f"demo source not found: {text} (a video file, camera index, /dev/videoN, csi://N, URL, gst:PIPELINE or image folder)"
             )
         if self.cap is not None:
             if not self.cap.isOpened():

@@ -4,7 +4,7 @@ NVIDIA's Jetson Linux Developer Guide ("Quick Start", checking the release) read
 release from /etc/nv_tegra_release, whose first line is like
 `# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: ...`.
 Engines are keyed on it too: a JetPack upgrade changes TensorRT, CUDA and the driver.
-The JetPack table is docs/DEPLOY_FACTS.md's ("Jetson releases").
+The JetPack table is in docs/DEPLOY_FACTS.md ("TensorRT versions segkd builds with").
 """
 
 from __future__ import annotations

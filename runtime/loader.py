@@ -87,8 +87,9 @@ def open_segmenter(
         if path.suffix.lower() == ".onnx" and backend != "tensorrt":
             _check_backend(path, backend, "onnxruntime")
             seg = _open_onnx(path, device, input_size, verify, _opts("onnxruntime", opts))
-            # The provider list can promise CUDA where there is no GPU (DEPLOY_FACTS): pick
-            # again for the provider that really runs, and reopen if that is another file.
+            # The provider list can promise CUDA where there is no GPU (docs/DEPLOY_FACTS.md,
+            # "ONNX Runtime"): pick again for the provider that really runs, and reopen if
+            # that is another file.
             ran = _provider_kind(seg.provider)
             if ran != _onnx_device_kind(device):
                 better = _pick_from_folder(folder, backend, precision, device, kind=ran)

@@ -2,7 +2,8 @@
 
 `nn.AdaptiveAvgPool2d` with bins that do not divide the feature map (PSPNet's 3 and
 6) fails with the legacy ONNX exporter, and the dynamo exporter unrolls it into
-thousands of Gather/Add nodes valid only at the traced size (DEPLOY_FACTS.md).
+thousands of Gather/Add nodes valid only at the traced size (docs/DEPLOY_FACTS.md,
+"ONNX export").
 Here output = P_h @ X @ P_w^T, where row i of P_h averages input rows
 [floor(i*H/out), ceil((i+1)*H/out)), exactly PyTorch's bin boundaries. The pooling
 matrices are built from the runtime shape with tensor ops, so an exported graph

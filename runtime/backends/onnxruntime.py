@@ -1,7 +1,8 @@
 """ONNX Runtime backend: CPU, CUDA or TensorRT execution providers.
 
-`get_available_providers()` lists CUDA on machines without a GPU (DEPLOY_FACTS), so
-the provider reported is `session.get_providers()[0]`: the one that really runs.
+`get_available_providers()` lists CUDA on machines without a GPU (docs/DEPLOY_FACTS.md,
+"ONNX Runtime"), so the provider reported is `session.get_providers()[0]`: the one that
+really runs.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def _io_tensors(trt: Any, engine: Any) -> tuple[list[dict[str, Any]], list[dict[
 
 
 def check_dla(dla_core: int | None, dla_cores: int, precision: str, gpu_name: str) -> None:
-    """Refuse a DLA build this module or this file cannot make (docs/DEPLOY_FACTS.md, DLA)."""
+    """Refuse a DLA build this module or this file cannot make (docs/DEPLOY_FACTS.md, "DLA (Jetson)")."""
     if dla_core is None:
         return
     if dla_cores == 0:
