@@ -61,6 +61,25 @@ def label_tails(k: int, h: int, w: int) -> dict[str, onnx.ModelProto]:
     return out
 
 
+def casts_alone(h: int, w: int) -> dict[str, onnx.ModelProto]:
+    """The label casts on their own, fed ArgMax's int64 map: the cost without the ArgMax's
+    noise around it."""
+    inp = helper.make_tensor_value_info("idx", TensorProto.INT64, [1, h, w])
+    out = {}
+    for name, casts, dtype in (
+        ("Cast(uint8)", [U8], U8),
+        ("Cast(float16)->Cast(uint8)", [TensorProto.FLOAT16, U8], U8),
+        ("Cast(int32)", [I32], I32),
+    ):
+        nodes, src = [], "idx"
+        for i, to in enumerate(casts):
+            dst = "labels" if i == len(casts) - 1 else f"c{i}"
+            nodes.append(helper.make_node("Cast", [src], [dst], to=to))
+            src = dst
+        out[name] = _model(nodes, inp, helper.make_tensor_value_info("labels", dtype, [1, h, w]))
+    return out
+
+
 def input_heads(h: int, w: int) -> dict[str, onnx.ModelProto]:
     inp = helper.make_tensor_value_info("input", U8, [1, h, w, 3])
     outp = helper.make_tensor_value_info("x", F, [1, 3, h, w])
@@ -89,11 +108,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((1, args.classes, h, w), dtype=np.float32)
     frame = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+    indices = rng.integers(0, args.classes, (1, h, w), dtype=np.int64)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     print(f"{describe_cpu()}; onnxruntime {ort.__version__}, {args.threads} thread(s), {h}x{w}")
     for title, models, feed in (
         (f"label map from {args.classes}-class logits", label_tails(args.classes, h, w), logits),
+        ("the label casts alone, on an int64 label map", casts_alone(h, w), indices),
         ("uint8 frame into the graph", input_heads(h, w), frame),
     ):
         sessions = {
