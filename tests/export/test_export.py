@@ -107,9 +107,16 @@ def test_fp32_labels_match_pytorch(full, ckpt: Path) -> None:
 def test_opset_ir_single_file_and_metadata(full) -> None:
     files = sorted(p.name for p in full.out_dir.iterdir())
     assert files == sorted(
-        ["export.json", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"]
+        [
+            "export.json",
+            "model.onnx",
+            "model.fp16.onnx",
+            "model.int8.onnx",
+            "model.int8-cpu.onnx",
+            "reference.npz",
+        ]
     ), files  # single files: no .onnx.data, no staging leftovers
-    for name in files[1:]:
+    for name in [f for f in files if f.endswith(".onnx")]:
         proto = onnx.load(str(full.out_dir / name))
         opset = {i.domain: i.version for i in proto.opset_import}
         # fp16 Q/DQ need opset 19 (export/int8_tensorrt.py); the rest keep --opset.
@@ -366,7 +373,11 @@ def test_fp16_only_with_int32_labels(ckpt: Path, tmp_path: Path) -> None:
         ckpt, tmp_path, precisions="fp16", label_dtype="int32", calib_data=DATA, verify_images=1
     )
     # fp32 is built and verified as the source, but only what was asked for is shipped.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.fp16.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "export.json",
+        "model.fp16.onnx",
+        "reference.npz",
+    ]
     assert report.artifact("model.fp16.onnx")["outputs"][0]["dtype"] == "int32"
     x, _ = _val_inputs(PreprocessSpec(input_size=SIZE), 1)
     assert _run(tmp_path / "model.fp16.onnx", x).dtype == np.int32
