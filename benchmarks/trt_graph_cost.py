@@ -42,42 +42,41 @@ def _model(nodes, inp, out) -> onnx.ModelProto:
     return m
 
 
-def label_tails(k: int, h: int, w: int) -> dict[str, onnx.ModelProto]:
-    inp = helper.make_tensor_value_info("logits", F, [1, k, h, w])
-    arg = helper.make_node("ArgMax", ["logits"], ["idx"], axis=1, keepdims=0)
+def _label_ends(
+    inp: onnx.ValueInfoProto, head: list[onnx.NodeProto], h: int, w: int, variants
+) -> dict[str, onnx.ModelProto]:
+    """One model per (name, cast chain, output type): `head` (producing "idx"), then the casts."""
     out = {}
-    for name, casts, dtype in (
-        ("ArgMax->Cast(uint8)", [U8], U8),
-        ("ArgMax->Cast(float16)->Cast(uint8)", [TensorProto.FLOAT16, U8], U8),
-        ("ArgMax->Cast(float)->Cast(uint8)", [F, U8], U8),
-        ("ArgMax->Cast(int32)", [I32], I32),
-    ):
-        nodes, src = [arg], "idx"
+    for name, casts, dtype in variants:
+        nodes, src = list(head), "idx"
         for i, to in enumerate(casts):
             dst = "labels" if i == len(casts) - 1 else f"c{i}"
             nodes.append(helper.make_node("Cast", [src], [dst], to=to))
             src = dst
         out[name] = _model(nodes, inp, helper.make_tensor_value_info("labels", dtype, [1, h, w]))
     return out
+
+
+def label_tails(k: int, h: int, w: int) -> dict[str, onnx.ModelProto]:
+    inp = helper.make_tensor_value_info("logits", F, [1, k, h, w])
+    arg = helper.make_node("ArgMax", ["logits"], ["idx"], axis=1, keepdims=0)
+    return _label_ends(inp, [arg], h, w, (
+        ("ArgMax->Cast(uint8)", [U8], U8),
+        ("ArgMax->Cast(float16)->Cast(uint8)", [TensorProto.FLOAT16, U8], U8),
+        ("ArgMax->Cast(float)->Cast(uint8)", [F, U8], U8),
+        ("ArgMax->Cast(int32)", [I32], I32),
+    ))  # fmt: skip
 
 
 def casts_alone(h: int, w: int) -> dict[str, onnx.ModelProto]:
     """The label casts on their own, fed ArgMax's int64 map: the cost without the ArgMax's
     noise around it."""
     inp = helper.make_tensor_value_info("idx", TensorProto.INT64, [1, h, w])
-    out = {}
-    for name, casts, dtype in (
+    return _label_ends(inp, [], h, w, (
         ("Cast(uint8)", [U8], U8),
         ("Cast(float16)->Cast(uint8)", [TensorProto.FLOAT16, U8], U8),
         ("Cast(int32)", [I32], I32),
-    ):
-        nodes, src = [], "idx"
-        for i, to in enumerate(casts):
-            dst = "labels" if i == len(casts) - 1 else f"c{i}"
-            nodes.append(helper.make_node("Cast", [src], [dst], to=to))
-            src = dst
-        out[name] = _model(nodes, inp, helper.make_tensor_value_info("labels", dtype, [1, h, w]))
-    return out
+    ))  # fmt: skip
 
 
 def input_heads(h: int, w: int) -> dict[str, onnx.ModelProto]:

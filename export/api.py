@@ -698,29 +698,14 @@ def _engines(
                 f"{engine_file}: labels agree with fp32 on {_pct(res[key].pixel_agreement)} of "
                 f"pixels, below the {precision} minimum {_pct(tol.min_agreement(precision))}"
             )
-        facts = file_facts(built.path)
         entry = {
             "file": engine_file,
             "format": "tensorrt-engine",
             "precision": precision,
             "variant": "tensorrt",
             "output": output,
-            **facts,
-            "inputs": built.inputs,
-            "outputs": built.outputs,
-            "input_name": built.inputs[0]["name"],
-            "output_name": built.outputs[0]["name"],
+            **built.manifest_facts(),
             "built_from": {"file": src.file, "sha256": src.entry["sha256"]},
-            "tensorrt_version": built.tensorrt_version,
-            "gpu": built.gpu["name"],
-            "compute_capability": built.gpu["compute_capability"],
-            "l4t": built.l4t,
-            "dla_core": built.dla_core,
-            "strongly_typed": built.strongly_typed,
-            "profile": built.profile,
-            "cache_key": built.cache_key,
-            "from_cache": built.from_cache,
-            "build_seconds": round(built.build_seconds, 2),
             "agreement": agreement,
         }
         sidecar = {**meta_base, "precision": precision, "variant": "tensorrt", **{

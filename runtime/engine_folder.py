@@ -167,28 +167,15 @@ def _engine_entry(step: PlannedEngine, built: EngineBuild, score: dict[str, Any]
         "precision": step.precision,
         "variant": "tensorrt",
         "output": step.output_kind,
-        "sha256": sha256_of(built.path),
-        "size_bytes": built.path.stat().st_size,
-        "inputs": built.inputs,
-        "outputs": built.outputs,
-        "input_name": built.inputs[0]["name"],
-        "output_name": built.outputs[0]["name"],
+        **built.manifest_facts(),
         "built_from": {"file": step.onnx_file, "sha256": step.onnx_sha256},
         "built_by": "segkd build",
-        "tensorrt_version": built.tensorrt_version,
-        "gpu": built.gpu["name"],
-        "compute_capability": built.gpu["compute_capability"],
-        "l4t": built.l4t,
-        "dla_core": built.dla_core,
-        "strongly_typed": built.strongly_typed,
-        "profile": built.profile,
-        "workspace_bytes": built.workspace_bytes,
-        "cache_key": built.cache_key,
-        "from_cache": built.from_cache,
-        "build_seconds": round(built.build_seconds, 2),
-        "agreement": {**score, "min_pixel_agreement": step.min_agreement,
-                      "reference": f"{REFERENCE_FILE}: fp32 PyTorch labels from segkd export"},
-    }  # fmt: skip
+        "agreement": {
+            **score,
+            "min_pixel_agreement": step.min_agreement,
+            "reference": f"{REFERENCE_FILE}: fp32 PyTorch labels from segkd export",
+        },
+    }
 
 
 def _gate(
@@ -265,6 +252,9 @@ def build_folder(
         # Everything passed: engines into place, then the manifest that lists them.
         for tmp, final, _ in staged:
             os.replace(tmp, final)
+            # an engine `segkd export` built on another GPU had a sidecar; export.json
+            # now describes this one
+            final.with_name(final.name + ".json").unlink(missing_ok=True)
         entries = [e for _, _, e in staged]
         write_json_atomic(with_engine_entries(export, entries), folder / EXPORT_JSON, strict=True)
     finally:

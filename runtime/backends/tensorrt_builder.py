@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic_io import write_bytes_atomic
+from runtime.atomic_io import sha256_of, write_bytes_atomic
 from runtime.errors import SegkdError
 from runtime.gpu import gpu_identity, gpu_unavailable_reason
 from runtime.jetson_release import l4t_release
@@ -191,6 +191,28 @@ class EngineBuild:
     profile: list[list[int]] | None
     workspace_bytes: int
     dla_core: int | None
+
+    def manifest_facts(self) -> dict[str, Any]:
+        """What export.json records of a built engine, whoever built it (export or build)."""
+        return {
+            "sha256": sha256_of(self.path),
+            "size_bytes": self.path.stat().st_size,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "input_name": self.inputs[0]["name"],
+            "output_name": self.outputs[0]["name"],
+            "tensorrt_version": self.tensorrt_version,
+            "gpu": self.gpu["name"],
+            "compute_capability": self.gpu["compute_capability"],
+            "l4t": self.l4t,
+            "dla_core": self.dla_core,
+            "strongly_typed": self.strongly_typed,
+            "profile": self.profile,
+            "workspace_bytes": self.workspace_bytes,
+            "cache_key": self.cache_key,
+            "from_cache": self.from_cache,
+            "build_seconds": round(self.build_seconds, 2),
+        }
 
 
 def _io_tensors(trt: Any, engine: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
