@@ -230,11 +230,13 @@ def _check_types(model: Any, types: dict[str, str]) -> list[Violation]:
                 "ops",
             ))  # fmt: skip
     inits = {i.name for i in g.initializer}
+    flagged: set[int] = set()  # nodes already reported for the UINT8 input
     for inp in g.input:
         if inp.name in inits or types.get(inp.name) != "uint8":
             continue
         for n in consumers.get(inp.name, []):
             if n.op_type != "Cast":
+                flagged.add(id(n))
                 out.append(Violation(
                     "uint8-input", _label(n),
                     f"takes the UINT8 network input {inp.name!r}; TensorRT accepts a UINT8 "
@@ -251,7 +253,12 @@ def _check_types(model: Any, types: dict[str, str]) -> list[Violation]:
                     f"casts {dtype} to UINT8; TensorRT converts to UINT8 only from "
                     "float32/float16 (Cast to float first, or output int32)", "dtype",
                 ))  # fmt: skip
-        elif allowed is not None and dtype not in (None, "?") and dtype not in allowed:
+        elif (
+            allowed is not None
+            and dtype not in (None, "?")
+            and dtype not in allowed
+            and id(n) not in flagged
+        ):
             src = "3985" if dtype == "uint8" else "ops"
             out.append(Violation(
                 "op-type", _label(n),

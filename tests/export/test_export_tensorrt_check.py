@@ -50,3 +50,36 @@ def test_every_tensorrt_bound_file_passes(ckpt, tmp_path, input_dtype, output, l
             assert [n.op_type for n in proto.graph.node][-3:] == ["ArgMax", "Cast", "Cast"]
     cpu = report.artifact("model.int8-cpu.onnx")
     assert "tensorrt_check" not in cpu  # the CPU recipe is never built by TensorRT
+
+
+def test_the_old_uint8_export_is_stopped_in_one_line_naming_the_node(ckpt, tmp_path, monkeypatch):
+    """Today's exporter with yesterday's graph: the uint8 frame transposed before its Cast
+    and no float route to the uint8 labels. The export stops before writing anything."""
+    import torch
+
+    import export.api
+    from export.onnx_fp32 import PixelInput
+    from runtime.errors import SegkdError
+
+    def old_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nhwc:
+            x = x.permute(0, 3, 1, 2)
+        x = x.to(torch.float32)
+        if self.flip:
+            x = torch.flip(x, dims=[1])
+        return x * self.scale + self.shift
+
+    monkeypatch.setattr(PixelInput, "forward", old_forward)
+    monkeypatch.setattr(export.api, "uint8_casts_through_float", lambda model: 0)
+    out = tmp_path / "out"
+    with pytest.raises(SegkdError) as e:
+        export_checkpoint(
+            ckpt, out, precisions="fp32", calib_data=DATA, verify_images=1,
+            input_dtype="uint8", tolerances=OPEN, build_engines=False,
+        )  # fmt: skip
+    line = str(e.value)
+    assert "\n" not in line
+    assert line.startswith("model.onnx: TensorRT cannot build it: node ")
+    assert "(Transpose): takes the UINT8 network input 'input'" in line and "[3985]" in line
+    assert "(and 1 more)" in line  # the ArgMax -> Cast(uint8)
+    assert not out.exists()
