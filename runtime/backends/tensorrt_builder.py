@@ -228,10 +228,26 @@ def _io_tensors(trt: Any, engine: Any) -> tuple[list[dict[str, Any]], list[dict[
     return ins, outs
 
 
-def check_dla(dla_core: int | None, dla_cores: int, precision: str, gpu_name: str) -> None:
-    """Refuse a DLA build this module or this file cannot make (docs/DEPLOY_FACTS.md, "DLA (Jetson)")."""
+def dla_in_tensorrt(version: str) -> bool:
+    """TensorRT 10.7 was the last 10.x with DLA; 11.0-11.3 had none; 11.4.1 has it on AGX
+    Orin with JetPack 7.2.2+ (TensorRT 11.4.1 docs, "Working with DLA")."""
+    major, minor = tensorrt_version_tuple(version)
+    return (major == 10 and minor <= 7) or (major, minor) == (11, 4)
+
+
+def check_dla(
+    dla_core: int | None, dla_cores: int, precision: str, gpu_name: str, version: str = "10.3"
+) -> None:
+    """Refuse a DLA build this module, this TensorRT or this file cannot make
+    (docs/DEPLOY_FACTS.md, "DLA (Jetson)")."""
     if dla_core is None:
         return
+    if not dla_in_tensorrt(version):
+        raise SegkdError(
+            f"--dla-core {dla_core}: TensorRT {version} has no DLA (10.8-10.16 and 11.0-11.3 "
+            "dropped it): use JetPack 6.1/6.2 (TensorRT 10.3) or TensorRT 11.4 on JetPack "
+            "7.2.2+ (AGX Orin), or drop --dla-core"
+        )
     if dla_cores == 0:
         raise SegkdError(
             f"--dla-core {dla_core}: {gpu_name} has no DLA (Orin Nano has none; AGX Orin and "
@@ -279,7 +295,8 @@ def build_engine(
     l4t = l4t_release()
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    check_dla(opts.dla_core, int(getattr(builder, "num_DLA_cores", 0)), precision, gpu.name)
+    dla_cores = int(getattr(builder, "num_DLA_cores", 0))
+    check_dla(opts.dla_core, dla_cores, precision, gpu.name, version)
     if opts.dla_core is not None and dynamic:
         log.info("DLA build: fixing the input at %dx%d, batch 1", *input_size)
         dynamic = False

@@ -284,3 +284,17 @@ def test_cache_key_covers_every_field_an_engine_is_tied_to() -> None:
         ("input_shape", [1, 3, 64, 96]), ("l4t", "36.4.0"),
     ):  # fmt: skip
         assert te.engine_cache_key(**{**base, field: other}) != key, field
+
+
+@pytest.mark.parametrize(
+    ("version", "has_dla"),
+    [("10.3.0", True), ("10.7.0", True), ("10.8.0", False), ("10.16.2", False),
+     ("11.2.0", False), ("11.4.1", True), ("11.5.0", False)],
+)  # fmt: skip
+def test_dla_exists_only_in_the_tensorrt_releases_that_kept_it(version, has_dla) -> None:
+    assert te.dla_in_tensorrt(version) is has_dla
+    if has_dla:
+        te.check_dla(0, 2, "fp16", "Orin", version)
+    else:
+        with pytest.raises(SegkdError, match=rf"^--dla-core 0: TensorRT {version} has no DLA"):
+            te.check_dla(0, 2, "fp16", "Orin", version)
