@@ -9,6 +9,7 @@ which skips without TensorRT.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import types
 from enum import IntEnum
@@ -177,6 +178,10 @@ def test_tensorrt_11_is_strongly_typed_and_never_sets_removed_flags(
     assert built.outputs[0]["dtype"] == "uint8"
     assert (tmp_path / "model.int8.engine").read_bytes() == b"engine-bytes"
     assert (tmp_path / "cache" / "timing-trt11.4.0.cache").read_bytes() == b"timing"
+    facts = built.manifest_facts()  # what export.json records, from export or build alike
+    assert facts["sha256"] == hashlib.sha256(b"engine-bytes").hexdigest()
+    assert (facts["gpu"], facts["compute_capability"], facts["l4t"]) == ("Orin", "8.7", "36.4.3")
+    assert facts["input_name"] == "input" and facts["output_name"] == "labels"
 
 
 def test_tensorrt_10_weak_typing_sets_precision_flags(monkeypatch, tmp_path, onnx_file) -> None:
