@@ -17,7 +17,7 @@ from rich.table import Table
 
 from runtime.errors import SegkdError
 from runtime.numbers import finite
-from runtime.paths import refuse_overwriting_inputs
+from runtime.paths import Output, guard_outputs, model_paths
 from runtime.sizes import parse_size
 
 app = typer.Typer(
@@ -36,12 +36,20 @@ def _size(value: str | None, option: str) -> tuple[int, int] | None:
 
 
 def _spec_folder(spec: str | None) -> Path | None:
-    """The folder of a `KIND:PATH` dataset spec (None for synthetic): an input to protect."""
-    kind, _, rest = (spec or "").partition(":")
-    if kind.strip().lower() in ("", "synthetic") or not rest.strip():
+    """The folder of a `KIND:PATH` dataset spec (None for synthetic): an input to protect.
+    A bad spec is refused here, before anything is written, in the dataset's own words."""
+    if spec is None:
         return None
-    path = Path(rest.strip()).expanduser()
-    return path if path.is_dir() else None  # not a folder: the dataset's own error says so
+    from distill.data.spec import parse_dataset_spec
+
+    return parse_dataset_spec(spec).path
+
+
+# What `segkd train`/`distill` write into --out, and `segkd pipeline` into its --out: an
+# input there under one of these names would be overwritten (others are left alone).
+TRAIN_WRITES = ("best.pt", "last.pt", "resume.pt", "summary.json", "metrics.jsonl", "*.tmp")
+PIPELINE_WRITES = ("teacher", "baseline*", "student*", "export", "eval", "bench", "figures",
+                   "report.*", ".steps")  # fmt: skip
 
 
 def _write_json(path: Path | None, data: Any) -> None:
@@ -66,6 +74,7 @@ def models(
     (aux, boundary) included and as exported (deploy)."""
     from distill.models.complexity import model_table
 
+    guard_outputs([Output("--json", json_out)], {})
     size = parse_size(input_size, "--input-size", minimum=32)
     rows = model_table(size, num_classes=num_classes, deep_stem=deep_stem)
     stem = "deep stem" if deep_stem else "torchvision stem"
@@ -231,6 +240,7 @@ def train(
     if readout_iters < 0:
         raise SegkdError(f"--readout-iters must be >= 0, got {readout_iters}")
     cfg = _train_config(options, model, role=role)
+    _guard_training_outputs(options)
     summary = run_training(cfg)
     console.print(
         f"[bold]{model}[/]: best val mIoU {summary['best_miou']:.4f} at iteration "
@@ -243,6 +253,17 @@ def train(
         console.print(
             f"position readout stored with the teacher: corr {report.get('corr', float('nan')):.3f}"
         )
+
+
+def _guard_training_outputs(options: dict[str, Any], **inputs: Any) -> None:
+    guard_outputs(
+        [Output("--out", options["out"], "folder", TRAIN_WRITES)],
+        {
+            "the dataset folder": _spec_folder(options["data"]),
+            "the --backbone-weights file": options["backbone_weights"],
+            **inputs,
+        },
+    )
 
 
 def _is_main_process() -> bool:
@@ -277,13 +298,7 @@ def distill(
     cfg = _train_config(options, student, role="student")
     if readout_iters < 1:
         raise SegkdError(f"--readout-iters must be >= 1, got {readout_iters}")
-    from distill.zoo.load import parse_teacher_spec
-
-    out = Path(options["out"])
-    refuse_overwriting_inputs(
-        {f"--out ({n})": out / n for n in ("best.pt", "last.pt", "resume.pt")},
-        {"the --teacher": parse_teacher_spec(teacher).path},
-    )
+    _guard_training_outputs(options, **{"the --teacher": model_paths(teacher)})
     summary = run_distillation(cfg, teacher, dcfg, readout_iters=readout_iters)
     console.print(
         f"[bold]{student}[/] distilled from {summary['teacher']['arch']}: best val mIoU "
@@ -382,9 +397,13 @@ def export(
     from export.api import Tolerances, export_checkpoint, format_summary
     from export.tensorrt_engine import TrtOptions
 
-    refuse_overwriting_inputs(
-        {"--out": out, "--json": json_out},
-        {"the checkpoint": checkpoint, "the --calib-data folder": _spec_folder(calib_data)},
+    guard_outputs(
+        [Output("--out", out, "replaced"), Output("--json", json_out)],
+        {
+            "the checkpoint": checkpoint,
+            "the --calib-data folder": _spec_folder(calib_data),
+            "the --engine-cache folder": engine_cache,
+        },
     )
     trt = TrtOptions(
         workspace_gib=trt_workspace, optimization_level=opt_level, cache_dir=engine_cache,
@@ -453,11 +472,11 @@ def eval_cmd(
         raise SegkdError("--max-drop needs --reference (the model to compare against)")
     if max_drop is not None:
         finite("--max-drop", max_drop)  # a nan gate would pass every model
-    refuse_overwriting_inputs(
-        {"--json": json_out, "--save-predictions": save_predictions},
+    guard_outputs(
+        [Output("--json", json_out), Output("--save-predictions", save_predictions, "folder")],
         {
-            "the model": model,
-            "the --reference": reference,
+            "the model": model_paths(model),
+            "the --reference": model_paths(reference),
             "the dataset folder": _spec_folder(data),
         },
     )
@@ -552,7 +571,7 @@ def bench(
     from runtime.loader import folder_artifacts
 
     size = parse_size(frame_size, "--frame-size", minimum=16)
-    refuse_overwriting_inputs({"--json": json_out}, {f"the model {m}": m for m in models})
+    guard_outputs([Output("--json", json_out)], {f"the model {m}": model_paths(m) for m in models})
     backends = [b.strip() for b in backend.split(",") if b.strip()]
     if all_artifacts:
         models = [
@@ -606,8 +625,12 @@ def demo(
 
     if out is None and not show:
         raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
-    refuse_overwriting_inputs(
-        {"--out": out, "--json": json_out}, {"the demo source": source, "the --model": model}
+    from runtime.demo import VIDEO_SUFFIXES
+
+    out_kind = "file" if out is not None and out.suffix.lower() in VIDEO_SUFFIXES else "folder"
+    guard_outputs(
+        [Output("--out", out, out_kind), Output("--json", json_out)],
+        {"the demo source": source, "the --model": model_paths(model)},
     )
     with open_model(model, backend, device, precision) as seg:
         stats = run_demo(source, seg, out, show=show, max_frames=max_frames, alpha=alpha, fps=fps)
@@ -663,6 +686,15 @@ def pipeline(
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(config, overrides)
+    guard_outputs(
+        [Output("--out", out, "folder", PIPELINE_WRITES)],
+        {
+            "the --config file": config,
+            "the dataset folder": _spec_folder(cfg["data"]),
+            "the teacher": model_paths(cfg["teacher"]["checkpoint"] or None),
+            **{f"{k}.backbone_weights": cfg[k]["backbone_weights"] for k in ("teacher", "student")},
+        },
+    )
     report = run_pipeline(
         cfg, out, log=lambda msg: console.print(msg, highlight=False, markup=False)
     )
