@@ -604,7 +604,12 @@ def demo(
     ],
     model: Annotated[str, typer.Option(help=".pt, .onnx, .engine or an export folder")],
     out: Annotated[
-        Path | None, typer.Option(help="output video (.mp4) or folder for images")
+        Path | None,
+        typer.Option(
+            help="output video (.mp4, .avi, ...) or folder for images; written aside and put "
+            "in place when complete, so a failed run keeps the earlier output. A folder is "
+            "replaced only if it is new, empty or an earlier demo run (other files: refused)"
+        ),
     ] = None,
     backend: str = "auto",
     device: str = "auto",
@@ -625,13 +630,15 @@ def demo(
 
     if out is None and not show:
         raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
-    from runtime.demo import VIDEO_SUFFIXES
+    from runtime.demo_sink import VIDEO_SUFFIXES, check_image_folder
 
     out_kind = "file" if out is not None and out.suffix.lower() in VIDEO_SUFFIXES else "folder"
     guard_outputs(
         [Output("--out", out, out_kind), Output("--json", json_out)],
         {"the demo source": source, "the --model": model_paths(model)},
     )
+    if out is not None and out_kind == "folder":
+        check_image_folder(out)  # before the model loads
     with open_model(model, backend, device, precision) as seg:
         stats = run_demo(source, seg, out, show=show, max_frames=max_frames, alpha=alpha, fps=fps)
     console.print(

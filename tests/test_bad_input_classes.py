@@ -5,11 +5,21 @@ already written, every file the test made is checked byte for byte (sha256) afte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import resource
 import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from tests import test_bad_inputs as rows
@@ -25,6 +35,7 @@ from tests.test_bad_inputs import (
 
 # The fixtures of the older rows, shared (pytest finds fixtures by module attribute).
 models, data, segkd_here = rows.models, rows.data, rows.segkd_here
+segkd = rows.segkd
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -155,3 +166,131 @@ def test_the_guard_lets_ordinary_outputs_through(segkd_here: Run, workspace: Pat
     assert r.returncode == 0, r.stderr
     assert json.loads(Path("r.json").read_text())["miou"] >= 0
     assert (workspace / "preds").is_dir()
+
+
+# -- classes 2, 3, 6: a demo that cannot write, or would mix with what is there -------
+@contextlib.contextmanager
+def small_filesystem(path: Path, free_kb: int) -> Iterator[Path]:
+    """A tmpfs of 2 MiB at `path` filled up to `free_kb` KiB free (a full disk, for real).
+    Needs root (mount); skips with that reason elsewhere: the RLIMIT_FSIZE rows still run."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)],
+                       capture_output=True, text=True)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(fs: Path, free_kb: int) -> None:
+    st = os.statvfs(fs)
+    (fs / "filler").write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - free_kb * 1024))
+
+
+def segkd_limited(*args: Any, fsize: int) -> subprocess.CompletedProcess[str]:
+    """`segkd ARGS` where no file may grow past `fsize` bytes (RLIMIT_FSIZE; SIGXFSZ
+    ignored, so a write fails with EFBIG as on a full disk). Needs no root."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = {**os.environ, "PYTHONPATH": str(rows.REPO), "OMP_NUM_THREADS": "2",
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=rows.REPO, env=env,
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+
+
+def hidden_left(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") and "tmp" in p.name]
+
+
+def test_a_demo_that_cannot_write_fails_and_keeps_the_earlier_output(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Full disk (video and images), a file-size limit, a folder named like the temporary
+    file: exit non-zero within the timeout (no hang), one `error:` line naming --out
+    (never a hidden name), the earlier video or folder byte-identical, no temporaries."""
+    tiny = models["tiny"]
+    long = write_video(tmp_path / "long.avi", 300, "MJPG")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(40):
+        cv2.imwrite(str(frames / f"f{i:03d}.png"), np.random.default_rng(i).integers(
+            0, 256, (120, 160, 3), np.uint8))  # fmt: skip
+
+    # size limit: the video outgrows 40 KB (the earlier one is smaller)
+    old = write_video(tmp_path / "o.mp4", 3, "mp4v")
+    before = sha256(old)
+    r = segkd_limited("demo", long, "--model", tiny, "--out", old, fsize=40_000)
+    assert_one_error(r, "--out", old, only=False)
+    assert sha256(old) == before and not hidden_left(tmp_path)
+
+    # the temporary name taken by a folder: named as the user's --out, nothing replaced
+    (tmp_path / ".o.tmp.mp4").mkdir()
+    r = segkd("demo", long, "--model", tiny, "--out", old, "--max-frames", "3")
+    assert_one_error(r, "--out", old)
+    assert sha256(old) == before
+    (tmp_path / ".o.tmp.mp4").rmdir()
+
+    with small_filesystem(tmp_path / "full", 0) as fs:
+        # an earlier good video, then about 60 KB free
+        good = shutil.copy(write_video(tmp_path / "good.mp4", 20, "mp4v"), fs / "o.mp4")
+        ok = segkd("demo", frames, "--model", tiny, "--out", fs / "run", "--max-frames", "3")
+        assert ok.returncode == 0, ok.stderr  # an earlier image run: 3 frames
+        run_before, video_before = tree_hashes(fs / "run"), sha256(Path(good))
+        fill(fs, 60)
+        r = segkd("demo", long, "--model", tiny, "--out", fs / "o.mp4", timeout=300)
+        assert_one_error(r, "--out", fs / "o.mp4", only=False)
+        assert ".o.tmp" not in bar_error(r)
+        assert sha256(Path(good)) == video_before
+        r = segkd("demo", frames, "--model", tiny, "--out", fs / "run", timeout=300)
+        assert_one_error(r, "--out", fs / "run", only=False)
+        assert tree_hashes(fs / "run") == run_before
+        assert not hidden_left(fs)
+
+
+def bar_error(r: subprocess.CompletedProcess[str]) -> str:
+    return next(line for line in r.stderr.splitlines() if line.startswith("error:"))
+
+
+def test_a_demo_folder_is_replaced_whole_or_refused(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Class 3: a non-empty folder that is not an earlier demo run is refused untouched
+    (photos, a folder holding a folder named like a frame, a hidden file only); an
+    earlier demo run is replaced whole: two runs never mix."""
+    tiny = models["tiny"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, names in ((a, ["x1", "x2", "x3"]), (b, ["y1", "y2"])):
+        folder.mkdir()
+        for i, name in enumerate(names):
+            cv2.imwrite(str(folder / f"{name}.png"), np.full((40, 48, 3), 60 * i, np.uint8))
+    others = {
+        "photos": {"holiday.jpg": b"\xff\xd8 my photo"},
+        "frame-named-folder": {"x1.jpg/keep.txt": b"mine"},
+        "hidden-only": {".config": b"mine"},
+        "other-marker": {".segkd-demo": b"not the marker"},
+    }
+    for name, files in others.items():
+        for rel, content in files.items():
+            p = tmp_path / name / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(content)
+        before = tree_hashes(tmp_path / name)
+        for spelling in (tmp_path / name, f"{tmp_path / name}/"):
+            r = segkd_here("demo", a, "--model", tiny, "--out", spelling)
+            assert_one_error(r, "--out", tmp_path / name, "choose a new or empty folder")
+            assert tree_hashes(tmp_path / name) == before
+    out = tmp_path / "run"
+    assert segkd("demo", a, "--model", tiny, "--out", out).returncode == 0
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["x1.jpg", "x2.jpg", "x3.jpg"]
+    assert segkd("demo", b, "--model", tiny, "--out", out).returncode == 0
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["y1.jpg", "y2.jpg"]  # not mixed
+    assert not hidden_left(tmp_path)
+    help_text = re.sub(r"[│─╭╮╰╯]", " ", segkd("demo", "--help").stdout)  # rich's box
+    assert "earlier demo run" in " ".join(help_text.split())
