@@ -294,6 +294,7 @@ def distill(
 
     given = {k: options.pop(k) for k in _DISTILL_OPTIONS}
     dcfg = DistillConfig(**{k: v for k, v in given.items() if v is not None})
+    dcfg.require_a_term()  # before anything loads
     student = options.pop("student")
     cfg = _train_config(options, student, role="student")
     if readout_iters < 1:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from distill.finite_weights import refuse_non_finite
 from distill.weights_only import load_plain_data
 from runtime.atomic_io import atomic_output
 from runtime.errors import SegkdError
@@ -121,6 +122,7 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     bad = [k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise SegkdError(f"{path}: field 'state_dict' holds a non-tensor entry {str(bad[0])!r}")
+    refuse_non_finite(ckpt["state_dict"], path)
     try:
         checkpoint_specs(ckpt)
     except (KeyError, TypeError, ValueError) as e:

@@ -190,7 +190,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SegkdError(f"--config: file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not a key
     except (UnicodeDecodeError, OSError) as e:
         raise SegkdError(f"--config: cannot read {path}: {type(e).__name__}") from None
     try:

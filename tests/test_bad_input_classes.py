@@ -294,3 +294,76 @@ def test_a_demo_folder_is_replaced_whole_or_refused(
     assert not hidden_left(tmp_path)
     help_text = re.sub(r"[│─╭╮╰╯]", " ", segkd("demo", "--help").stdout)  # rich's box
     assert "earlier demo run" in " ".join(help_text.split())
+
+
+# -- class 4: inputs that used to give a plausible, wrong result --------------------------
+def nan_copy(src: Path, dst: Path, value: float = float("nan"), only_first: bool = False) -> Path:
+    import torch
+
+    ckpt = torch.load(src, weights_only=True)
+    for i, (key, t) in enumerate(ckpt["state_dict"].items()):
+        if t.is_floating_point() and (not only_first or i == 0):
+            ckpt["state_dict"][key] = torch.full_like(t, value)
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_inputs_that_would_give_a_silently_wrong_result_are_refused(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    syn = ("--data", "synthetic:size=64x128,train=4,val=2")
+    nan_pt = nan_copy(models["three"], tmp_path / "nan.pt")
+    one_inf = nan_copy(models["three"], tmp_path / "inf.pt", float("inf"), only_first=True)
+    mm = tmp_path / "mm.pth"  # an mmseg-layout file whose weights are NaN
+    torch.save({"meta": {"CLASSES": ["road"]},
+                "state_dict": {"backbone.conv1.weight": torch.full((4, 3, 3, 3), float("nan"))}},
+               mm)  # fmt: skip
+    distill = ("distill", "--teacher", models["three"], *syn, "--out", tmp_path / "d")
+    cases: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = [
+        (("eval", nan_pt, *syn), (nan_pt, "NaN/inf")),
+        (("eval", one_inf, *syn), (one_inf, "NaN/inf")),
+        (("export", nan_pt, *EXPORT_FAST, "--out", tmp_path / "e"), (nan_pt, "NaN/inf")),
+        (("eval", f"mmseg:{mm}", *syn), (mm, "NaN/inf")),
+        (("distill", "--teacher", mm, *syn, "--out", tmp_path / "d"), (mm, "NaN/inf")),
+        (("distill", "--teacher", nan_pt, *syn, "--out", tmp_path / "d"), (nan_pt, "NaN/inf")),
+        ((*distill, "--losses", ""), ("--losses", "no distillation term")),
+        ((*distill, "--losses", ","), ("--losses", "no distillation term")),
+        ((*distill, "--losses", " , "), ("--losses", "no distillation term")),
+        ((*distill, "--losses", "kd", "--w-kd", "0"), ("--losses", "no distillation term")),
+        (("pipeline", "--out", tmp_path / "p", *syn, "--set", "distill.losses=[]"),
+         ("distill.losses", "no distillation term")),
+        (("pipeline", "--out", tmp_path / "p", *syn, "--set", "distill.losses=''"),
+         ("distill.losses", "no distillation term")),
+    ]  # fmt: skip
+    for args, needles in cases:
+        assert_one_error(segkd_here(*args), *needles)
+    assert not any((tmp_path / n).exists() for n in ("d", "e", "p"))
+
+
+def test_byte_order_marks_and_crlf_in_text_inputs_are_read_as_text(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A BOM (Windows editors) or CRLF in classes.txt, a split list, a config, export.json:
+    class 0 is "road", not "\\ufeffroad"; the split's first id is found; keys parse."""
+    ds = make_folder(tmp_path / "ds", splits=True)
+    bom = "\ufeff"
+    classes = (ds / "classes.txt").read_text()
+    (ds / "classes.txt").write_text(bom + classes.replace("\n", "\r\n"), newline="")
+    for split in ("train", "val"):
+        path = ds / "splits" / f"{split}.txt"
+        path.write_text(bom + path.read_text().replace("\n", "\r\n"), newline="")
+    ex = export_folder_with(models, tmp_path / "ex")
+    (ex / "export.json").write_text(bom + (ex / "export.json").read_text())
+    out = tmp_path / "r.json"
+    r = segkd_here("eval", ex, "--data", f"folder:{ds}", "--json", out)
+    assert r.returncode == 0, r.stderr
+    iou = json.loads(out.read_text())["iou"]
+    assert list(iou) == classes.split()  # no BOM in class 0's name
+    assert json.loads(out.read_text())["num_samples"] == 2
+    for suffix, text in ((".yaml", "data: synthetic\nseed: [oops\n"), (".toml", "seed = 'x'\n")):
+        cfg = tmp_path / f"c{suffix}"
+        cfg.write_text(bom + text)
+        line = assert_one_error(segkd_here("pipeline", "--config", cfg, "--out", tmp_path / "p"))
+        assert bom not in line and "\\ufeff" not in line

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.finite_weights import refuse_non_finite
 from distill.weights_only import load_plain_data
 from runtime.errors import SegkdError
 
@@ -60,6 +61,7 @@ def split_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dic
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise SegkdError(f"{path}: entry {bad[0]!r} of the state dict is not a tensor")
+    refuse_non_finite(obj, path)
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj), meta
