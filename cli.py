@@ -62,7 +62,9 @@ def _write_json(path: Path | None, data: Any) -> None:
 @app.command()
 def models(
     input_size: Annotated[str, typer.Option(help="HxW for the MAC count")] = "512x1024",
-    num_classes: Annotated[int, typer.Option(min=1)] = 19,
+    num_classes: Annotated[
+        int, typer.Option(min=1, max=254, help="at most 254: mask value 255 is the ignore id")
+    ] = 19,
     deep_stem: Annotated[
         bool, typer.Option(help="three-conv stem of the reference code bases")
     ] = False,

@@ -124,11 +124,16 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise SegkdError(f"{path}: field 'state_dict' holds a non-tensor entry {str(bad[0])!r}")
     refuse_non_finite(ckpt["state_dict"], path)
     try:
-        checkpoint_specs(ckpt)
+        labels, _ = checkpoint_specs(ckpt)
     except (KeyError, TypeError, ValueError) as e:
         raise SegkdError(
             f"{path}: invalid 'labels' or 'preprocess' ({type(e).__name__}: {e})"
         ) from None
+    if ckpt["num_classes"] != labels.num_classes:  # 1e12 would reach the allocator
+        raise SegkdError(
+            f"{path}: field 'num_classes' is {ckpt['num_classes']}, but 'labels' names "
+            f"{labels.num_classes} classes; the checkpoint is damaged"
+        )
 
 
 def checkpoint_specs(ckpt: dict[str, Any]) -> tuple[LabelSpec, PreprocessSpec]:

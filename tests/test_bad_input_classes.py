@@ -367,3 +367,72 @@ def test_byte_order_marks_and_crlf_in_text_inputs_are_read_as_text(
         cfg.write_text(bom + text)
         line = assert_one_error(segkd_here("pipeline", "--config", cfg, "--out", tmp_path / "p"))
         assert bom not in line and "\\ufeff" not in line
+
+
+# -- classes 8 and 9: values that used to end in a traceback deep inside -----------------
+def checkpoint_with(src: Path, dst: Path, **changes: Any) -> Path:
+    import torch
+
+    ckpt = torch.load(src, weights_only=True)
+    for key, value in changes.items():
+        if key == "palette":
+            ckpt["labels"]["palette"] = value
+        elif key == "names":
+            ckpt["labels"]["names"] = value
+        else:
+            ckpt[key] = value
+    torch.save(ckpt, dst)
+    return dst
+
+
+BAD_PALETTES = [
+    [[300, 0, 0], [0, 0, 0], [1, 1, 1]],
+    [[-1, 0, 0], [0, 0, 0], [1, 1, 1]],
+    [[1.5, 0, 0], [0, 0, 0], [1, 1, 1]],
+    [["a", 0, 0], [0, 0, 0], [1, 1, 1]],
+    [[0, 0], [0, 0, 0], [1, 1, 1]],
+    [[True, 0, 0], [0, 0, 0], [1, 1, 1]],
+    "red",
+]
+
+
+def test_palettes_names_and_class_counts_are_checked_where_they_enter(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Checkpoint, export.json, a `<model>.json` sidecar and classes.txt: a colour outside
+    0..255 (or not three integers), names given as one string, an absurd class count."""
+    syn = ("--data", "synthetic:size=64x128,train=2,val=1")
+    for i, palette in enumerate(BAD_PALETTES):
+        ck = checkpoint_with(models["three"], tmp_path / f"p{i}.pt", palette=palette)
+        for cmd in (("export", ck, *EXPORT_FAST, "--out", tmp_path / "e"), ("eval", ck, *syn)):
+            assert_one_error(segkd_here(*cmd), ck, "palette")
+    for changes, needle in (({"names": "roa"}, "names"), ({"num_classes": 10**12}, "num_classes")):
+        ck = checkpoint_with(models["three"], tmp_path / "n.pt", **changes)
+        assert_one_error(
+            segkd_here("export", ck, *EXPORT_FAST, "--out", tmp_path / "e"), ck, needle
+        )
+    assert_one_error(segkd_here("models", "--num-classes", str(10**12)), "--num-classes")
+    assert not (tmp_path / "e").exists()
+
+    ds = make_folder(tmp_path / "ds", splits=True)
+    for i, (palette, needle) in enumerate(((256, "palette"), ("red", "palette"))):
+        ex = export_folder_with(models, tmp_path / f"ex{i}")
+        manifest = json.loads((ex / "export.json").read_text())
+        manifest["labels"]["palette"][1] = [palette, 0, 0] if palette == 256 else palette
+        (ex / "export.json").write_text(json.dumps(manifest))
+        r = segkd_here("eval", ex, "--data", f"folder:{ds}")
+        assert_one_error(r, ex / "export.json", needle)
+    names = export_folder_with(models, tmp_path / "exn", labels={"names": "road"})
+    assert_one_error(segkd_here("eval", names, "--data", f"folder:{ds}"), "names")
+    plain = tmp_path / "plain.onnx"
+    shutil.copy(models["plain"], plain)
+    meta = json.loads(json.dumps(rows.segkd_meta("logits")))
+    meta["labels"]["palette"] = [[0, 0, 999]] * len(meta["labels"]["names"])
+    (tmp_path / "plain.onnx.json").write_text(json.dumps(meta))
+    assert_one_error(segkd_here("eval", plain, "--data", f"folder:{ds}"), "plain.onnx.json")
+    deep = export_folder_with(models, tmp_path / "deep")
+    (deep / "export.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert_one_error(segkd_here("eval", deep, "--data", f"folder:{ds}"), "export.json", "nested")
+    (ds / "classes.txt").write_text("road 0 0 256\ncar 1 2 3\nsky 3 3 3\nx 4 4 4\n")
+    assert_one_error(segkd_here("eval", models["tiny"], "--data", f"folder:{ds}"),
+                     ds / "classes.txt", "0..255")  # fmt: skip
