@@ -491,9 +491,9 @@ def eval_cmd(
         convention=convention,
     )  # fmt: skip
     ref = None
-    if reference is not None:  # scored the same way, or the drop would mix conventions
+    if reference is not None:  # --convention as given: `auto` resolves for each model
         ref = evaluate_on_dataset(
-            reference, data, split, max_images, "auto", device, convention=result.convention
+            reference, data, split, max_images, "auto", device, convention=convention
         )
     table = Table(
         title=f"segkd eval on {data} [{split}], {result.num_samples} images, "
@@ -528,6 +528,12 @@ def eval_cmd(
         payload["reference"] = {"model": str(reference), **ref.to_dict()}
         payload["drop_points"] = drop
         console.print(f"drop vs reference: {drop:+.2f} mIoU points")
+        if ref.convention != result.convention:  # a label-map artifact vs a logits model
+            console.print(
+                f"note: the reference was scored with the {ref.convention} convention, the "
+                f"model with {result.convention} (auto picks per model; give --convention "
+                "labels to score both alike)"
+            )
     failed = max_drop is not None and drop is not None and drop > max_drop
     payload["max_drop"], payload["passed"] = max_drop, (None if max_drop is None else not failed)
     _write_json(json_out, payload)

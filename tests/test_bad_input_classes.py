@@ -436,3 +436,35 @@ def test_palettes_names_and_class_counts_are_checked_where_they_enter(
     (ds / "classes.txt").write_text("road 0 0 256\ncar 1 2 3\nsky 3 3 3\nx 4 4 4\n")
     assert_one_error(segkd_here("eval", models["tiny"], "--data", f"folder:{ds}"),
                      ds / "classes.txt", "0..255")  # fmt: skip
+
+
+# -- class 14: an option the user never gave --------------------------------------------
+def test_convention_auto_resolves_for_each_model(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A label-map artifact against a logits model, either way round: `auto` scores each
+    as it can (and says so); an explicit --convention the artifact cannot do is refused."""
+    import torch
+
+    from tests.runtime.rt_models import export_onnx, make_tiny_net, segkd_meta
+
+    class LabelMaps(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_tiny_net(0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x).argmax(1).to(torch.int32)
+
+    lab = export_onnx(LabelMaps(), tmp_path / "lab.onnx", "labels", segkd_meta("labels"))
+    ds = make_folder(tmp_path / "ds", splits=True)
+    out = tmp_path / "r.json"
+    for model, ref in ((lab, models["tiny"]), (models["tiny"], lab)):
+        r = segkd_here("eval", model, "--data", f"folder:{ds}", "--reference", ref, "--json", out)
+        assert r.returncode == 0, r.stderr
+        payload = json.loads(out.read_text())
+        assert {payload["convention"], payload["reference"]["convention"]} == {"labels", "logits"}
+        assert "note: the reference was scored" in " ".join(r.stdout.split())
+    r = segkd_here("eval", models["tiny"], "--data", f"folder:{ds}", "--reference", lab,
+                   "--convention", "logits")  # fmt: skip
+    assert_one_error(r, "--convention logits", lab)
