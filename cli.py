@@ -221,6 +221,67 @@ def _train_config(options: dict[str, Any], model: str, **fixed: Any):  # type: i
     return TrainConfig(**values, model=model, out=str(options["out"]), **fixed)
 
 
+def _typed_options() -> set[str]:
+    """The options the user typed (or set through the environment), not defaults."""
+    from typer.main import get_current_context
+
+    ctx = get_current_context()
+    return {
+        name
+        for name in ctx.params
+        if (src := ctx.get_parameter_source(name)) is not None and src.name != "DEFAULT"
+    }
+
+
+def _resumed(options: dict[str, Any], change: str | None, distill_given: dict | None = None):  # type: ignore[no-untyped-def]
+    """With --resume: the run's own settings for every option not typed (resume.pt's
+    config), a typed one that differs refused unless named in --change."""
+    from distill.training.resume_settings import parse_change, settings_for_resume
+
+    known = set(_TRAIN_OPTIONS) | (set(_DISTILL_OPTIONS) if distill_given is not None else set())
+    names = parse_change(change, known)
+    if not options["resume"]:
+        if names:
+            raise SegkdError("--change applies to --resume only")
+        return options, distill_given
+    path = Path(options["out"]) / "resume.pt"
+    if not path.is_file():
+        return options, distill_given  # restore() says there is nothing to resume
+    from distill.checkpoint import load_checkpoint
+
+    saved = dict(load_checkpoint(path).get("config") or {})
+    typed = _typed_options()
+    parsed = {**options}
+    parsed["crop_size"] = _size(options["crop_size"], "--crop-size")
+    parsed["export_size"] = _size(options["export_size"], "--export-size")
+    given = {k: parsed[k] for k in _TRAIN_OPTIONS}
+    if given["backbone_weights"] is not None:
+        given["backbone_weights"] = str(given["backbone_weights"])
+    values = settings_for_resume(given, typed, saved, names, path)
+    for k in ("crop_size", "export_size"):  # back to the command line's spelling
+        if values[k] is not None and not isinstance(values[k], str):
+            values[k] = f"{values[k][0]}x{values[k][1]}"
+    if distill_given is not None:
+        saved_d = dict((saved.get("extra") or {}).get("distill") or {})
+        if isinstance(distill_given.get("losses"), str):  # compared as the saved list
+            distill_given["losses"] = [
+                n.strip().lower() for n in distill_given["losses"].split(",") if n.strip()
+            ]
+        distill_given = settings_for_resume(
+            {k: v for k, v in distill_given.items() if v is not None or k in saved_d},
+            typed, saved_d, names, path,
+        )  # fmt: skip
+        if isinstance(distill_given.get("losses"), (list, tuple)):
+            distill_given["losses"] = ",".join(distill_given["losses"])
+    return {**options, **values}, distill_given
+
+
+_CHANGE_HELP = (
+    "with --resume: settings to change from the run's, e.g. lr,iters (a resumed run takes "
+    "every setting from its resume.pt; a different value typed without this is refused)"
+)
+
+
 @app.command()
 @_with_train_options("model", "runs/train", "architecture, see `segkd models`")
 def train(
@@ -231,12 +292,14 @@ def train(
     readout_iters: Annotated[
         int, typer.Option(help="with --role teacher: fit and store the position readout (0: skip)")
     ] = 200,
+    change: Annotated[str | None, typer.Option(help=_CHANGE_HELP)] = None,
     **options: Any,
 ) -> None:
     """Train a teacher or a baseline student (cross-entropy + auxiliary head)."""
     from distill.training import train as run_training
 
     model, out = options.pop("model"), options["out"]
+    options, _ = _resumed(options, change)
     if role not in ("teacher", "student", "model"):
         raise SegkdError(f"--role must be teacher, student or model, got {role!r}")
     if readout_iters < 0:
@@ -288,6 +351,7 @@ def distill(
     readout_iters: Annotated[
         int, typer.Option(help="iterations to fit the teacher's position readout if not cached")
     ] = 200,
+    change: Annotated[str | None, typer.Option(help=_CHANGE_HELP)] = None,
     **options: Any,
 ) -> None:
     """Distil a student from a frozen teacher with KD, IDD, position distillation (and CWD)."""
@@ -295,6 +359,7 @@ def distill(
     from distill.training.distill_run import run_distillation
 
     given = {k: options.pop(k) for k in _DISTILL_OPTIONS}
+    options, given = _resumed(options, change, given)
     dcfg = DistillConfig(**{k: v for k, v in given.items() if v is not None})
     dcfg.require_a_term()  # before anything loads
     student = options.pop("student")

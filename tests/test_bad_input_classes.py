@@ -468,3 +468,38 @@ def test_convention_auto_resolves_for_each_model(
     r = segkd_here("eval", models["tiny"], "--data", f"folder:{ds}", "--reference", lab,
                    "--convention", "logits")  # fmt: skip
     assert_one_error(r, "--convention logits", lab)
+
+
+# -- class 5: a resumed run takes its settings from the run -------------------------------
+def test_resume_keeps_the_run_settings_unless_a_change_is_named(
+    segkd_here: Run, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    data = "synthetic:size=64x128,train=4,val=2"
+    base = ("train", "--out", out, "--num-workers", "0", "--device", "cpu")
+    first = (*base, "--data", data, "--iters", "2", "--batch-size", "2", "--crop-size", "32x32")
+    assert segkd_here(*first).returncode == 0
+    before = tree_hashes(out)
+    cases: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+        (("--lr", "0.5"), ("--lr 0.5", "--change lr")),
+        (("--batch-size", "4"), ("--batch-size 4", "--change batch-size")),
+        (("--crop-size", "48x48"), ("--crop-size 48x48", "32x32")),
+        (("--data", data + ",seed=5"), ("--data", "seed=5", "--change data")),
+        (("--seed", "3"), ("--seed 3", "--change seed")),
+        (("--weight-decay", "0.1"), ("--weight-decay",)),
+        (("--iters", "4"), ("--iters 4", "--change iters")),
+        ((), ("finished", "iteration 2")),  # no --iters: the run's 2, not the default 300
+        (("--data", data), ("finished",)),  # the same value typed: accepted, then finished
+        (("--change", "bogus"), ("--change", "bogus")),
+    ]
+    for extra, needles in cases:
+        assert_one_error(segkd_here(*base, "--resume", *extra), *needles)
+        assert tree_hashes(out) == before, extra
+    assert_one_error(segkd_here(*first, "--change", "lr"), "--change", "--resume")
+    r = segkd_here(*base, "--resume", "--iters", "3", "--change", "iters")
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    assert json.loads((out / "summary.json").read_text())["iters"] == 3
+    config = torch.load(out / "last.pt", weights_only=True)["config"]
+    assert (config["iters"], config["batch_size"], config["crop_size"]) == (3, 2, [32, 32])
