@@ -806,17 +806,33 @@ def _gain_line(report: dict) -> str:
 _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
+def _close_bars() -> None:
+    """Close open progress bars: one left open would share our last line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _fail(message: str, code: int) -> NoReturn:
     """Print ONE `error: ...` line on stderr and exit with `code`."""
     from rich.markup import escape
-    from tqdm import tqdm
 
-    for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would share the line
-        bar.close()
+    _close_bars()
     text = " ".join(line.strip() for line in message.strip().splitlines())
     # escape: a path like "a[/]b" in the message is text, not rich markup.
     err_console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _interrupted(e: KeyboardInterrupt) -> NoReturn:
+    """One line: what stopped, what is intact, how to go on; exit 130 (SIGINT) / 143 (TERM)."""
+    from runtime.interrupted import exit_status, interrupted_line
+
+    _close_bars()
+    line = interrupted_line(sys.argv[1:], e)
+    err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+    sys.exit(exit_status(e))
 
 
 def main() -> None:
@@ -825,14 +841,16 @@ def main() -> None:
     # set these variables (e.g. OPENCV_LOG_LEVEL=WARNING) to see them again.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    from runtime import interrupted
+
+    interrupted.install_handlers()
     try:
         # standalone_mode=False: a command's typer.Exit(code) comes back as the return value.
         code = app(standalone_mode=False)
     except SegkdError as e:
         _fail(str(e), 2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (runtime.interrupted)
+        _interrupted(e)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, permission denied, read-only folder: the user's to fix
@@ -851,9 +869,12 @@ def main() -> None:
                     print(text, file=sys.stderr)
                 sys.exit(e.exit_code)
             _fail(format_message(), e.exit_code)
-        if type(e).__name__ == "Abort":
-            sys.exit(130)
+        if type(e).__name__ == "Abort":  # click turns a KeyboardInterrupt into Abort
+            cause = e.__context__
+            _interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt())
         raise
+    if interrupted.received:  # typer returned 130 for it: say what stopped
+        _interrupted(interrupted.received[-1])
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -153,10 +153,12 @@ def _sigint_sets(flag: threading.Event) -> Any:
         yield
         return
     previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: flag.set())  # the same, politely
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:

@@ -503,3 +503,59 @@ def test_resume_keeps_the_run_settings_unless_a_change_is_named(
     assert json.loads((out / "summary.json").read_text())["iters"] == 3
     config = torch.load(out / "last.pt", weights_only=True)["config"]
     assert (config["iters"], config["batch_size"], config["crop_size"]) == (3, 2, [32, 32])
+
+
+# -- class 12: Ctrl-C and SIGTERM ---------------------------------------------------------
+def test_ctrl_c_and_sigterm_end_with_one_line_saying_what_is_intact(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A real signal to a running command (once its progress bar runs): exit 130 (SIGINT)
+    or 143 (SIGTERM), no traceback, the last line says what stopped, what is intact and
+    how to go on; the --json written before is unchanged."""
+    import time
+
+    json_out = tmp_path / "old.json"
+    json_out.write_text("{}\n")
+    cases = [
+        (("train", "--data", "synthetic:size=64x128,train=64,val=2", "--iters", "100000",
+          "--batch-size", "2", "--crop-size", "32x32", "--device", "cpu", "--num-workers", "0",
+          "--out", tmp_path / "run"), signal.SIGINT, 130, ("train stopped", "--resume")),
+        (("bench", models["tiny"], "--iters", "1000000", "--json", json_out), signal.SIGTERM,
+         143, ("bench stopped", "old.json was not written")),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(rows.REPO), "OMP_NUM_THREADS": "1"}
+    for args, sig, code, needles in cases:
+        err_file = tmp_path / "stderr.txt"
+        with err_file.open("w") as err_sink:
+            proc = subprocess.Popen([sys.executable, "cli.py", *map(str, args)], cwd=rows.REPO,
+                                    env=env, stdout=subprocess.DEVNULL, stderr=err_sink)  # fmt: skip
+            end = time.monotonic() + 240
+            while "it/s" not in err_file.read_text() and "s/it" not in err_file.read_text():
+                assert proc.poll() is None and time.monotonic() < end, err_file.read_text()
+                time.sleep(0.2)
+            proc.send_signal(sig)
+            assert proc.wait(timeout=300) == code, err_file.read_text()[-2000:]
+        err = err_file.read_text()
+        assert "Traceback" not in err, err[-2000:]
+        last = rows.shown_lines(err)[-1]
+        assert last.startswith(("interrupted:", "terminated")), last
+        for needle in needles:
+            assert needle in last, last
+    assert json_out.read_text() == "{}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["export", "a.pt", "--out", "ex"], ("export stopped", "ex is as it was")),
+        (["pipeline", "--out=p"], ("pipeline stopped", "kept in p", "again")),
+        (["distill", "--teacher", "t.pt"], ("runs/distill", "--resume")),
+        (["eval", "m.onnx", "--json", "r.json"], ("eval stopped", "r.json was not written")),
+    ],
+)
+def test_the_interrupted_line_of_each_command(argv: list[str], needles: tuple[str, ...]) -> None:
+    from runtime.interrupted import Terminated, interrupted_line
+
+    for e, head in ((KeyboardInterrupt(), "interrupted:"), (Terminated(), "terminated")):
+        line = interrupted_line(argv, e)
+        assert line.startswith(head) and all(n in line for n in needles), line
