@@ -29,9 +29,27 @@ EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through a temporary file and a rename: a crash never leaves half a file."""
-    with atomic_output(path, "wb") as f:
-        torch.save(obj, f)
+    """torch.save through a temporary file and a rename: a crash never leaves half a file.
+    A failed write (full disk, quota, size limit) is one line naming the file: torch's zip
+    writer reports it as a RuntimeError, not an OSError."""
+    try:
+        with atomic_output(path, "wb") as f:
+            torch.save(obj, f)
+    except (RuntimeError, OSError) as e:
+        # torch's zip writer fails in write() (OSError, or its own RuntimeError) or at
+        # close ("unexpected pos"): either way the bytes did not reach the disk.
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, OSError):
+            reason = cause.strerror or str(cause)
+        else:
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        import shutil
+
+        free = shutil.disk_usage(Path(path).parent).free
+        raise SegkdError(
+            f"cannot write {path}: {reason} ({free / 2**20:.1f} MiB free: a full disk?); "
+            f"the earlier {Path(path).name}, if any, is kept"
+        ) from None
 
 
 def make_checkpoint(

@@ -559,3 +559,32 @@ def test_the_interrupted_line_of_each_command(argv: list[str], needles: tuple[st
     for e, head in ((KeyboardInterrupt(), "interrupted:"), (Terminated(), "terminated")):
         line = interrupted_line(argv, e)
         assert line.startswith(head) and all(n in line for n in needles), line
+
+
+# -- class 7: a full disk while training --------------------------------------------------
+def test_a_checkpoint_write_on_a_full_disk_is_one_line_and_keeps_the_old_file(
+    tmp_path: Path,
+) -> None:
+    """The writer every checkpoint goes through (best/last/resume.pt, the readout cache),
+    on a real full tmpfs: one SegkdError naming the file (not torch's RuntimeError), the
+    earlier file byte-identical, no temporary left. Sizes: 16 KiB free, 4 MiB of tensors,
+    and 40 KiB free with many small tensors (torch fails at close there)."""
+    import torch
+
+    from distill.checkpoint import atomic_torch_save
+    from runtime.errors import SegkdError
+
+    with small_filesystem(tmp_path / "fs", 0) as fs:
+        path = fs / "last.pt"
+        atomic_torch_save({"w": torch.ones(10)}, path)
+        before = sha256(path)
+        for free_kb, obj in ((16, {"w": torch.ones(1 << 20)}),
+                             (40, {f"w{i}": torch.ones(4096) for i in range(64)})):  # fmt: skip
+            fill(fs, free_kb)
+            with pytest.raises(SegkdError) as info:
+                atomic_torch_save(obj, path)
+            line = str(info.value)
+            assert str(path) in line and "full disk" in line and ".tmp" not in line, line
+            assert sha256(path) == before
+            assert not hidden_left(fs)
+            (fs / "filler").unlink()
