@@ -473,6 +473,12 @@ def export(
             "the --engine-cache folder": engine_cache,
         },
     )
+    # Checked before anything runs, under the names the user typed (the hidden old
+    # aliases are still honoured); a gate outside 0..1 used to fail after the whole export.
+    for name, value, alias in (("fp16", min_fp16, min_agreement_fp16),
+                               ("int8", min_int8, min_agreement_int8)):  # fmt: skip
+        typed = f"--min-{name}" if alias is None else f"--min-agreement-{name}"
+        finite(typed, value if alias is None else alias, low=0.0, high=1.0)
     trt = TrtOptions(
         workspace_gib=trt_workspace, optimization_level=opt_level, cache_dir=engine_cache,
         weak_typing=weak_typing, max_batch=trt_max_batch, verbose=trt_verbose,

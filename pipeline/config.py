@@ -176,8 +176,10 @@ def student_seeds(cfg: dict[str, Any]) -> list[int]:
             seed = None if isinstance(item, (bool, float)) else int(item)
         except (TypeError, ValueError):
             seed = None
-        if seed is None or seed < 0:
-            raise SegkdError(f"config option student_seeds: expected seeds >= 0, got {raw!r}")
+        if seed is None or not 0 <= seed < 2**32:  # numpy's generators: 0..2**32-1
+            raise SegkdError(
+                f"config option student_seeds: expected seeds in 0..{2**32 - 1}, got {raw!r}"
+            )
         if seed in seeds:
             raise SegkdError(f"config option student_seeds: seed {seed} is listed twice")
         seeds.append(seed)

@@ -588,3 +588,24 @@ def test_a_checkpoint_write_on_a_full_disk_is_one_line_and_keeps_the_old_file(
             assert sha256(path) == before
             assert not hidden_left(fs)
             (fs / "filler").unlink()
+
+
+# -- class 10: every value checked before the first step, in the user's words -----------
+def test_values_are_refused_before_any_work_under_the_name_typed(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    export = ("export", models["three"], *EXPORT_FAST, "--out", tmp_path / "e")
+    pipeline = ("pipeline", "--out", tmp_path / "p", "--data", "synthetic:size=64x128")
+    cases: list[tuple[tuple[Any, ...], tuple[str, ...]]] = [
+        ((*export, "--min-int8", "nan"), ("--min-int8", "nan")),
+        ((*export, "--min-int8", "95"), ("--min-int8", "<= 1")),
+        ((*export, "--min-fp16", "-0.5"), ("--min-fp16", ">= 0")),
+        ((*export, "--min-agreement-int8", "2"), ("--min-agreement-int8",)),
+        ((*pipeline, "--set", "student_seeds=[4294967296]"), ("student_seeds", "4294967295")),
+        ((*pipeline, "--set", "student_seeds=[-1]"), ("student_seeds",)),
+        ((*pipeline, "--set", "distill.losses=[]"), ("distill.losses",)),
+    ]
+    for args, needles in cases:
+        line = assert_one_error(segkd_here(*args), *needles)
+        assert "--seed" not in line.replace("student_seeds", "")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p" / "teacher").exists()
