@@ -17,7 +17,7 @@ from rich.table import Table
 
 from runtime.errors import SegkdError
 from runtime.numbers import finite
-from runtime.paths import Output, guard_outputs, model_paths
+from runtime.paths import Output, check_model_arg, guard_outputs, model_paths
 from runtime.sizes import parse_size
 
 app = typer.Typer(
@@ -366,6 +366,7 @@ def distill(
     cfg = _train_config(options, student, role="student")
     if readout_iters < 1:
         raise SegkdError(f"--readout-iters must be >= 1, got {readout_iters}")
+    check_model_arg(teacher, "--teacher")
     _guard_training_outputs(options, **{"the --teacher": model_paths(teacher)})
     summary = run_distillation(cfg, teacher, dcfg, readout_iters=readout_iters)
     console.print(
@@ -546,6 +547,8 @@ def eval_cmd(
         raise SegkdError("--max-drop needs --reference (the model to compare against)")
     if max_drop is not None:
         finite("--max-drop", max_drop)  # a nan gate would pass every model
+    check_model_arg(model)
+    check_model_arg(reference, "--reference")
     guard_outputs(
         [Output("--json", json_out), Output("--save-predictions", save_predictions, "folder")],
         {
@@ -651,6 +654,8 @@ def bench(
     from runtime.loader import folder_artifacts
 
     size = parse_size(frame_size, "--frame-size", minimum=16)
+    for m in models:
+        check_model_arg(m)
     guard_outputs([Output("--json", json_out)], {f"the model {m}": model_paths(m) for m in models})
     backends = [b.strip() for b in backend.split(",") if b.strip()]
     if all_artifacts:
@@ -712,6 +717,7 @@ def demo(
         raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
     from runtime.demo_sink import VIDEO_SUFFIXES, check_image_folder
 
+    check_model_arg(model, "--model")
     out_kind = "file" if out is not None and out.suffix.lower() in VIDEO_SUFFIXES else "folder"
     guard_outputs(
         [Output("--out", out, out_kind), Output("--json", json_out)],

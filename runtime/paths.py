@@ -95,6 +95,25 @@ def model_paths(spec: str | Path | None) -> list[Path]:
     return [p for p in found if p.exists()]
 
 
+def check_model_arg(spec: str | None, option: str = "the model") -> None:
+    """A zoo prefix needs a file after it, and names a PyTorch file: `mmseg:` alone used
+    to read the current folder, `cirkd:ex/model.onnx` ran the ONNX file, prefix ignored."""
+    if spec is None:
+        return
+    text = str(spec)
+    head, sep, rest = text.partition(":")
+    if not sep or head not in ZOO_PREFIXES or Path(text).exists():
+        return
+    tail = rest.rpartition(":")[2] if head == "torchvision" else rest
+    if not tail.strip():
+        raise SegkdError(f"{option} {text!r}: no file after the '{head}:' prefix")
+    if Path(tail).suffix.lower() in (".onnx", ".engine", ".plan", ".trt") or Path(tail).is_dir():
+        raise SegkdError(
+            f"{option} {text!r}: the '{head}:' prefix names a model-zoo PyTorch file; "
+            f"{tail} is not one: give it without the prefix"
+        )
+
+
 def _refuse(option: str, out: str | Path, problem: str, fix: str) -> SegkdError:
     return SegkdError(f"{option} {out} {problem}; {fix}")
 

@@ -609,3 +609,31 @@ def test_values_are_refused_before_any_work_under_the_name_typed(
         line = assert_one_error(segkd_here(*args), *needles)
         assert "--seed" not in line.replace("student_seeds", "")
     assert not (tmp_path / "e").exists() and not (tmp_path / "p" / "teacher").exists()
+
+
+# -- class 13: model-zoo inputs named in the user's words --------------------------------
+def test_zoo_inputs_are_named_as_given(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    syn = ("--data", "synthetic:size=64x128,train=4,val=2")
+    ex = export_folder_with(models, tmp_path / "ex")
+    meta_only = tmp_path / "meta.pth"
+    torch.save({"meta": {"CLASSES": ["road"]}}, meta_only)
+    folder = tmp_path / "teachers"
+    folder.mkdir()
+    distill = ("distill", *syn, "--out", tmp_path / "d", "--teacher")
+    cases: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = [
+        (("eval", "mmseg:", *syn), ("mmseg:", "no file after")),
+        (("eval", "torchvision:deeplabv3_resnet50:", *syn), ("no file after",)),
+        (("eval", f"cirkd:{ex}/model.onnx", *syn), ("cirkd:", "without the prefix")),
+        (("bench", f"mmseg:{ex}", "--iters", "1"), ("mmseg:", "without the prefix")),
+        (("eval", "ex", "--reference", "mmseg:", *syn), ("--reference", "no file after")),
+        ((*distill, folder), (folder, "is a folder")),
+        ((*distill, f"mmseg:{meta_only}"), (meta_only, "no 'state_dict'")),
+        ((*distill, meta_only), (meta_only, "no 'state_dict'")),
+    ]
+    for args, needles in cases:
+        assert_one_error(segkd_here(*args), *needles)
+    assert not (tmp_path / "d").exists()
