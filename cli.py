@@ -17,7 +17,7 @@ from rich.table import Table
 
 from runtime.errors import SegkdError
 from runtime.numbers import finite
-from runtime.paths import refuse_overwriting_inputs
+from runtime.paths import Output, check_model_arg, guard_outputs, model_paths
 from runtime.sizes import parse_size
 
 app = typer.Typer(
@@ -36,12 +36,20 @@ def _size(value: str | None, option: str) -> tuple[int, int] | None:
 
 
 def _spec_folder(spec: str | None) -> Path | None:
-    """The folder of a `KIND:PATH` dataset spec (None for synthetic): an input to protect."""
-    kind, _, rest = (spec or "").partition(":")
-    if kind.strip().lower() in ("", "synthetic") or not rest.strip():
+    """The folder of a `KIND:PATH` dataset spec (None for synthetic): an input to protect.
+    A bad spec is refused here, before anything is written, in the dataset's own words."""
+    if spec is None:
         return None
-    path = Path(rest.strip()).expanduser()
-    return path if path.is_dir() else None  # not a folder: the dataset's own error says so
+    from distill.data.spec import parse_dataset_spec
+
+    return parse_dataset_spec(spec).path
+
+
+# What `segkd train`/`distill` write into --out, and `segkd pipeline` into its --out: an
+# input there under one of these names would be overwritten (others are left alone).
+TRAIN_WRITES = ("best.pt", "last.pt", "resume.pt", "summary.json", "metrics.jsonl", "*.tmp")
+PIPELINE_WRITES = ("teacher", "baseline*", "student*", "export", "eval", "bench", "figures",
+                   "report.*", ".steps")  # fmt: skip
 
 
 def _write_json(path: Path | None, data: Any) -> None:
@@ -54,7 +62,9 @@ def _write_json(path: Path | None, data: Any) -> None:
 @app.command()
 def models(
     input_size: Annotated[str, typer.Option(help="HxW for the MAC count")] = "512x1024",
-    num_classes: Annotated[int, typer.Option(min=1)] = 19,
+    num_classes: Annotated[
+        int, typer.Option(min=1, max=254, help="at most 254: mask value 255 is the ignore id")
+    ] = 19,
     deep_stem: Annotated[
         bool, typer.Option(help="three-conv stem of the reference code bases")
     ] = False,
@@ -66,6 +76,7 @@ def models(
     (aux, boundary) included and as exported (deploy)."""
     from distill.models.complexity import model_table
 
+    guard_outputs([Output("--json", json_out)], {})
     size = parse_size(input_size, "--input-size", minimum=32)
     rows = model_table(size, num_classes=num_classes, deep_stem=deep_stem)
     stem = "deep stem" if deep_stem else "torchvision stem"
@@ -210,6 +221,67 @@ def _train_config(options: dict[str, Any], model: str, **fixed: Any):  # type: i
     return TrainConfig(**values, model=model, out=str(options["out"]), **fixed)
 
 
+def _typed_options() -> set[str]:
+    """The options the user typed (or set through the environment), not defaults."""
+    from typer.main import get_current_context
+
+    ctx = get_current_context()
+    return {
+        name
+        for name in ctx.params
+        if (src := ctx.get_parameter_source(name)) is not None and src.name != "DEFAULT"
+    }
+
+
+def _resumed(options: dict[str, Any], change: str | None, distill_given: dict | None = None):  # type: ignore[no-untyped-def]
+    """With --resume: the run's own settings for every option not typed (resume.pt's
+    config), a typed one that differs refused unless named in --change."""
+    from distill.training.resume_settings import parse_change, settings_for_resume
+
+    known = set(_TRAIN_OPTIONS) | (set(_DISTILL_OPTIONS) if distill_given is not None else set())
+    names = parse_change(change, known)
+    if not options["resume"]:
+        if names:
+            raise SegkdError("--change applies to --resume only")
+        return options, distill_given
+    path = Path(options["out"]) / "resume.pt"
+    if not path.is_file():
+        return options, distill_given  # restore() says there is nothing to resume
+    from distill.checkpoint import load_checkpoint
+
+    saved = dict(load_checkpoint(path).get("config") or {})
+    typed = _typed_options()
+    parsed = {**options}
+    parsed["crop_size"] = _size(options["crop_size"], "--crop-size")
+    parsed["export_size"] = _size(options["export_size"], "--export-size")
+    given = {k: parsed[k] for k in _TRAIN_OPTIONS}
+    if given["backbone_weights"] is not None:
+        given["backbone_weights"] = str(given["backbone_weights"])
+    values = settings_for_resume(given, typed, saved, names, path)
+    for k in ("crop_size", "export_size"):  # back to the command line's spelling
+        if values[k] is not None and not isinstance(values[k], str):
+            values[k] = f"{values[k][0]}x{values[k][1]}"
+    if distill_given is not None:
+        saved_d = dict((saved.get("extra") or {}).get("distill") or {})
+        if isinstance(distill_given.get("losses"), str):  # compared as the saved list
+            distill_given["losses"] = [
+                n.strip().lower() for n in distill_given["losses"].split(",") if n.strip()
+            ]
+        distill_given = settings_for_resume(
+            {k: v for k, v in distill_given.items() if v is not None or k in saved_d},
+            typed, saved_d, names, path,
+        )  # fmt: skip
+        if isinstance(distill_given.get("losses"), (list, tuple)):
+            distill_given["losses"] = ",".join(distill_given["losses"])
+    return {**options, **values}, distill_given
+
+
+_CHANGE_HELP = (
+    "with --resume: settings to change from the run's, e.g. lr,iters (a resumed run takes "
+    "every setting from its resume.pt; a different value typed without this is refused)"
+)
+
+
 @app.command()
 @_with_train_options("model", "runs/train", "architecture, see `segkd models`")
 def train(
@@ -220,17 +292,20 @@ def train(
     readout_iters: Annotated[
         int, typer.Option(help="with --role teacher: fit and store the position readout (0: skip)")
     ] = 200,
+    change: Annotated[str | None, typer.Option(help=_CHANGE_HELP)] = None,
     **options: Any,
 ) -> None:
     """Train a teacher or a baseline student (cross-entropy + auxiliary head)."""
     from distill.training import train as run_training
 
     model, out = options.pop("model"), options["out"]
+    options, _ = _resumed(options, change)
     if role not in ("teacher", "student", "model"):
         raise SegkdError(f"--role must be teacher, student or model, got {role!r}")
     if readout_iters < 0:
         raise SegkdError(f"--readout-iters must be >= 0, got {readout_iters}")
     cfg = _train_config(options, model, role=role)
+    _guard_training_outputs(options)
     summary = run_training(cfg)
     console.print(
         f"[bold]{model}[/]: best val mIoU {summary['best_miou']:.4f} at iteration "
@@ -243,6 +318,17 @@ def train(
         console.print(
             f"position readout stored with the teacher: corr {report.get('corr', float('nan')):.3f}"
         )
+
+
+def _guard_training_outputs(options: dict[str, Any], **inputs: Any) -> None:
+    guard_outputs(
+        [Output("--out", options["out"], "folder", TRAIN_WRITES)],
+        {
+            "the dataset folder": _spec_folder(options["data"]),
+            "the --backbone-weights file": options["backbone_weights"],
+            **inputs,
+        },
+    )
 
 
 def _is_main_process() -> bool:
@@ -265,6 +351,7 @@ def distill(
     readout_iters: Annotated[
         int, typer.Option(help="iterations to fit the teacher's position readout if not cached")
     ] = 200,
+    change: Annotated[str | None, typer.Option(help=_CHANGE_HELP)] = None,
     **options: Any,
 ) -> None:
     """Distil a student from a frozen teacher with KD, IDD, position distillation (and CWD)."""
@@ -272,18 +359,15 @@ def distill(
     from distill.training.distill_run import run_distillation
 
     given = {k: options.pop(k) for k in _DISTILL_OPTIONS}
+    options, given = _resumed(options, change, given)
     dcfg = DistillConfig(**{k: v for k, v in given.items() if v is not None})
+    dcfg.require_a_term()  # before anything loads
     student = options.pop("student")
     cfg = _train_config(options, student, role="student")
     if readout_iters < 1:
         raise SegkdError(f"--readout-iters must be >= 1, got {readout_iters}")
-    from distill.zoo.load import parse_teacher_spec
-
-    out = Path(options["out"])
-    refuse_overwriting_inputs(
-        {f"--out ({n})": out / n for n in ("best.pt", "last.pt", "resume.pt")},
-        {"the --teacher": parse_teacher_spec(teacher).path},
-    )
+    check_model_arg(teacher, "--teacher")
+    _guard_training_outputs(options, **{"the --teacher": model_paths(teacher)})
     summary = run_distillation(cfg, teacher, dcfg, readout_iters=readout_iters)
     console.print(
         f"[bold]{student}[/] distilled from {summary['teacher']['arch']}: best val mIoU "
@@ -385,10 +469,20 @@ def export(
     from export.api import Tolerances, export_checkpoint, format_summary
     from runtime.backends.tensorrt_builder import TrtOptions
 
-    refuse_overwriting_inputs(
-        {"--out": out, "--json": json_out},
-        {"the checkpoint": checkpoint, "the --calib-data folder": _spec_folder(calib_data)},
+    guard_outputs(
+        [Output("--out", out, "replaced"), Output("--json", json_out)],
+        {
+            "the checkpoint": checkpoint,
+            "the --calib-data folder": _spec_folder(calib_data),
+            "the --engine-cache folder": engine_cache,
+        },
     )
+    # Checked before anything runs, under the names the user typed (the hidden old
+    # aliases are still honoured); a gate outside 0..1 used to fail after the whole export.
+    for name, value, alias in (("fp16", min_fp16, min_agreement_fp16),
+                               ("int8", min_int8, min_agreement_int8)):  # fmt: skip
+        typed = f"--min-{name}" if alias is None else f"--min-agreement-{name}"
+        finite(typed, value if alias is None else alias, low=0.0, high=1.0)
     trt = TrtOptions(
         workspace_gib=trt_workspace, optimization_level=opt_level, cache_dir=engine_cache,
         weak_typing=weak_typing, max_batch=trt_max_batch, verbose=trt_verbose,
@@ -490,11 +584,13 @@ def eval_cmd(
         raise SegkdError("--max-drop needs --reference (the model to compare against)")
     if max_drop is not None:
         finite("--max-drop", max_drop)  # a nan gate would pass every model
-    refuse_overwriting_inputs(
-        {"--json": json_out, "--save-predictions": save_predictions},
+    check_model_arg(model)
+    check_model_arg(reference, "--reference")
+    guard_outputs(
+        [Output("--json", json_out), Output("--save-predictions", save_predictions, "folder")],
         {
-            "the model": model,
-            "the --reference": reference,
+            "the model": model_paths(model),
+            "the --reference": model_paths(reference),
             "the dataset folder": _spec_folder(data),
         },
     )
@@ -506,9 +602,9 @@ def eval_cmd(
         convention=convention,
     )  # fmt: skip
     ref = None
-    if reference is not None:  # scored the same way, or the drop would mix conventions
+    if reference is not None:  # --convention as given: `auto` resolves for each model
         ref = evaluate_on_dataset(
-            reference, data, split, max_images, "auto", device, convention=result.convention
+            reference, data, split, max_images, "auto", device, convention=convention
         )
     table = Table(
         title=f"segkd eval on {data} [{split}], {result.num_samples} images, "
@@ -543,6 +639,12 @@ def eval_cmd(
         payload["reference"] = {"model": str(reference), **ref.to_dict()}
         payload["drop_points"] = drop
         console.print(f"drop vs reference: {drop:+.2f} mIoU points")
+        if ref.convention != result.convention:  # a label-map artifact vs a logits model
+            console.print(
+                f"note: the reference was scored with the {ref.convention} convention, the "
+                f"model with {result.convention} (auto picks per model; give --convention "
+                "labels to score both alike)"
+            )
     failed = max_drop is not None and drop is not None and drop > max_drop
     payload["max_drop"], payload["passed"] = max_drop, (None if max_drop is None else not failed)
     _write_json(json_out, payload)
@@ -589,7 +691,9 @@ def bench(
     from runtime.loader import folder_artifacts
 
     size = parse_size(frame_size, "--frame-size", minimum=16)
-    refuse_overwriting_inputs({"--json": json_out}, {f"the model {m}": m for m in models})
+    for m in models:
+        check_model_arg(m)
+    guard_outputs([Output("--json", json_out)], {f"the model {m}": model_paths(m) for m in models})
     backends = [b.strip() for b in backend.split(",") if b.strip()]
     if all_artifacts:
         models = [
@@ -629,7 +733,12 @@ def demo(
     ],
     model: Annotated[str, typer.Option(help=".pt, .onnx, .engine or an export folder")],
     out: Annotated[
-        Path | None, typer.Option(help="output video (.mp4) or folder for images")
+        Path | None,
+        typer.Option(
+            help="output video (.mp4, .avi, ...) or folder for images; written aside and put "
+            "in place when complete, so a failed run keeps the earlier output. A folder is "
+            "replaced only if it is new, empty or an earlier demo run (other files: refused)"
+        ),
     ] = None,
     backend: str = "auto",
     device: str = "auto",
@@ -650,9 +759,16 @@ def demo(
 
     if out is None and not show:
         raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
-    refuse_overwriting_inputs(
-        {"--out": out, "--json": json_out}, {"the demo source": source, "the --model": model}
+    from runtime.demo_sink import VIDEO_SUFFIXES, check_image_folder
+
+    check_model_arg(model, "--model")
+    out_kind = "file" if out is not None and out.suffix.lower() in VIDEO_SUFFIXES else "folder"
+    guard_outputs(
+        [Output("--out", out, out_kind), Output("--json", json_out)],
+        {"the demo source": source, "the --model": model_paths(model)},
     )
+    if out is not None and out_kind == "folder":
+        check_image_folder(out)  # before the model loads
     with open_model(model, backend, device, precision) as seg:
         stats = run_demo(source, seg, out, show=show, max_frames=max_frames, alpha=alpha, fps=fps)
     console.print(
@@ -707,6 +823,15 @@ def pipeline(
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(config, overrides)
+    guard_outputs(
+        [Output("--out", out, "folder", PIPELINE_WRITES)],
+        {
+            "the --config file": config,
+            "the dataset folder": _spec_folder(cfg["data"]),
+            "the teacher": model_paths(cfg["teacher"]["checkpoint"] or None),
+            **{f"{k}.backbone_weights": cfg[k]["backbone_weights"] for k in ("teacher", "student")},
+        },
+    )
     report = run_pipeline(
         cfg, out, log=lambda msg: console.print(msg, highlight=False, markup=False)
     )
@@ -737,17 +862,33 @@ def _gain_line(report: dict) -> str:
 _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
+def _close_bars() -> None:
+    """Close open progress bars: one left open would share our last line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _fail(message: str, code: int) -> NoReturn:
     """Print ONE `error: ...` line on stderr and exit with `code`."""
     from rich.markup import escape
-    from tqdm import tqdm
 
-    for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would share the line
-        bar.close()
+    _close_bars()
     text = " ".join(line.strip() for line in message.strip().splitlines())
     # escape: a path like "a[/]b" in the message is text, not rich markup.
     err_console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _interrupted(e: KeyboardInterrupt) -> NoReturn:
+    """One line: what stopped, what is intact, how to go on; exit 130 (SIGINT) / 143 (TERM)."""
+    from runtime.interrupted import exit_status, interrupted_line
+
+    _close_bars()
+    line = interrupted_line(sys.argv[1:], e)
+    err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+    sys.exit(exit_status(e))
 
 
 def main() -> None:
@@ -756,14 +897,16 @@ def main() -> None:
     # set these variables (e.g. OPENCV_LOG_LEVEL=WARNING) to see them again.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    from runtime import interrupted
+
+    interrupted.install_handlers()
     try:
         # standalone_mode=False: a command's typer.Exit(code) comes back as the return value.
         code = app(standalone_mode=False)
     except SegkdError as e:
         _fail(str(e), 2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (runtime.interrupted)
+        _interrupted(e)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, permission denied, read-only folder: the user's to fix
@@ -782,9 +925,12 @@ def main() -> None:
                     print(text, file=sys.stderr)
                 sys.exit(e.exit_code)
             _fail(format_message(), e.exit_code)
-        if type(e).__name__ == "Abort":
-            sys.exit(130)
+        if type(e).__name__ == "Abort":  # click turns a KeyboardInterrupt into Abort
+            cause = e.__context__
+            _interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt())
         raise
+    if interrupted.received:  # typer returned 130 for it: say what stopped
+        _interrupted(interrupted.received[-1])
     if isinstance(code, int) and code:
         sys.exit(code)
 

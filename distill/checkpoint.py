@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from distill.finite_weights import refuse_non_finite
 from distill.weights_only import load_plain_data
 from runtime.atomic_io import atomic_output
 from runtime.errors import SegkdError
@@ -28,9 +29,27 @@ EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through a temporary file and a rename: a crash never leaves half a file."""
-    with atomic_output(path, "wb") as f:
-        torch.save(obj, f)
+    """torch.save through a temporary file and a rename: a crash never leaves half a file.
+    A failed write (full disk, quota, size limit) is one line naming the file: torch's zip
+    writer reports it as a RuntimeError, not an OSError."""
+    try:
+        with atomic_output(path, "wb") as f:
+            torch.save(obj, f)
+    except (RuntimeError, OSError) as e:
+        # torch's zip writer fails in write() (OSError, or its own RuntimeError) or at
+        # close ("unexpected pos"): either way the bytes did not reach the disk.
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, OSError):
+            reason = cause.strerror or str(cause)
+        else:
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        import shutil
+
+        free = shutil.disk_usage(Path(path).parent).free
+        raise SegkdError(
+            f"cannot write {path}: {reason} ({free / 2**20:.1f} MiB free: a full disk?); "
+            f"the earlier {Path(path).name}, if any, is kept"
+        ) from None
 
 
 def make_checkpoint(
@@ -121,12 +140,18 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     bad = [k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise SegkdError(f"{path}: field 'state_dict' holds a non-tensor entry {str(bad[0])!r}")
+    refuse_non_finite(ckpt["state_dict"], path)
     try:
-        checkpoint_specs(ckpt)
+        labels, _ = checkpoint_specs(ckpt)
     except (KeyError, TypeError, ValueError) as e:
         raise SegkdError(
             f"{path}: invalid 'labels' or 'preprocess' ({type(e).__name__}: {e})"
         ) from None
+    if ckpt["num_classes"] != labels.num_classes:  # 1e12 would reach the allocator
+        raise SegkdError(
+            f"{path}: field 'num_classes' is {ckpt['num_classes']}, but 'labels' names "
+            f"{labels.num_classes} classes; the checkpoint is damaged"
+        )
 
 
 def checkpoint_specs(ckpt: dict[str, Any]) -> tuple[LabelSpec, PreprocessSpec]:

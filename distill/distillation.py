@@ -90,6 +90,17 @@ class DistillConfig:
                     f"{name}: unknown value {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
                 )
 
+    def require_a_term(self, where: str = "--losses") -> None:
+        """A distillation run needs a term to distil with: `--losses ""` (or all weights 0)
+        used to train plain cross-entropy and report it as distilled, "gain +0.00"."""
+        if not any(self.active(t) for t in DISTILL_LOSSES):
+            listed = ",".join(self.losses) or "none"
+            raise SegkdError(
+                f"{where}: no distillation term is active (listed: {listed}; a term needs a "
+                f"weight > 0): name at least one of {', '.join(DISTILL_LOSSES)}, or train the "
+                "student alone with `segkd train`"
+            )
+
     def weight(self, term: str) -> float:
         return float(getattr(self, f"w_{term}"))
 

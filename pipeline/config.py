@@ -176,8 +176,10 @@ def student_seeds(cfg: dict[str, Any]) -> list[int]:
             seed = None if isinstance(item, (bool, float)) else int(item)
         except (TypeError, ValueError):
             seed = None
-        if seed is None or seed < 0:
-            raise SegkdError(f"config option student_seeds: expected seeds >= 0, got {raw!r}")
+        if seed is None or not 0 <= seed < 2**32:  # numpy's generators: 0..2**32-1
+            raise SegkdError(
+                f"config option student_seeds: expected seeds in 0..{2**32 - 1}, got {raw!r}"
+            )
         if seed in seeds:
             raise SegkdError(f"config option student_seeds: seed {seed} is listed twice")
         seeds.append(seed)
@@ -190,7 +192,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SegkdError(f"--config: file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not a key
     except (UnicodeDecodeError, OSError) as e:
         raise SegkdError(f"--config: cannot read {path}: {type(e).__name__}") from None
     try:

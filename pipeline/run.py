@@ -83,7 +83,7 @@ def check_stages(cfg: dict[str, Any], out: Path) -> None:
         trains = section == "student" or not cfg["teacher"].get("checkpoint")
         if weights and trains and not Path(weights).is_file():
             raise SegkdError(f"config option {section}.backbone_weights: file not found: {weights}")
-    DistillConfig.from_dict(dict(cfg["distill"]))
+    DistillConfig.from_dict(dict(cfg["distill"])).require_a_term("config option distill.losses")
     for key, least in (("export.calib_images", 1), ("export.verify_images", 1),
                        ("export.opset", 1), ("eval.max_images", 1), ("bench.iters", 1),
                        ("bench.warmup", 0), ("report.examples", 0)):  # fmt: skip

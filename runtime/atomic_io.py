@@ -19,8 +19,9 @@ from typing import IO, Any
 
 
 @contextmanager
-def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of `path` for writing; it replaces `path` on a clean exit."""
+def atomic_output(path: str | Path, mode: str = "wb", fsync: bool = True) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of `path` for writing; it replaces `path` on a clean exit.
+    fsync=False for many small files (image frames) where a crash may lose the newest."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,20 +32,21 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.filename is None:  # a full disk fails in write(): name the file it was for
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
+        # Name the user's file, never the hidden temporary one: a full disk fails in
+        # write() with no name, a rename onto a folder names both.
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    with atomic_output(path, "wb") as f:
+def write_bytes_atomic(path: str | Path, data: bytes, fsync: bool = True) -> Path:
+    with atomic_output(path, "wb", fsync) as f:
         f.write(data)
     return Path(path)
 

@@ -27,15 +27,15 @@ import cv2
 import numpy as np
 
 from runtime.camera import open_capture, parse_live_source
+from runtime.demo_sink import VIDEO_SUFFIXES, Sink, partial_path  # noqa: F401  (re-exported)
 from runtime.errors import SegkdError
-from runtime.evaluate import IMAGE_SUFFIXES, write_image
+from runtime.evaluate import IMAGE_SUFFIXES
 from runtime.numbers import finite
 from runtime.postprocess import bgr_lut, draw_legend, draw_text, overlay, present_classes
 from runtime.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 _END = object()  # queue sentinel
 
 
@@ -141,64 +141,6 @@ class _Source:
             self.cap.release()
 
 
-# -- sinks -----------------------------------------------------------------------------
-class _Sink:
-    """An annotated video (written to a temp name, renamed when complete) or an image folder."""
-
-    def __init__(self, out: Path, fps: float, size: tuple[int, int]) -> None:
-        self.out, self.size = out, size  # size is (W, H)
-        self.writer: Any = None
-        self.count = 0
-        suffix = out.suffix.lower()
-        if suffix in VIDEO_SUFFIXES:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-            fourcc = cv2.VideoWriter_fourcc(*VIDEO_SUFFIXES[suffix])
-            self.writer = cv2.VideoWriter(str(self.tmp), fourcc, fps, size)
-            if not self.writer.isOpened():
-                self.tmp.unlink(missing_ok=True)
-                raise SegkdError(
-                    f"cannot write video {out}: OpenCV has no {VIDEO_SUFFIXES[suffix]} encoder or the folder is not writable"
-                )
-        elif suffix == "" or out.is_dir():
-            if out.exists() and not out.is_dir():
-                raise SegkdError(f"--out {out} exists and is not a folder")
-            out.mkdir(parents=True, exist_ok=True)
-        else:
-            raise SegkdError(
-                f"--out {out}: use a video file ({', '.join(VIDEO_SUFFIXES)}) or a folder"
-            )
-
-    def write(self, frame: np.ndarray, name: str) -> None:
-        if self.writer is not None:
-            if (frame.shape[1], frame.shape[0]) != self.size:  # a video has one frame size
-                frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
-            self.writer.write(frame)
-        else:
-            write_image(self.out / f"{name}.jpg", frame)
-        self.count += 1
-
-    def close(self, keep: bool = True, partial: bool = False) -> Path | None:
-        """Finish the video: it becomes `out`, or with `partial` `<stem>.partial<suffix>`
-        beside it (an interrupted run never replaces a complete earlier video); None if
-        nothing was kept."""
-        if self.writer is None:
-            return self.out
-        self.writer.release()
-        self.writer = None
-        if keep and self.count > 0:
-            target = partial_path(self.out) if partial else self.out
-            os.replace(self.tmp, target)
-            return target
-        self.tmp.unlink(missing_ok=True)
-        return None
-
-
-def partial_path(out: Path) -> Path:
-    """Where an interrupted demo leaves its (valid, shorter) video: beside --out."""
-    return out.with_name(f"{out.stem}.partial{out.suffix}")
-
-
 @contextlib.contextmanager
 def _sigint_sets(flag: threading.Event) -> Any:
     """While the demo runs, Ctrl-C sets `flag` instead of raising KeyboardInterrupt.
@@ -213,10 +155,12 @@ def _sigint_sets(flag: threading.Event) -> Any:
         yield
         return
     previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: flag.set())  # the same, politely
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -268,7 +212,7 @@ def run_demo(
     t_start = time.perf_counter()
     size = (first.shape[1], first.shape[0])
     try:
-        sink = _Sink(Path(out), fps or src.fps or 30.0, size) if out is not None else None
+        sink = Sink(Path(out), fps or src.fps or 30.0, size) if out is not None else None
     except BaseException:
         src.release()
         raise
@@ -396,25 +340,40 @@ def run_demo(
     finally:
         sigint.close()  # Ctrl-C during the clean-up below ends it the usual way
         stop.set()  # the reader leaves its loop; drain so a blocked put returns
-        while threads[0].is_alive():
-            with contextlib.suppress(queue.Empty):
-                frames_q.get(timeout=0.05)
-        threads[0].join()
-        if threads[1].is_alive():  # the writer drains what is queued, then stops
-            write_q.put(_END)
-        threads[1].join()
-        src.release()
-        if show:
-            cv2.destroyAllWindows()
+        try:
+            while threads[0].is_alive():
+                with contextlib.suppress(queue.Empty):
+                    frames_q.get(timeout=0.05)
+            # The writer drains what is queued, then stops; one that already failed (or
+            # fails now) is not waited for: a plain put here once hung the demo for ever.
+            while threads[1].is_alive():
+                with contextlib.suppress(queue.Full):
+                    write_q.put(_END, timeout=0.1)
+                    break
+            while threads[1].is_alive():
+                threads[1].join(timeout=0.1)
+        except BaseException:  # a second Ctrl-C: nothing half-written stays behind
+            if sink is not None:
+                sink.discard()
+            raise
+        finally:
+            src.release()
+            if show:
+                cv2.destroyAllWindows()
         failed = state["write_error"] is not None
         written_to: Path | None = None
         if sink is not None:
-            written_to = sink.close(keep=finished and not failed, partial=stopped == "interrupted")
+            keep = finished and not failed
+            try:
+                written_to = sink.close(keep=keep, partial=stopped == "interrupted")
+            except SegkdError as e:
+                state["write_error"] = state["write_error"] or e
     if state["write_error"] is not None:
         err = state["write_error"]
         if isinstance(err, SegkdError):
             raise err
-        raise SegkdError(f"writing {out} failed: {err}") from err
+        reason = (err.strerror or err) if isinstance(err, OSError) else err
+        raise SegkdError(f"cannot write --out {out}: {reason}") from err
     seconds = time.perf_counter() - t_start
     written = sink.count if sink is not None else done
     return DemoStats(

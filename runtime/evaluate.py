@@ -8,7 +8,6 @@ through exactly the preprocessing the model's metadata prescribes.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -112,20 +111,20 @@ def _relative_path(sample_id: str) -> PurePosixPath:
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
-    """cv2.imwrite to a temporary name in the same folder, then rename: no half-written files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # suffix kept: it picks the codec
+    """Encode in memory, then write to a temporary name and rename: no half-written files,
+    and a full disk or a read-only folder raises (cv2.imwrite may only return False)."""
+    from runtime.atomic_io import write_bytes_atomic
+
     try:
-        ok = cv2.imwrite(str(tmp), image)
+        ok, encoded = cv2.imencode(path.suffix, image)
     except cv2.error as e:
         ok = False
-        log.debug("imwrite failed: %s", e)
+        log.debug("imencode failed: %s", e)
     if not ok:
-        tmp.unlink(missing_ok=True)
         raise SegkdError(
-            f"cannot write {path} (folder not writable, or image type {image.dtype} unsupported)"
+            f"cannot write {path}: OpenCV cannot encode a {image.dtype} image as {path.suffix}"
         )
-    os.replace(tmp, path)
+    write_bytes_atomic(path, encoded.tobytes(), fsync=False)
 
 
 def evaluate(

@@ -39,6 +39,18 @@ def generated_palette(n: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+def _is_rgb(colour: Any) -> bool:
+    """Three whole numbers in 0..255 (a colour beyond them overflows uint8 when drawn)."""
+    return (
+        isinstance(colour, (tuple, list))
+        and len(colour) == 3
+        and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255
+            for v in colour
+        )
+    )
+
+
 @dataclass(frozen=True)
 class LabelSpec:
     """Class names and RGB palette of a model's output; label ids index both."""
@@ -48,6 +60,11 @@ class LabelSpec:
     ignore_index: int = IGNORE_INDEX
 
     def __post_init__(self) -> None:
+        if isinstance(self.names, str) or not all(isinstance(n, str) for n in self.names):
+            raise ValueError(f"names must be a list of class names, got {self.names!r:.60}")
+        # A UTF-8 byte-order mark an editor put before class 0 is not part of its name
+        # (checkpoints written before classes.txt was read without it still carry one).
+        object.__setattr__(self, "names", tuple(n.lstrip("\ufeff") for n in self.names))
         if not self.names:
             raise ValueError("a label spec needs at least one class")
         if len(self.names) >= self.ignore_index:
@@ -60,6 +77,12 @@ class LabelSpec:
             raise ValueError(
                 f"palette has {len(self.palette)} colours for {len(self.names)} classes"
             )
+        for name, colour in zip(self.names, self.palette, strict=True):
+            if not _is_rgb(colour):
+                raise ValueError(
+                    f"palette colour {colour!r:.40} of class {name!r} is not three whole "
+                    "numbers in 0..255"
+                )
 
     @property
     def num_classes(self) -> int:
@@ -80,9 +103,16 @@ class LabelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelSpec:
+        names, palette = d["names"], d.get("palette", ())
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise ValueError(f"names must be a list of class names, got {names!r:.60}")
+        if not isinstance(palette, (list, tuple)) or not all(
+            isinstance(c, (list, tuple)) for c in palette
+        ):
+            raise ValueError(f"palette must be a list of [r, g, b], got {palette!r:.60}")
         return cls(
-            names=tuple(str(n) for n in d["names"]),
-            palette=tuple(tuple(int(v) for v in c) for c in d.get("palette", ())),  # type: ignore[misc]
+            names=tuple(str(n) for n in names),
+            palette=tuple(tuple(c) for c in palette),  # checked in __post_init__
             ignore_index=int(d.get("ignore_index", IGNORE_INDEX)),
         )
 

@@ -89,9 +89,11 @@ class ModelMeta:
 
 def parse_metadata_json(text: str, where: Path | str) -> ModelMeta:
     try:
-        d = json.loads(text)
+        d = json.loads(text.lstrip("\ufeff"))  # a byte-order mark an editor added
     except json.JSONDecodeError as e:
         raise SegkdError(f"{where}: segkd metadata is not valid JSON ({e})") from None
+    except RecursionError:
+        raise SegkdError(f"{where}: segkd metadata is nested too deeply to be ours") from None
     return ModelMeta.from_dict(d, where)
 
 
@@ -101,9 +103,11 @@ def read_export_json(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SegkdError(f"{folder} is not an export folder: it has no {EXPORT_JSON}")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SegkdError(f"cannot read {path}: {e}") from None
+    except RecursionError:  # JSON nested thousands of levels: not a manifest segkd wrote
+        raise SegkdError(f"{path} is nested too deeply to be a segkd export manifest") from None
     if not isinstance(d, dict) or d.get("format") != EXPORT_FORMAT:
         raise SegkdError(f"{path} is not a segkd export manifest (format != {EXPORT_FORMAT!r})")
     version = d.get("version")

@@ -98,9 +98,11 @@ def exif_rotates(path: Path) -> bool:
 
 
 def read_text_lines(path: Path) -> list[str]:
-    """The lines of a class or split list; SegkdError naming the file if it is not UTF-8."""
+    """The lines of a class or split list; SegkdError naming the file if it is not UTF-8.
+    utf-8-sig: a byte-order mark (Windows editors) is not part of the first line; CRLF and
+    CR line ends are split like LF."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise SegkdError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 

@@ -92,6 +92,7 @@ def run_distillation(
     distill_config: DistillConfig,
     readout_iters: int = 200,
 ) -> dict[str, Any]:
+    distill_config.require_a_term()
     cfg = resolve_config(config)
     ctx = init_distributed(cfg.device)
     try:

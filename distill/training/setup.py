@@ -174,6 +174,6 @@ def restore(
         raise SegkdError(
             f"--resume: {path} is a finished run (iteration {progress.iteration}, --iters "
             f"{cfg.iters}); nothing to continue: its files are kept. Pass a larger --iters "
-            "to train on, or choose another --out"
+            "with --change iters to train on, or choose another --out"
         )
     return progress

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.finite_weights import refuse_non_finite
 from distill.weights_only import load_plain_data
 from runtime.errors import SegkdError
 
@@ -38,6 +39,8 @@ def _numpy_globals() -> list[Any]:
 
 def read_weights_file(path: Path) -> Any:
     """The unpickled object, or one SegkdError line (missing, corrupt, or not plain data)."""
+    if path.is_dir():
+        raise SegkdError(f"{path} is a folder; give the weights file (.pth/.pt) inside it")
     if not path.is_file():
         raise SegkdError(f"teacher file not found: {path}")
     return load_plain_data(
@@ -57,9 +60,15 @@ def split_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dic
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
         raise SegkdError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    if "state_dict" in obj or "meta" in obj:  # a checkpoint wrapper without usable weights
+        raise SegkdError(
+            f"{path}: has {', '.join(repr(k) for k in list(obj)[:4])} but no 'state_dict' "
+            "of tensors: not a complete model-zoo checkpoint"
+        )
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise SegkdError(f"{path}: entry {bad[0]!r} of the state dict is not a tensor")
+    refuse_non_finite(obj, path)
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj), meta

@@ -83,7 +83,7 @@ def test_image_folder_to_image_folder(seg: Segmenter, tmp_path: Path) -> None:
     stats = run_demo(images, seg, out, legend=False)
     assert stats.frames_out == 3
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["img_0.jpg", "img_1.jpg", "img_2.jpg"]
+    assert written == [".segkd-demo.json", "img_0.jpg", "img_1.jpg", "img_2.jpg"]  # marker
     assert cv2.imread(str(out / "img_1.jpg")).shape == (60, 90, 3)  # each at its own size
 
 

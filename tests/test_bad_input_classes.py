@@ -1,0 +1,639 @@
+"""Issue 23: each failure closed as a class. One test per class tries many spellings and
+members of it through the real command line; where a failure could damage a result
+already written, every file the test made is checked byte for byte (sha256) afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from tests import test_bad_inputs as rows
+from tests.test_bad_inputs import (
+    EXPORT_FAST,
+    Run,
+    assert_one_error,
+    export_folder_with,
+    make_folder,
+    sha256,
+    write_video,
+)
+
+# The fixtures of the older rows, shared (pytest finds fixtures by module attribute).
+models, data, segkd_here = rows.models, rows.data, rows.segkd_here
+segkd = rows.segkd
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """Every file under root (symlinks not followed) -> sha256: the 'nothing changed' check."""
+    found = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath, name)
+            if not p.is_symlink():
+                found[str(p.relative_to(root))] = sha256(p)
+    return found
+
+
+# -- class 1: an output on anything the command reads or writes --------------------------
+@pytest.fixture()
+def workspace(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp/w: ex/ (an export folder), ds/ (a dataset), in.mp4, student.pt, a symlink
+    `link` -> ex, a hard link `hard.onnx` to ex/model.onnx; the cwd is w."""
+    w = tmp_path / "w"
+    w.mkdir()
+    export_folder_with(models, w / "ex")
+    make_folder(w / "ds", splits=True)
+    write_video(w / "in.mp4", 3, "mp4v")
+    shutil.copy(models["three"], w / "student.pt")
+    (w / "link").symlink_to(w / "ex", target_is_directory=True)
+    os.link(w / "ex" / "model.onnx", w / "hard.onnx")
+    (w / "run").mkdir()
+    shutil.copy(models["three"], w / "run" / "best.pt")
+    (w / "p.yaml").write_text("data: synthetic:size=64x128,train=2,val=1\n")
+    monkeypatch.chdir(w)
+    return w
+
+
+# Spellings of the export folder's manifest: relative, ./, ../, symlinked, absolute,
+# through `..`, with a doubled slash.
+MANIFEST = ["ex/export.json", "./ex/export.json", "../w/ex/export.json", "link/export.json",
+            "{w}/ex/export.json", "ex/../ex/export.json", "ex//export.json"]  # fmt: skip
+# Other members: the folder itself (with and without a trailing slash, through the link),
+# the artifact just run, a hard link to it, a new file inside the folder.
+FOLDER = ["ex", "ex/", "./link/", "ex/model.onnx", "hard.onnx", "ex/new.json", "link/new.json"]
+DEMO = ("demo", "in.mp4", "--out", "o.mp4")
+TRAIN = ("--data", "folder:ds", "--iters", "1", "--batch-size", "2", "--crop-size", "32x32")
+
+CASES: list[tuple[tuple[str, ...], str]] = [
+    *((("eval", "ex", "--data", "folder:ds", "--json", s), "--json") for s in MANIFEST + FOLDER),
+    *(
+        (("eval", "ex/model.onnx", "--data", "folder:ds", "--json", s), "--json")
+        for s in ["ex/export.json", "link/model.onnx", "ex/model.onnx.json"]
+    ),
+    *((("bench", "ex", "--iters", "1", "--json", s), "--json") for s in MANIFEST[:4] + FOLDER[:4]),
+    *((("bench", "ex/model.onnx", "--json", s), "--json") for s in ["ex/", "hard.onnx"]),
+    *(
+        (("demo", "in.mp4", "--model", "ex", "--out", "o.mp4", "--json", s), "--json")
+        for s in ["ex/export.json", "link/", "in.mp4", "o.mp4", "./o.mp4"]
+    ),
+    (("demo", "in.mp4", "--model", "ex", "--out", "ex/o.mp4"), "--out"),
+    (("demo", "in.mp4", "--model", "ex", "--out", "frames", "--json", "frames/s.json"), "--json"),
+    (("demo", "ds/images", "--model", "ex", "--out", "ds/images/"), "--out"),
+    (("demo", "ds/images", "--model", "ex", "--out", "ds"), "--out"),
+    (("eval", "ex", "--data", "folder:ds", "--json", "ds/r.json"), "--json"),
+    (
+        ("eval", "ex", "--data", "folder:./ds/", "--save-predictions", "ds/masks"),
+        "--save-predictions",
+    ),
+    (("eval", "ex", "--data", "folder:ds", "--save-predictions", "."), "--save-predictions"),
+    (
+        ("eval", "ex", "--data", "folder:ds", "--save-predictions", "p", "--json", "p/r.json"),
+        "--json",
+    ),
+    (("eval", "mmseg:student.pt", "--data", "folder:ds", "--json", "student.pt"), "--json"),
+    (
+        ("eval", "ex", "--reference", "student.pt", "--data", "folder:ds", "--json", "student.pt"),
+        "--json",
+    ),
+    (("export", "student.pt", *EXPORT_FAST, "--out", "e2", "--json", "e2/export.json"), "--json"),
+    (("export", "student.pt", *EXPORT_FAST, "--out", "."), "--out"),
+    (("export", "student.pt", *EXPORT_FAST, "--calib-data", "folder:ds", "--out", "ds/e"), "--out"),
+    (("export", "student.pt", *EXPORT_FAST, "--out", "e2", "--json", "student.pt"), "--json"),
+    (("train", "--model", "pspnet_r18", *TRAIN, "--out", "ds/run"), "--out"),
+    (
+        (
+            "train",
+            "--model",
+            "pspnet_r18",
+            *TRAIN,
+            "--out",
+            "run",
+            "--backbone-weights",
+            "run/best.pt",
+        ),
+        "--out",
+    ),
+    (("distill", "--teacher", "run/best.pt", *TRAIN, "--out", "./run/"), "--out"),
+    (("distill", "--teacher", "cirkd:run/best.pt", *TRAIN, "--out", "run"), "--out"),
+    (("pipeline", "--config", "p.yaml", "--out", "p.yaml"), "--out"),
+    (("pipeline", "--out", "ds/", "--data", "folder:ds"), "--out"),
+    (("pipeline", "--out", "run/x", "--teacher", "./run/"), "--out"),
+    (("models", "--json", "ex/"), "--json"),
+]
+
+
+def test_any_output_on_an_input_or_another_output_is_refused(
+    segkd_here: Run, workspace: Path
+) -> None:
+    """Each row: exit 2, one `error:` line naming the option, every file in the workspace
+    byte-identical, and nothing new written."""
+    before = tree_hashes(workspace)
+    names = sorted(os.listdir(workspace))
+    failures = []
+    for args, option in CASES:
+        argv = [a.format(w=workspace) for a in args]
+        r = segkd_here(*argv)
+        try:
+            line = assert_one_error(r, option)
+            assert "choose" in line or "give" in line, line
+        except AssertionError as e:
+            failures.append(f"{' '.join(argv)}: {e}")
+        assert tree_hashes(workspace) == before, argv
+        assert sorted(os.listdir(workspace)) == names, argv
+    assert not failures, "\n".join(failures)
+    assert len(CASES) >= 50  # the matrix's size is stated in docs/TROUBLESHOOTING.md
+
+
+def test_the_guard_lets_ordinary_outputs_through(segkd_here: Run, workspace: Path) -> None:
+    """The same workspace, outputs beside the inputs: the guard is not what fails above."""
+    r = segkd_here("eval", "link/", "--data", "folder:./ds/", "--json", "r.json",
+                   "--save-predictions", "preds")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(Path("r.json").read_text())["miou"] >= 0
+    assert (workspace / "preds").is_dir()
+
+
+# -- classes 2, 3, 6: a demo that cannot write, or would mix with what is there -------
+@contextlib.contextmanager
+def small_filesystem(path: Path, free_kb: int) -> Iterator[Path]:
+    """A tmpfs of 2 MiB at `path` filled up to `free_kb` KiB free (a full disk, for real).
+    Needs root (mount); skips with that reason elsewhere: the RLIMIT_FSIZE rows still run."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)],
+                       capture_output=True, text=True)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(fs: Path, free_kb: int) -> None:
+    st = os.statvfs(fs)
+    (fs / "filler").write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - free_kb * 1024))
+
+
+def segkd_limited(*args: Any, fsize: int) -> subprocess.CompletedProcess[str]:
+    """`segkd ARGS` where no file may grow past `fsize` bytes (RLIMIT_FSIZE; SIGXFSZ
+    ignored, so a write fails with EFBIG as on a full disk). Needs no root."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = {**os.environ, "PYTHONPATH": str(rows.REPO), "OMP_NUM_THREADS": "2",
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=rows.REPO, env=env,
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+
+
+def hidden_left(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") and "tmp" in p.name]
+
+
+def test_a_demo_that_cannot_write_fails_and_keeps_the_earlier_output(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Full disk (video and images), a file-size limit, a folder named like the temporary
+    file: exit non-zero within the timeout (no hang), one `error:` line naming --out
+    (never a hidden name), the earlier video or folder byte-identical, no temporaries."""
+    tiny = models["tiny"]
+    long = write_video(tmp_path / "long.avi", 300, "MJPG")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(40):
+        cv2.imwrite(str(frames / f"f{i:03d}.png"), np.random.default_rng(i).integers(
+            0, 256, (120, 160, 3), np.uint8))  # fmt: skip
+
+    # size limit: the video outgrows 40 KB (the earlier one is smaller)
+    old = write_video(tmp_path / "o.mp4", 3, "mp4v")
+    before = sha256(old)
+    r = segkd_limited("demo", long, "--model", tiny, "--out", old, fsize=40_000)
+    assert_one_error(r, "--out", old, only=False)
+    assert sha256(old) == before and not hidden_left(tmp_path)
+
+    # the temporary name taken by a folder: named as the user's --out, nothing replaced
+    (tmp_path / ".o.tmp.mp4").mkdir()
+    r = segkd("demo", long, "--model", tiny, "--out", old, "--max-frames", "3")
+    assert_one_error(r, "--out", old)
+    assert sha256(old) == before
+    (tmp_path / ".o.tmp.mp4").rmdir()
+
+    with small_filesystem(tmp_path / "full", 0) as fs:
+        # an earlier good video, then about 60 KB free
+        good = shutil.copy(write_video(tmp_path / "good.mp4", 20, "mp4v"), fs / "o.mp4")
+        ok = segkd("demo", frames, "--model", tiny, "--out", fs / "run", "--max-frames", "3")
+        assert ok.returncode == 0, ok.stderr  # an earlier image run: 3 frames
+        run_before, video_before = tree_hashes(fs / "run"), sha256(Path(good))
+        fill(fs, 60)
+        r = segkd("demo", long, "--model", tiny, "--out", fs / "o.mp4", timeout=300)
+        assert_one_error(r, "--out", fs / "o.mp4", only=False)
+        assert ".o.tmp" not in bar_error(r)
+        assert sha256(Path(good)) == video_before
+        r = segkd("demo", frames, "--model", tiny, "--out", fs / "run", timeout=300)
+        assert_one_error(r, "--out", fs / "run", only=False)
+        assert tree_hashes(fs / "run") == run_before
+        assert not hidden_left(fs)
+
+
+def bar_error(r: subprocess.CompletedProcess[str]) -> str:
+    return next(line for line in r.stderr.splitlines() if line.startswith("error:"))
+
+
+def test_a_demo_folder_is_replaced_whole_or_refused(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Class 3: a non-empty folder that is not an earlier demo run is refused untouched
+    (photos, a folder holding a folder named like a frame, a hidden file only); an
+    earlier demo run is replaced whole: two runs never mix."""
+    tiny = models["tiny"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, names in ((a, ["x1", "x2", "x3"]), (b, ["y1", "y2"])):
+        folder.mkdir()
+        for i, name in enumerate(names):
+            cv2.imwrite(str(folder / f"{name}.png"), np.full((40, 48, 3), 60 * i, np.uint8))
+    others = {
+        "photos": {"holiday.jpg": b"\xff\xd8 my photo"},
+        "frame-named-folder": {"x1.jpg/keep.txt": b"mine"},
+        "hidden-only": {".config": b"mine"},
+        "other-marker": {".segkd-demo": b"not the marker"},
+    }
+    for name, files in others.items():
+        for rel, content in files.items():
+            p = tmp_path / name / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(content)
+        before = tree_hashes(tmp_path / name)
+        for spelling in (tmp_path / name, f"{tmp_path / name}/"):
+            r = segkd_here("demo", a, "--model", tiny, "--out", spelling)
+            assert_one_error(r, "--out", tmp_path / name, "choose a new or empty folder")
+            assert tree_hashes(tmp_path / name) == before
+    out = tmp_path / "run"
+    assert segkd("demo", a, "--model", tiny, "--out", out).returncode == 0
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["x1.jpg", "x2.jpg", "x3.jpg"]
+    assert segkd("demo", b, "--model", tiny, "--out", out).returncode == 0
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["y1.jpg", "y2.jpg"]  # not mixed
+    assert not hidden_left(tmp_path)
+    help_text = re.sub(r"[│─╭╮╰╯]", " ", segkd("demo", "--help").stdout)  # rich's box
+    assert "earlier demo run" in " ".join(help_text.split())
+
+
+# -- class 4: inputs that used to give a plausible, wrong result --------------------------
+def nan_copy(src: Path, dst: Path, value: float = float("nan"), only_first: bool = False) -> Path:
+    import torch
+
+    ckpt = torch.load(src, weights_only=True)
+    for i, (key, t) in enumerate(ckpt["state_dict"].items()):
+        if t.is_floating_point() and (not only_first or i == 0):
+            ckpt["state_dict"][key] = torch.full_like(t, value)
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_inputs_that_would_give_a_silently_wrong_result_are_refused(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    syn = ("--data", "synthetic:size=64x128,train=4,val=2")
+    nan_pt = nan_copy(models["three"], tmp_path / "nan.pt")
+    one_inf = nan_copy(models["three"], tmp_path / "inf.pt", float("inf"), only_first=True)
+    mm = tmp_path / "mm.pth"  # an mmseg-layout file whose weights are NaN
+    torch.save({"meta": {"CLASSES": ["road"]},
+                "state_dict": {"backbone.conv1.weight": torch.full((4, 3, 3, 3), float("nan"))}},
+               mm)  # fmt: skip
+    distill = ("distill", "--teacher", models["three"], *syn, "--out", tmp_path / "d")
+    cases: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = [
+        (("eval", nan_pt, *syn), (nan_pt, "NaN/inf")),
+        (("eval", one_inf, *syn), (one_inf, "NaN/inf")),
+        (("export", nan_pt, *EXPORT_FAST, "--out", tmp_path / "e"), (nan_pt, "NaN/inf")),
+        (("eval", f"mmseg:{mm}", *syn), (mm, "NaN/inf")),
+        (("distill", "--teacher", mm, *syn, "--out", tmp_path / "d"), (mm, "NaN/inf")),
+        (("distill", "--teacher", nan_pt, *syn, "--out", tmp_path / "d"), (nan_pt, "NaN/inf")),
+        ((*distill, "--losses", ""), ("--losses", "no distillation term")),
+        ((*distill, "--losses", ","), ("--losses", "no distillation term")),
+        ((*distill, "--losses", " , "), ("--losses", "no distillation term")),
+        ((*distill, "--losses", "kd", "--w-kd", "0"), ("--losses", "no distillation term")),
+        (("pipeline", "--out", tmp_path / "p", *syn, "--set", "distill.losses=[]"),
+         ("distill.losses", "no distillation term")),
+        (("pipeline", "--out", tmp_path / "p", *syn, "--set", "distill.losses=''"),
+         ("distill.losses", "no distillation term")),
+    ]  # fmt: skip
+    for args, needles in cases:
+        assert_one_error(segkd_here(*args), *needles)
+    assert not any((tmp_path / n).exists() for n in ("d", "e", "p"))
+
+
+def test_byte_order_marks_and_crlf_in_text_inputs_are_read_as_text(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A BOM (Windows editors) or CRLF in classes.txt, a split list, a config, export.json:
+    class 0 is "road", not "\\ufeffroad"; the split's first id is found; keys parse."""
+    ds = make_folder(tmp_path / "ds", splits=True)
+    bom = "\ufeff"
+    classes = (ds / "classes.txt").read_text()
+    (ds / "classes.txt").write_text(bom + classes.replace("\n", "\r\n"), newline="")
+    for split in ("train", "val"):
+        path = ds / "splits" / f"{split}.txt"
+        path.write_text(bom + path.read_text().replace("\n", "\r\n"), newline="")
+    ex = export_folder_with(models, tmp_path / "ex")
+    (ex / "export.json").write_text(bom + (ex / "export.json").read_text())
+    out = tmp_path / "r.json"
+    r = segkd_here("eval", ex, "--data", f"folder:{ds}", "--json", out)
+    assert r.returncode == 0, r.stderr
+    iou = json.loads(out.read_text())["iou"]
+    assert list(iou) == classes.split()  # no BOM in class 0's name
+    assert json.loads(out.read_text())["num_samples"] == 2
+    for suffix, text in ((".yaml", "data: synthetic\nseed: [oops\n"), (".toml", "seed = 'x'\n")):
+        cfg = tmp_path / f"c{suffix}"
+        cfg.write_text(bom + text)
+        line = assert_one_error(segkd_here("pipeline", "--config", cfg, "--out", tmp_path / "p"))
+        assert bom not in line and "\\ufeff" not in line
+
+
+# -- classes 8 and 9: values that used to end in a traceback deep inside -----------------
+def checkpoint_with(src: Path, dst: Path, **changes: Any) -> Path:
+    import torch
+
+    ckpt = torch.load(src, weights_only=True)
+    for key, value in changes.items():
+        if key == "palette":
+            ckpt["labels"]["palette"] = value
+        elif key == "names":
+            ckpt["labels"]["names"] = value
+        else:
+            ckpt[key] = value
+    torch.save(ckpt, dst)
+    return dst
+
+
+BAD_PALETTES = [
+    [[300, 0, 0], [0, 0, 0], [1, 1, 1]],
+    [[-1, 0, 0], [0, 0, 0], [1, 1, 1]],
+    [[1.5, 0, 0], [0, 0, 0], [1, 1, 1]],
+    [["a", 0, 0], [0, 0, 0], [1, 1, 1]],
+    [[0, 0], [0, 0, 0], [1, 1, 1]],
+    [[True, 0, 0], [0, 0, 0], [1, 1, 1]],
+    "red",
+]
+
+
+def test_palettes_names_and_class_counts_are_checked_where_they_enter(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Checkpoint, export.json, a `<model>.json` sidecar and classes.txt: a colour outside
+    0..255 (or not three integers), names given as one string, an absurd class count."""
+    syn = ("--data", "synthetic:size=64x128,train=2,val=1")
+    for i, palette in enumerate(BAD_PALETTES):
+        ck = checkpoint_with(models["three"], tmp_path / f"p{i}.pt", palette=palette)
+        for cmd in (("export", ck, *EXPORT_FAST, "--out", tmp_path / "e"), ("eval", ck, *syn)):
+            assert_one_error(segkd_here(*cmd), ck, "palette")
+    for changes, needle in (({"names": "roa"}, "names"), ({"num_classes": 10**12}, "num_classes")):
+        ck = checkpoint_with(models["three"], tmp_path / "n.pt", **changes)
+        assert_one_error(
+            segkd_here("export", ck, *EXPORT_FAST, "--out", tmp_path / "e"), ck, needle
+        )
+    assert_one_error(segkd_here("models", "--num-classes", str(10**12)), "--num-classes")
+    assert not (tmp_path / "e").exists()
+
+    ds = make_folder(tmp_path / "ds", splits=True)
+    for i, (palette, needle) in enumerate(((256, "palette"), ("red", "palette"))):
+        ex = export_folder_with(models, tmp_path / f"ex{i}")
+        manifest = json.loads((ex / "export.json").read_text())
+        manifest["labels"]["palette"][1] = [palette, 0, 0] if palette == 256 else palette
+        (ex / "export.json").write_text(json.dumps(manifest))
+        r = segkd_here("eval", ex, "--data", f"folder:{ds}")
+        assert_one_error(r, ex / "export.json", needle)
+    names = export_folder_with(models, tmp_path / "exn", labels={"names": "road"})
+    assert_one_error(segkd_here("eval", names, "--data", f"folder:{ds}"), "names")
+    plain = tmp_path / "plain.onnx"
+    shutil.copy(models["plain"], plain)
+    meta = json.loads(json.dumps(rows.segkd_meta("logits")))
+    meta["labels"]["palette"] = [[0, 0, 999]] * len(meta["labels"]["names"])
+    (tmp_path / "plain.onnx.json").write_text(json.dumps(meta))
+    assert_one_error(segkd_here("eval", plain, "--data", f"folder:{ds}"), "plain.onnx.json")
+    deep = export_folder_with(models, tmp_path / "deep")
+    (deep / "export.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert_one_error(segkd_here("eval", deep, "--data", f"folder:{ds}"), "export.json", "nested")
+    (ds / "classes.txt").write_text("road 0 0 256\ncar 1 2 3\nsky 3 3 3\nx 4 4 4\n")
+    assert_one_error(segkd_here("eval", models["tiny"], "--data", f"folder:{ds}"),
+                     ds / "classes.txt", "0..255")  # fmt: skip
+
+
+# -- class 14: an option the user never gave --------------------------------------------
+def test_convention_auto_resolves_for_each_model(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A label-map artifact against a logits model, either way round: `auto` scores each
+    as it can (and says so); an explicit --convention the artifact cannot do is refused."""
+    import torch
+
+    from tests.runtime.rt_models import export_onnx, make_tiny_net, segkd_meta
+
+    class LabelMaps(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_tiny_net(0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x).argmax(1).to(torch.int32)
+
+    lab = export_onnx(LabelMaps(), tmp_path / "lab.onnx", "labels", segkd_meta("labels"))
+    ds = make_folder(tmp_path / "ds", splits=True)
+    out = tmp_path / "r.json"
+    for model, ref in ((lab, models["tiny"]), (models["tiny"], lab)):
+        r = segkd_here("eval", model, "--data", f"folder:{ds}", "--reference", ref, "--json", out)
+        assert r.returncode == 0, r.stderr
+        payload = json.loads(out.read_text())
+        assert {payload["convention"], payload["reference"]["convention"]} == {"labels", "logits"}
+        assert "note: the reference was scored" in " ".join(r.stdout.split())
+    r = segkd_here("eval", models["tiny"], "--data", f"folder:{ds}", "--reference", lab,
+                   "--convention", "logits")  # fmt: skip
+    assert_one_error(r, "--convention logits", lab)
+
+
+# -- class 5: a resumed run takes its settings from the run -------------------------------
+def test_resume_keeps_the_run_settings_unless_a_change_is_named(
+    segkd_here: Run, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    data = "synthetic:size=64x128,train=4,val=2"
+    base = ("train", "--out", out, "--num-workers", "0", "--device", "cpu")
+    first = (*base, "--data", data, "--iters", "2", "--batch-size", "2", "--crop-size", "32x32")
+    assert segkd_here(*first).returncode == 0
+    before = tree_hashes(out)
+    cases: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+        (("--lr", "0.5"), ("--lr 0.5", "--change lr")),
+        (("--batch-size", "4"), ("--batch-size 4", "--change batch-size")),
+        (("--crop-size", "48x48"), ("--crop-size 48x48", "32x32")),
+        (("--data", data + ",seed=5"), ("--data", "seed=5", "--change data")),
+        (("--seed", "3"), ("--seed 3", "--change seed")),
+        (("--weight-decay", "0.1"), ("--weight-decay",)),
+        (("--iters", "4"), ("--iters 4", "--change iters")),
+        ((), ("finished", "iteration 2")),  # no --iters: the run's 2, not the default 300
+        (("--data", data), ("finished",)),  # the same value typed: accepted, then finished
+        (("--change", "bogus"), ("--change", "bogus")),
+    ]
+    for extra, needles in cases:
+        assert_one_error(segkd_here(*base, "--resume", *extra), *needles)
+        assert tree_hashes(out) == before, extra
+    assert_one_error(segkd_here(*first, "--change", "lr"), "--change", "--resume")
+    r = segkd_here(*base, "--resume", "--iters", "3", "--change", "iters")
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    assert json.loads((out / "summary.json").read_text())["iters"] == 3
+    config = torch.load(out / "last.pt", weights_only=True)["config"]
+    assert (config["iters"], config["batch_size"], config["crop_size"]) == (3, 2, [32, 32])
+
+
+# -- class 12: Ctrl-C and SIGTERM ---------------------------------------------------------
+def test_ctrl_c_and_sigterm_end_with_one_line_saying_what_is_intact(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A real signal to a running command (once its progress bar runs): exit 130 (SIGINT)
+    or 143 (SIGTERM), no traceback, the last line says what stopped, what is intact and
+    how to go on; the --json written before is unchanged."""
+    import time
+
+    json_out = tmp_path / "old.json"
+    json_out.write_text("{}\n")
+    cases = [
+        (("train", "--data", "synthetic:size=64x128,train=64,val=2", "--iters", "100000",
+          "--batch-size", "2", "--crop-size", "32x32", "--device", "cpu", "--num-workers", "0",
+          "--out", tmp_path / "run"), signal.SIGINT, 130, ("train stopped", "--resume")),
+        (("bench", models["tiny"], "--iters", "1000000", "--json", json_out), signal.SIGTERM,
+         143, ("bench stopped", "old.json was not written")),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(rows.REPO), "OMP_NUM_THREADS": "1"}
+    for args, sig, code, needles in cases:
+        err_file = tmp_path / "stderr.txt"
+        with err_file.open("w") as err_sink:
+            proc = subprocess.Popen([sys.executable, "cli.py", *map(str, args)], cwd=rows.REPO,
+                                    env=env, stdout=subprocess.DEVNULL, stderr=err_sink)  # fmt: skip
+            end = time.monotonic() + 240
+            while "it/s" not in err_file.read_text() and "s/it" not in err_file.read_text():
+                assert proc.poll() is None and time.monotonic() < end, err_file.read_text()
+                time.sleep(0.2)
+            proc.send_signal(sig)
+            assert proc.wait(timeout=300) == code, err_file.read_text()[-2000:]
+        err = err_file.read_text()
+        assert "Traceback" not in err, err[-2000:]
+        last = rows.shown_lines(err)[-1]
+        assert last.startswith(("interrupted:", "terminated")), last
+        for needle in needles:
+            assert needle in last, last
+    assert json_out.read_text() == "{}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["export", "a.pt", "--out", "ex"], ("export stopped", "ex is as it was")),
+        (["pipeline", "--out=p"], ("pipeline stopped", "kept in p", "again")),
+        (["distill", "--teacher", "t.pt"], ("runs/distill", "--resume")),
+        (["eval", "m.onnx", "--json", "r.json"], ("eval stopped", "r.json was not written")),
+    ],
+)
+def test_the_interrupted_line_of_each_command(argv: list[str], needles: tuple[str, ...]) -> None:
+    from runtime.interrupted import Terminated, interrupted_line
+
+    for e, head in ((KeyboardInterrupt(), "interrupted:"), (Terminated(), "terminated")):
+        line = interrupted_line(argv, e)
+        assert line.startswith(head) and all(n in line for n in needles), line
+
+
+# -- class 7: a full disk while training --------------------------------------------------
+def test_a_checkpoint_write_on_a_full_disk_is_one_line_and_keeps_the_old_file(
+    tmp_path: Path,
+) -> None:
+    """The writer every checkpoint goes through (best/last/resume.pt, the readout cache),
+    on a real full tmpfs: one SegkdError naming the file (not torch's RuntimeError), the
+    earlier file byte-identical, no temporary left. Sizes: 16 KiB free, 4 MiB of tensors,
+    and 40 KiB free with many small tensors (torch fails at close there)."""
+    import torch
+
+    from distill.checkpoint import atomic_torch_save
+    from runtime.errors import SegkdError
+
+    with small_filesystem(tmp_path / "fs", 0) as fs:
+        path = fs / "last.pt"
+        atomic_torch_save({"w": torch.ones(10)}, path)
+        before = sha256(path)
+        for free_kb, obj in ((16, {"w": torch.ones(1 << 20)}),
+                             (40, {f"w{i}": torch.ones(4096) for i in range(64)})):  # fmt: skip
+            fill(fs, free_kb)
+            with pytest.raises(SegkdError) as info:
+                atomic_torch_save(obj, path)
+            line = str(info.value)
+            assert str(path) in line and "full disk" in line and ".tmp" not in line, line
+            assert sha256(path) == before
+            assert not hidden_left(fs)
+            (fs / "filler").unlink()
+
+
+# -- class 10: every value checked before the first step, in the user's words -----------
+def test_values_are_refused_before_any_work_under_the_name_typed(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    export = ("export", models["three"], *EXPORT_FAST, "--out", tmp_path / "e")
+    pipeline = ("pipeline", "--out", tmp_path / "p", "--data", "synthetic:size=64x128")
+    cases: list[tuple[tuple[Any, ...], tuple[str, ...]]] = [
+        ((*export, "--min-int8", "nan"), ("--min-int8", "nan")),
+        ((*export, "--min-int8", "95"), ("--min-int8", "<= 1")),
+        ((*export, "--min-fp16", "-0.5"), ("--min-fp16", ">= 0")),
+        ((*export, "--min-agreement-int8", "2"), ("--min-agreement-int8",)),
+        ((*pipeline, "--set", "student_seeds=[4294967296]"), ("student_seeds", "4294967295")),
+        ((*pipeline, "--set", "student_seeds=[-1]"), ("student_seeds",)),
+        ((*pipeline, "--set", "distill.losses=[]"), ("distill.losses",)),
+    ]
+    for args, needles in cases:
+        line = assert_one_error(segkd_here(*args), *needles)
+        assert "--seed" not in line.replace("student_seeds", "")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p" / "teacher").exists()
+
+
+# -- class 13: model-zoo inputs named in the user's words --------------------------------
+def test_zoo_inputs_are_named_as_given(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    syn = ("--data", "synthetic:size=64x128,train=4,val=2")
+    ex = export_folder_with(models, tmp_path / "ex")
+    meta_only = tmp_path / "meta.pth"
+    torch.save({"meta": {"CLASSES": ["road"]}}, meta_only)
+    folder = tmp_path / "teachers"
+    folder.mkdir()
+    distill = ("distill", *syn, "--out", tmp_path / "d", "--teacher")
+    cases: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = [
+        (("eval", "mmseg:", *syn), ("mmseg:", "no file after")),
+        (("eval", "torchvision:deeplabv3_resnet50:", *syn), ("no file after",)),
+        (("eval", f"cirkd:{ex}/model.onnx", *syn), ("cirkd:", "without the prefix")),
+        (("bench", f"mmseg:{ex}", "--iters", "1"), ("mmseg:", "without the prefix")),
+        (("eval", "ex", "--reference", "mmseg:", *syn), ("--reference", "no file after")),
+        ((*distill, folder), (folder, "is a folder")),
+        ((*distill, f"mmseg:{meta_only}"), (meta_only, "no 'state_dict'")),
+        ((*distill, meta_only), (meta_only, "no 'state_dict'")),
+    ]
+    for args, needles in cases:
+        assert_one_error(segkd_here(*args), *needles)
+    assert not (tmp_path / "d").exists()
