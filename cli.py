@@ -666,6 +666,8 @@ def pipeline(
     report = run_pipeline(
         cfg, out, log=lambda msg: console.print(msg, highlight=False, markup=False)
     )
+    if report is None:  # under torchrun, a rank other than 0: rank 0 writes the report
+        return
     console.print(_gain_line(report))
     console.print(f"report: {out / 'report.md'}")
 
