@@ -101,10 +101,16 @@ _TRAIN_OPTIONS: dict[str, tuple[Any, str]] = {
         int | None,
         "val images (spread over the split) every evaluation scores (default: all)",
     ),
-    "num_workers": (int, "data loader workers per process"),
+    "num_workers": (
+        int | None,
+        "data loader workers per process (default: this process's share of the CPUs, less one)",
+    ),
     "seed": (int, "random seed (the same on every process; data order per process)"),
     "device": (str, "auto, cpu, cuda or cuda:N"),
     "amp": (bool, "mixed precision on CUDA"),
+    "amp_dtype": (str, "float16 (with GradScaler) or bfloat16 (GPUs that have it; no scaler)"),
+    "max_skips": (int, "fp16 AMP: stop after this many consecutive non-finite steps skipped"),
+    "dist_timeout": (float, "under torchrun: seconds a rank waits for the others, then stops"),
     "sync_bn": (bool, "SyncBatchNorm under torchrun"),
     "deep_stem": (bool, "three-conv stem of the reference code bases"),
     "backbone_weights": (

@@ -38,13 +38,16 @@ class FailureBoard:
 
     _runs = 0  # the same count on every rank: every rank starts the same runs in order
 
-    def __init__(self, ctx: DistContext) -> None:
+    def __init__(self, ctx: DistContext, store: dist.Store | None = None) -> None:
         self.ctx = ctx
         FailureBoard._runs += 1
         self.prefix = f"segkd/run{FailureBoard._runs}"
-        # The store the group was rendezvoused through: torchrun's agent's, or rank 0's.
-        # Held here so that it outlives the group on a failing rank 0.
-        self.store = dist.distributed_c10d._get_default_store() if ctx.enabled else None
+        # By default the store the group was rendezvoused through: torchrun's agent's, or
+        # rank 0's (torch's accessor is private). Held here so that it outlives the group on
+        # a failing rank 0.
+        if store is None and ctx.enabled:
+            store = dist.distributed_c10d._get_default_store()
+        self.store = store
         self.checks = 0
 
     @property
