@@ -89,16 +89,19 @@ def make_loader(spec: str, path: str, workers: int, seed: int) -> DataLoader:
     )
 
 
-def images_per_s(loader: DataLoader, batches: int) -> tuple[float, int]:
-    """(images/s over `batches` batches after one warm-up batch, bytes of one batch)."""
+def images_per_s(loader: DataLoader, batches: int) -> tuple[float, float, int]:
+    """(images per wall second and per CPU second of this process over `batches` batches
+    after one warm-up batch, bytes of one batch). With 0 workers the CPU-second figure is
+    one worker's throughput on a core of its own, the figure a shared machine's load
+    disturbs least; with workers this process only waits, and wall time is the figure."""
     it = iter(_cycle(loader))
     images, labels = next(it)  # workers started, first batch out of the way
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(batches):
         images, labels = next(it)
-    seconds = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     wire = images.numel() * images.element_size() + labels.numel() * labels.element_size()
-    return batches * BATCH / seconds, wire
+    return batches * BATCH / wall, batches * BATCH / max(cpu, 1e-9), wire
 
 
 def _cycle(loader: DataLoader):  # type: ignore[no-untyped-def]
@@ -106,25 +109,33 @@ def _cycle(loader: DataLoader):  # type: ignore[no-untyped-def]
         yield from loader
 
 
-def run(images: int, batches: int, max_workers: int, repeats: int) -> dict[str, Any]:
+def run(
+    images: int, batches: int, min_workers: int, max_workers: int, repeats: int
+) -> dict[str, Any]:
     cv2.setNumThreads(1)  # what a loader worker does (loader._seed_worker sets 0 there)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         specs = write_fixture(Path(tmp), images)
         rows = []
         for fmt, spec in specs.items():
-            for workers in range(0, max_workers + 1):
+            for workers in range(min_workers, max_workers + 1):
                 for r in range(repeats):  # interleaved: both paths see the same load
                     for path in PATHS:
-                        ips, wire = images_per_s(make_loader(spec, path, workers, seed=r), batches)
+                        loader = make_loader(spec, path, workers, seed=r)
+                        ips, per_cpu, wire = images_per_s(loader, batches)
                         rows.append(
                             {"format": fmt, "workers": workers, "path": path, "repeat": r,
-                             "images_per_s": ips, "batch_bytes": wire}
+                             "images_per_s": ips, "images_per_cpu_s": per_cpu,
+                             "batch_bytes": wire}
                         )  # fmt: skip
-                        print(f"{fmt:4} workers={workers} {path:26} {ips:6.2f} img/s", flush=True)
+                        print(
+                            f"{fmt:4} workers={workers} {path:26} {ips:6.2f} img/s "
+                            f"({per_cpu:.2f} per CPU-s of this process)", flush=True
+                        )  # fmt: skip
     return {
         "command": "python benchmarks/bench_loader.py "
-        f"--images {images} --batches {batches} --max-workers {max_workers} --repeats {repeats}",
+        f"--images {images} --batches {batches} --min-workers {min_workers} "
+        f"--max-workers {max_workers} --repeats {repeats}",
         "cpu": describe_cpu(),
         "cpus_available": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
@@ -137,25 +148,25 @@ def run(images: int, batches: int, max_workers: int, repeats: int) -> dict[str, 
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median images/s per (format, workers, path) and the after/before ratio."""
+    """Median images/s per (format, workers, path) and the after/before ratio. With 0
+    workers the figure is per CPU-second of the process (one worker's rate), else per wall
+    second."""
     out = []
-    keys = sorted({(r["format"], r["workers"]) for r in rows})
-    for fmt, workers in keys:
-        med = {}
+    for fmt, workers in sorted({(r["format"], r["workers"]) for r in rows}):
+        figure = "images_per_cpu_s" if workers == 0 else "images_per_s"
+        med, wire = {}, {}
         for path in PATHS:
-            vals = [
-                r["images_per_s"]
-                for r in rows
-                if (r["format"], r["workers"], r["path"]) == (fmt, workers, path)
+            mine = [
+                r for r in rows if (r["format"], r["workers"], r["path"]) == (fmt, workers, path)
             ]
-            med[path] = float(np.median(vals))
-        before, after = (med[p] for p in PATHS)
-        wire = {p: next(r["batch_bytes"] for r in rows if r["path"] == p) for p in PATHS}
+            med[path] = float(np.median([r[figure] for r in mine]))
+            wire[path] = round(mine[0]["batch_bytes"] / 2**20, 1)
+        (before, after), (wire_before, wire_after) = med.values(), wire.values()
         out.append(
-            {"format": fmt, "workers": workers, "before_images_per_s": round(before, 2),
-             "after_images_per_s": round(after, 2), "after_over_before": round(after / before, 3),
-             "batch_mib_before": round(wire[next(iter(PATHS))] / 2**20, 1),
-             "batch_mib_after": round(wire[list(PATHS)[1]] / 2**20, 1)}
+            {"format": fmt, "workers": workers, "figure": figure,
+             "before_images_per_s": round(before, 2), "after_images_per_s": round(after, 2),
+             "after_over_before": round(after / before, 3),
+             "batch_mib_before": wire_before, "batch_mib_after": wire_after}
         )  # fmt: skip
     return out
 
@@ -164,11 +175,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--images", type=int, default=8, help="fixture images (1024x2048)")
     ap.add_argument("--batches", type=int, default=6, help="timed batches per measurement")
+    ap.add_argument("--min-workers", type=int, default=0, help="0: in this process")
     ap.add_argument("--max-workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    result = run(args.images, args.batches, args.max_workers, args.repeats)
+    result = run(args.images, args.batches, args.min_workers, args.max_workers, args.repeats)
     result["load_after"] = os.getloadavg()
     for s in result["summary"]:
         print(

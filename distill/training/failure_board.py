@@ -19,6 +19,7 @@ rank that died without a word leaves the others with the process-group timeout, 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +42,10 @@ class FailureBoard:
     def __init__(self, ctx: DistContext, store: dist.Store | None = None) -> None:
         self.ctx = ctx
         FailureBoard._runs += 1
-        self.prefix = f"segkd/run{FailureBoard._runs}"
+        # torchrun keeps its store across restarts (--max-restarts): a new attempt must not
+        # read the failure that ended the previous one.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        self.prefix = f"segkd/attempt{attempt}/run{FailureBoard._runs}"
         # By default the store the group was rendezvoused through: torchrun's agent's, or
         # rank 0's (torch's accessor is private). Held here so that it outlives the group on
         # a failing rank 0.
