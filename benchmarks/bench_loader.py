@@ -112,6 +112,7 @@ def _cycle(loader: DataLoader):  # type: ignore[no-untyped-def]
 def run(
     images: int, batches: int, min_workers: int, max_workers: int, repeats: int
 ) -> dict[str, Any]:
+    load_before = os.getloadavg()
     cv2.setNumThreads(1)  # what a loader worker does (loader._seed_worker sets 0 there)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,7 +141,7 @@ def run(
         "cpus_available": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else None,
-        "load_before": os.getloadavg(),
+        "load_before": load_before,
         "geometry": {"image": list(SIZE), "crop": list(CROP), "scale": [0.5, 2.0], "batch": BATCH},
         "rows": rows,
         "summary": summarise(rows),
@@ -166,9 +167,20 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {"format": fmt, "workers": workers, "figure": figure,
              "before_images_per_s": round(before, 2), "after_images_per_s": round(after, 2),
              "after_over_before": round(after / before, 3),
+             # CPU the training process itself spends receiving one image from workers
+             "main_ms_per_image_before": _main_ms(rows, fmt, workers, 0),
+             "main_ms_per_image_after": _main_ms(rows, fmt, workers, 1),
              "batch_mib_before": wire_before, "batch_mib_after": wire_after}
         )  # fmt: skip
     return out
+
+
+def _main_ms(rows: list[dict[str, Any]], fmt: str, workers: int, which: int) -> float | None:
+    if workers == 0:
+        return None  # the process does the work itself
+    path = list(PATHS)[which]
+    mine = [r for r in rows if (r["format"], r["workers"], r["path"]) == (fmt, workers, path)]
+    return round(1e3 / float(np.median([r["images_per_cpu_s"] for r in mine])), 2)
 
 
 def main() -> None:

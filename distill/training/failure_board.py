@@ -83,13 +83,13 @@ class FailureBoard:
         while self.store.add(key, 0) < self.ctx.world_size:
             message = self.posted()
             if message is not None:
-                self._acknowledge()
+                self.acknowledge()
                 raise AgreedError(message)
             if time.monotonic() > deadline:
                 raise SegkdError(self.timed_out("a checkpoint between steps"))
             time.sleep(POLL_S)
 
-    def _acknowledge(self) -> None:
+    def acknowledge(self) -> None:
         assert self.store is not None
         self.store.add(f"{self.prefix}/acks", 1)
 
@@ -154,7 +154,7 @@ def _settle(ctx: DistContext, board: FailureBoard, error: BaseException) -> str:
         message = _wait_posted(board, timedelta(seconds=min(ACK_WAIT_S, ctx.timeout_s)))
         if message is None:
             message = board.post(board.timed_out("a collective (" + _first_line(error) + ")"))
-        board._acknowledge()
+        board.acknowledge()
         abort(ctx)
         return message
     message = board.post(rank_message(error, ctx.rank))
@@ -162,7 +162,7 @@ def _settle(ctx: DistContext, board: FailureBoard, error: BaseException) -> str:
     if message == rank_message(error, ctx.rank):
         board.wait_for_acks()
     else:
-        board._acknowledge()
+        board.acknowledge()
     return message
 
 
