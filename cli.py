@@ -112,10 +112,16 @@ _TRAIN_OPTIONS: dict[str, tuple[Any, str]] = {
         int | None,
         "val images (spread over the split) every evaluation scores (default: all)",
     ),
-    "num_workers": (int, "data loader workers per process"),
+    "num_workers": (
+        int | None,
+        "data loader workers per process (default: this process's share of the CPUs, less one)",
+    ),
     "seed": (int, "random seed (the same on every process; data order per process)"),
     "device": (str, "auto, cpu, cuda or cuda:N"),
     "amp": (bool, "mixed precision on CUDA"),
+    "amp_dtype": (str, "float16 (with GradScaler) or bfloat16 (GPUs that have it; no scaler)"),
+    "max_skips": (int, "fp16 AMP: stop after this many consecutive non-finite steps skipped"),
+    "dist_timeout": (float, "under torchrun: seconds a rank waits for the others, then stops"),
     "sync_bn": (bool, "SyncBatchNorm under torchrun"),
     "deep_stem": (bool, "three-conv stem of the reference code bases"),
     "backbone_weights": (
@@ -835,6 +841,8 @@ def pipeline(
     report = run_pipeline(
         cfg, out, log=lambda msg: console.print(msg, highlight=False, markup=False)
     )
+    if report is None:  # under torchrun, a rank other than 0: rank 0 writes the report
+        return
     console.print(_gain_line(report))
     console.print(f"report: {out / 'report.md'}")
 

@@ -6,7 +6,7 @@ trainer's default) and bf16 (no scaler). Per run: images/s, peak GPU memory, whe
 every loss term stayed finite, and the share of IDD + PID in a step (the step timed
 with and without those two terms). After the fp16 run the student-only checkpoint is
 written, reloaded with load_model and checked to give the same logits; section 5
-exports it.
+exports it. Last, the trainer's step before and after issue 25 (gpu_check_step.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from gpu_check_plan import (
     first_line,
     row,
 )
+from gpu_check_step import step_before_after
 
 from distill.checkpoint import atomic_torch_save, load_model, make_checkpoint
 from distill.distillation import DistillConfig, DistillObjective
@@ -255,6 +256,13 @@ def section_distill(plan: Plan, out: Path, deadline: float) -> dict[str, Any]:
         except Exception as e:  # e.g. a new architecture without the extract() interface
             result["students"][arch] = {"error": first_line(e)}
             more = [row(f"{plan.teacher} -> {arch}", "FAILED", first_line(e))]
+        rows.extend(more)
+    if time.time() < deadline:  # the trainer's step before and after issue 25
+        try:
+            result["step_before_after"], more = step_before_after(plan, teacher, readout, device)
+        except Exception as e:
+            result["step_before_after"] = {"error": first_line(e)}
+            more = [row("distillation step before/after issue 25", "FAILED", first_line(e))]
         rows.extend(more)
     fp16 = result["students"].get(BASE_STUDENT, {}).get("runs", {}).get("fp16", {})
     if fp16.get("peak_gpu_gib") is not None:

@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_workers": 1,
+    "dist_timeout": 900.0,  # under torchrun: seconds a rank waits for the others (TrainConfig)
     "teacher": {
         # A given teacher instead of training one: a segkd .pt or a model-zoo SPEC (FILE,
         # mmseg:FILE, cirkd:FILE, torchvision:NAME:FILE; distill/zoo). None: trained here.

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.config import section_hash_view, student_seeds
 from pipeline.gain import seed_gain
+from pipeline.ranks import RankedSteps, join, leave, on_main
 from pipeline.steps import Step, StepRunner
 from runtime.atomic_io import write_json_atomic
 from runtime.errors import SegkdError
@@ -62,6 +63,7 @@ def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str, seed:
         seed=cfg["seed"] if seed is None else seed,
         device=cfg["device"],
         num_workers=cfg["num_workers"],
+        dist_timeout=float(cfg["dist_timeout"]),
         role=role,
     )
 
@@ -140,11 +142,22 @@ def artifact_name(entry: dict[str, Any]) -> tuple[str, str]:
 
 
 class Pipeline:
-    def __init__(self, cfg: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> None:
-        self.cfg, self.out, self.log = cfg, out, log
-        out.mkdir(parents=True, exist_ok=True)
-        self.runner = StepRunner(out, log)
+    def __init__(
+        self, cfg: dict[str, Any], out: Path, log: Callable[[str], None], ctx: Any
+    ) -> None:
+        """`ctx`: this process's DistContext (pipeline/ranks.py); rank 0 writes `out`."""
+        self.cfg, self.out, self.ctx = cfg, out, ctx
+        self.log = log if ctx.is_main else _quiet
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        self.runner: StepRunner = RankedSteps(out, self.log, ctx)
         self.skipped: list[dict[str, str]] = []
+
+    def alone(self) -> None:
+        """Rank 0 after the training stages: the rest runs in this process only."""
+        from distill.training.distributed import DistContext
+
+        self.ctx = self.runner.ctx = DistContext()  # type: ignore[attr-defined]
 
     # -- training ---------------------------------------------------------------------------
     def teacher(self) -> tuple[str | Path, bool]:
@@ -162,11 +175,12 @@ class Pipeline:
             from distill.training import train
             from distill.training.distill_run import embed_teacher_readout
 
-            _fresh(folder)
+            on_main(self.ctx, lambda: _fresh(folder))
             tcfg = _train_config(self.cfg, "teacher", folder, "teacher")
             train(tcfg)
-            if "pid" in self.cfg["distill"]["losses"]:
-                embed_teacher_readout(tcfg, folder, int(self.cfg["teacher"]["readout_iters"]))
+            if "pid" in self.cfg["distill"]["losses"]:  # fitted once, by rank 0
+                iters = int(self.cfg["teacher"]["readout_iters"])
+                on_main(self.ctx, lambda: embed_teacher_readout(tcfg, folder, iters))
 
         self.runner.run(
             Step(
@@ -187,7 +201,7 @@ class Pipeline:
         def run() -> None:
             from distill.training import train
 
-            _fresh(folder)
+            on_main(self.ctx, lambda: _fresh(folder))
             train(_train_config(self.cfg, "student", folder, "student", seed))
 
         self.runner.run(
@@ -207,7 +221,7 @@ class Pipeline:
             from distill.distillation import DistillConfig
             from distill.training.distill_run import run_distillation
 
-            _fresh(folder)
+            on_main(self.ctx, lambda: _fresh(folder))
             run_distillation(
                 _train_config(self.cfg, "student", folder, "student", seed),
                 teacher,
@@ -448,25 +462,40 @@ def _position_info(pos: dict[str, float] | None) -> dict[str, dict[str, float]] 
     }
 
 
+def _quiet(_message: str) -> None:
+    """The log of ranks other than 0: rank 0 says what the pipeline does, once."""
+
+
 def _miou(ev: dict[str, Any]) -> float:
     return float(ev["miou"])
 
 
 def run_pipeline(
     cfg: dict[str, Any], out: Path, log: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Run (or resume) the whole pipeline; returns the report dict (also written to out/)."""
+) -> dict[str, Any] | None:
+    """Run (or resume) the whole pipeline; returns the report dict (also written to out/).
+    Under torchrun, ranks other than 0 return None after the training stages."""
     from pipeline.report import write_report
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     check_stages(cfg, out)
-    p = Pipeline(cfg, out, log)
-    teacher_ckpt, teacher_trained = p.teacher()
-    seeds = student_seeds(cfg)
-    runs_by_seed = [
-        (seed, p.baseline(seed, i == 0), p.student(teacher_ckpt, seed, i == 0))
-        for i, seed in enumerate(seeds)
-    ]
+    ctx = join(cfg)
+    try:
+        p = Pipeline(cfg, out, log, ctx)
+        teacher_ckpt, teacher_trained = p.teacher()
+        seeds = student_seeds(cfg)
+        runs_by_seed = [
+            (seed, p.baseline(seed, i == 0), p.student(teacher_ckpt, seed, i == 0))
+            for i, seed in enumerate(seeds)
+        ]
+    except BaseException:
+        from distill.training.distributed import shutdown
+
+        shutdown(ctx)
+        raise
+    if not leave(ctx):
+        return None  # a rank other than 0: its part (training) is done
+    p.alone()
     _, baseline_ckpt, student_ckpt = runs_by_seed[0]
     manifest = p.export(student_ckpt)
 

@@ -42,9 +42,10 @@ class Step:
 class StepRunner:
     """Runs steps in order, skipping the ones that are up to date; records what it did."""
 
-    def __init__(self, out: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(self, out: Path, log: Callable[[str], None] = print, create: bool = True) -> None:
         self.stamps = out / ".steps"
-        self.stamps.mkdir(parents=True, exist_ok=True)
+        if create:  # under torchrun only rank 0 writes the pipeline's folder
+            self.stamps.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.record: list[dict[str, Any]] = []
 
@@ -70,13 +71,20 @@ class StepRunner:
         """Run `step` unless up to date; returns True when it ran."""
         key = step.key()
         if self.up_to_date(step, key):
-            self.log(f"[{step.name}] up to date, skipped")
-            self.record.append({"step": step.name, "ran": False, "seconds": 0.0})
+            self.skip(step)
             return False
         self.log(f"[{step.name}] running")
         t0 = time.perf_counter()
         step.run()
-        seconds = time.perf_counter() - t0
+        self.finish(step, key, time.perf_counter() - t0)
+        return True
+
+    def skip(self, step: Step) -> None:
+        self.log(f"[{step.name}] up to date, skipped")
+        self.record.append({"step": step.name, "ran": False, "seconds": 0.0})
+
+    def finish(self, step: Step, key: str, seconds: float) -> None:
+        """Check the step's outputs exist and stamp them."""
         produced = step.output_paths()
         missing = [str(p) for p in produced if not p.is_file()]
         if missing:
@@ -92,4 +100,3 @@ class StepRunner:
         tmp.replace(self._stamp(step))
         self.record.append({"step": step.name, "ran": True, "seconds": seconds})
         self.log(f"[{step.name}] done in {seconds:.1f} s")
-        return True

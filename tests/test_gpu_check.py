@@ -52,6 +52,8 @@ def test_quick_cpu_run_covers_every_section(tmp_path: Path) -> None:
         assert 0 <= run["idd_pid_share"] < 1
     assert distill["runs"]["fp16"]["grad_scaler"] and not distill["runs"]["bf16"]["grad_scaler"]
     assert distill["checkpoint"]["ok"] and distill["checkpoint"]["keys_match_student"]
+    step = report["sections"]["distill"]["result"]["step_before_after"]
+    assert step["step_ms"]["before"] > 0 and step["step_ms"]["after"] > 0
 
     torchrun = report["sections"]["torchrun"]["result"]
     assert torchrun["summary"]["iters"] == 2 and torchrun["summary"]["val_pixels"] > 0
@@ -107,3 +109,31 @@ def test_unknown_section_is_one_error_line(tmp_path: Path) -> None:
     r = gpu_check("--sections", "env,warp", "--out", str(tmp_path))
     assert r.returncode == 2
     assert "unknown 'warp'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_step_before_after_runs_both_paths_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU check's before/after step (gpu_check_step.py) in its CPU quick plan: both
+    variants train, the uint8 batch is a fifth of the float32+int64 one."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from gpu_check_plan import BASE_STUDENT, NUM_CLASSES, make_plan
+    from gpu_check_step import Variant, host_batches, step_before_after
+
+    from distill.losses import PositionReadout
+    from distill.models import build_model
+
+    plan = make_plan("cpu", quick=True)
+    cpu = torch.device("cpu")
+    teacher = build_model(plan.teacher, NUM_CLASSES).eval()
+    readout = PositionReadout(teacher.feat_channels, 2)
+    result, rows = step_before_after(plan, teacher, readout, cpu)
+    assert result["student"] == BASE_STUDENT and min(result["step_ms"].values()) > 0
+    wire = result["batch_bytes_host_to_device"]
+    assert wire["after"] * 5 == wire["before"]  # 3+1 bytes a pixel vs 12+8
+    assert rows[0][1] == "ok"
+    # The two variants see the same network input: the "after" path normalises on the
+    # device exactly what the "before" path normalised on the host.
+    batches = host_batches(plan, cpu)
+    after_images, after_labels = Variant(True, teacher, readout, cpu).to_input(batches["after"])
+    assert torch.equal(after_images, batches["before"][0])
+    assert torch.equal(after_labels, batches["before"][1])

@@ -1,7 +1,11 @@
 """torch DataLoaders over SegDatasets: the only module in distill.data that imports torch.
 
-Normalisation goes through `PreprocessSpec.normalize`, the function the deployed runtime
-calls, so training sees exactly the tensors an exported engine will see.
+Training batches travel as uint8 (images HxWx3 in the network's channel order, labels
+HxW): a quarter of float32's bytes (an eighth of int64's) through the workers' shared
+memory, the pinned copy and PCIe. `NetworkInput` casts and normalises them on the device
+with the scale and shift of `PreprocessSpec.normalize`, the function the deployed runtime
+calls, in the same two float32 steps, so training still sees exactly the tensors an
+exported engine sees. Evaluation batches are normalised on the host as before.
 
 Seeding: the train loader seeds everything from (seed, rank). The sampler's shuffle and
 torch's per-worker base seed come from a torch.Generator; each worker then calls
@@ -12,6 +16,7 @@ num_workers=0 the transform is reseeded once in the main process.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -45,14 +50,76 @@ class NormalizedDataset(Dataset):
         )
 
 
-def collate(samples: Sequence[Batch]) -> Batch:
-    """Stack into (Bx3xHxW float32, BxHxW int64); sizes must agree within a batch."""
+class PixelDataset(Dataset):
+    """dataset[i] -> (HxWx3 uint8 tensor in the network's channel order, HxW uint8 tensor)."""
+
+    def __init__(self, dataset: SegDataset, preprocess: PreprocessSpec) -> None:
+        self.dataset, self.preprocess = dataset, preprocess
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Batch:
+        image, mask = self.dataset[index]  # RGB, as every SegDataset returns it
+        if self.preprocess.color_order != "RGB":
+            image = image[:, :, ::-1]
+        return (
+            torch.from_numpy(np.ascontiguousarray(image)),
+            torch.from_numpy(np.ascontiguousarray(mask)),
+        )
+
+
+def collate_pixels(samples: Sequence[Batch]) -> Batch:
+    """Stack into (BxHxWx3 uint8, BxHxW uint8): no widening on the host."""
+    _same_size(samples)
+    return torch.stack([x for x, _ in samples]), torch.stack([y for _, y in samples])
+
+
+class NetworkInput:
+    """`collate_pixels` batches -> (Bx3xHxW float32 normalised, BxHxW int64) on `device`.
+
+    The copies are non-blocking (from pinned memory when the loader pins). Permuting NHWC
+    to NCHW is a view whose strides already are channels_last, so that layout costs
+    nothing; otherwise the uint8 tensor is made contiguous (1 byte a value) before the cast.
+    """
+
+    def __init__(self, preprocess: PreprocessSpec, device: torch.device, channels_last: bool):
+        self.device, self.channels_last = device, channels_last
+        # The deployed runtime's own float32 constants: x * scale + shift == (x - mean) / std.
+        scale, shift = preprocess._scale_shift()
+        self.scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(device)
+        self.shift = torch.from_numpy(shift).view(1, 3, 1, 1).to(device)
+
+    def __call__(self, batch: Batch) -> Batch:
+        pixels, labels = (t.to(self.device, non_blocking=True) for t in batch)
+        images = pixels.permute(0, 3, 1, 2)
+        images = (images if self.channels_last else images.contiguous()).float()
+        images.mul_(self.scale).add_(self.shift)  # two float32 roundings, as normalize's
+        return images, labels.long()
+
+
+def workers_per_process(requested: int | None) -> int:
+    """`requested`, or (None) the CPUs this process may use shared among the processes
+    torchrun started on this machine, less one for the process itself (at least 1)."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, (cpus or 1) // local - 1)
+
+
+def _same_size(samples: Sequence[Batch]) -> None:
     shapes = {tuple(x.shape) for x, _ in samples}
     if len(shapes) > 1:
         raise SegkdError(
             f"images of different sizes {sorted(shapes)} in one batch: use batch size 1 "
             "for whole-image evaluation, or a fixed eval size"
         )
+
+
+def collate(samples: Sequence[Batch]) -> Batch:
+    """Stack into (Bx3xHxW float32, BxHxW int64); sizes must agree within a batch."""
+    _same_size(samples)
     images = torch.stack([x for x, _ in samples])
     labels = torch.stack([y for _, y in samples]).long()
     return images, labels
@@ -122,7 +189,8 @@ def make_train_loader(
     seed: int,
     distributed: bool,
 ) -> InfiniteLoader:
-    """Shuffled, drop_last batches of (Bx3xHxW float32, BxHxW int64) forever.
+    """Shuffled, drop_last batches of (BxHxWx3 uint8, BxHxW uint8) forever, for
+    `NetworkInput`.
 
     The dataset's transform must produce one size (a crop) so batches stack.
     """
@@ -137,7 +205,7 @@ def make_train_loader(
     # Independent, reproducible streams per (seed, rank).
     stream = np.random.SeedSequence([int(seed), rank]).generate_state(2, dtype=np.uint64)
     generator = torch.Generator().manual_seed(int(stream[0] >> 1))
-    wrapped = NormalizedDataset(dataset, preprocess)
+    wrapped = PixelDataset(dataset, preprocess)
     sampler: Sampler
     if distributed:
         sampler = DistributedSampler(
@@ -153,7 +221,7 @@ def make_train_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_pixels,
         pin_memory=torch.cuda.is_available(),
         drop_last=True,
         worker_init_fn=_seed_worker if num_workers > 0 else None,

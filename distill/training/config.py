@@ -28,10 +28,17 @@ class TrainConfig:
     eval_interval: int | None = None  # None: 4 evaluations per run
     val_images: int | None = None  # val images (spread evenly) every evaluation scores; None: all
     log_interval: int = 10
-    num_workers: int = 1
+    num_workers: int | None = None  # None: from the CPUs this process may use (loader.py)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # only takes effect on CUDA
+    amp_dtype: str = "float16"  # float16 (with GradScaler) | bfloat16 (GPUs that have it)
+    max_skips: int = 20  # fp16 AMP: consecutive non-finite steps GradScaler may skip
+    # Seconds a rank waits for the others in one collective before it stops with an error
+    # naming itself (torch's defaults: 10 min NCCL, 30 min gloo): long enough for rank 0's
+    # checkpoint writes and readout fit while the others wait, short enough that a dead
+    # rank does not hold 8 GPUs for half an hour.
+    dist_timeout: float = 900.0
     channels_last: bool = True  # only takes effect on CUDA
     sync_bn: bool = False  # only under torchrun with more than one process
     deep_stem: bool = False
@@ -68,7 +75,11 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise SegkdError(f"{name} must be a finite number >= 0, got {v}")
-        if self.num_workers < 0:
+        if self.amp_dtype not in ("float16", "bfloat16"):
+            raise SegkdError(f"--amp-dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
+        positive("max_skips")
+        positive("dist_timeout")
+        if self.num_workers is not None and self.num_workers < 0:
             raise SegkdError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.weight_decay is not None and not (
             self.weight_decay >= 0 and math.isfinite(self.weight_decay)

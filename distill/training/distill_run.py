@@ -14,7 +14,7 @@ from torch import nn
 
 from distill.checkpoint import load_model
 from distill.data import build_dataset
-from distill.data.loader import make_train_loader
+from distill.data.loader import NetworkInput, make_train_loader
 from distill.data.transforms import TrainTransform
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses.pid import PositionReadout
@@ -42,15 +42,17 @@ def readout_batches(cfg: TrainConfig, n: int = 8) -> list[tuple[torch.Tensor, to
     train_set = build_dataset(
         cfg.data, "train", transform=TrainTransform(cfg.crop_size, scale_range=cfg.scale_range)
     )
+    preprocess = PreprocessSpec(input_size=cfg.export_size)
     loader = make_train_loader(
         train_set,
-        PreprocessSpec(input_size=cfg.export_size),
+        preprocess,
         batch_size=cfg.batch_size,
         num_workers=0,
         seed=cfg.seed + 7,
         distributed=False,
     )
-    return [next(loader) for _ in range(n)]
+    to_input = NetworkInput(preprocess, torch.device("cpu"), channels_last=False)
+    return [to_input(next(loader)) for _ in range(n)]
 
 
 def ensure_teacher_readout(
@@ -94,7 +96,7 @@ def run_distillation(
 ) -> dict[str, Any]:
     distill_config.require_a_term()
     cfg = resolve_config(config)
-    ctx = init_distributed(cfg.device)
+    ctx = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         return _distil(cfg, ctx, teacher_spec, distill_config, readout_iters)
     finally:

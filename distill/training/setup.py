@@ -112,22 +112,32 @@ def build_networks(
         deep_stem=cfg.deep_stem,
         backbone_weights=cfg.backbone_weights,
     )
-    if cfg.sync_bn and ctx.enabled:
+    if cfg.sync_bn and ctx.enabled and device.type == "cuda":  # torch's SyncBN is GPU-only
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
     objective = (
         objective_factory(model, labels, device)
         if objective_factory
         else SupervisedObjective(cfg.aux_weight, labels.ignore_index)
     ).to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        # The teacher (inside the objective) too: it sees the student's channels_last
+        # input, and an NCHW teacher would convert every activation back and forth.
+        model.to(memory_format=torch.channels_last)
+        objective.to(memory_format=torch.channels_last)
     return model, objective
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, objective: nn.Module) -> torch.optim.SGD:
+def build_optimizer(
+    cfg: TrainConfig, model: nn.Module, objective: nn.Module, device: torch.device
+) -> torch.optim.SGD:
+    """SGD; fused on CUDA, where GradScaler then hands it the inf check as a tensor instead
+    of reading it on the host before every step (`_step_supports_amp_scaling`)."""
     params = [p for m in (model, objective) for p in m.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        fused=True if device.type == "cuda" else None,
+    )  # fmt: skip
 
 
 def restore(

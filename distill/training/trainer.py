@@ -4,9 +4,12 @@ One loop for one CPU, one GPU or many GPUs under torchrun (DDP). The objective i
 nn.Module returning a dict with "loss" plus one entry per logged term, so distillation
 plugs in its teacher and adapters without touching the loop.
 
-Under DDP every rank runs every step of the loop below; a step that can fail on one rank
-only (a refusal, a non-finite loss, a bad batch) runs under `fail_together`, so all ranks
-stop with the same one-line error instead of waiting forever in the next collective.
+Under DDP every rank runs every step of the loop below. The steady-state step reads
+nothing back to the host and adds no collective of its own: non-finite losses are counted
+on the device (step_health.py) and looked at every log interval, before every evaluation
+and at the end; an exception on one rank reaches the others through the rendezvous store
+(failure_board.py), never through a collective that could pair with SyncBatchNorm's.
+Either way every rank stops with the same one-line error.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tqdm import tqdm
 
 from distill.checkpoint import atomic_torch_save, make_checkpoint
 from distill.data import build_dataset, dataset_defaults, parse_dataset_spec
-from distill.data.loader import make_train_loader
+from distill.data.loader import NetworkInput, make_train_loader, workers_per_process
 from distill.data.spec import deploy_preprocess
 from distill.data.transforms import TrainTransform
 from distill.training.config import TrainConfig
@@ -41,6 +44,7 @@ from distill.training.distributed import (
     shutdown,
 )
 from distill.training.evaluation import ValScores, evaluate_model, selection_indices
+from distill.training.failure_board import FailureBoard, stop_together
 from distill.training.schedule import poly_lr
 from distill.training.setup import (
     ObjectiveFactory,
@@ -53,6 +57,7 @@ from distill.training.setup import (
     pick_device,
     restore,
 )
+from distill.training.step_health import StepHealth
 from runtime.atomic_io import write_json_atomic
 from runtime.errors import SegkdError
 from runtime.labels import LabelSpec
@@ -63,8 +68,8 @@ __all__ = ["SupervisedObjective", "pick_device", "resolve_config", "train", "tra
 log = logging.getLogger(__name__)
 
 EvalHook = Callable[[nn.Module, int], dict[str, Any]]
-# Buffers are broadcast after every step instead (`backward`), so that they are equal on all
-# ranks at evaluation and at the end too; DDP still broadcasts everything once at init.
+# Buffers are broadcast at each checkpoint of the loop instead, so that they are equal on
+# all ranks at evaluation and at the end; DDP still broadcasts everything once at init.
 NO_FORWARD_SYNC = (
     {"forward_sync_buffers": False}
     if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
@@ -105,10 +110,15 @@ class Run:
     scaler: torch.amp.GradScaler
     progress: Progress
     checkpoint_extra: dict[str, Any]
+    network_input: NetworkInput
 
     @property
     def amp(self) -> bool:
         return self.cfg.amp and self.device.type == "cuda"
+
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.cfg.amp_dtype == "bfloat16" else torch.float16
 
     @property
     def resume_path(self) -> Path:
@@ -127,7 +137,7 @@ def train(
 ) -> dict[str, Any]:
     """Train `config.model` on `config.data`; returns the final summary (also in summary.json)."""
     cfg = resolve_config(config)
-    ctx = init_distributed(cfg.device)
+    ctx = init_distributed(cfg.device, cfg.dist_timeout)
     created = not Path(cfg.out).exists()
     try:
         return train_resolved(cfg, ctx, objective_factory, eval_hook, checkpoint_extra)
@@ -153,7 +163,7 @@ def train_resolved(
         run.train_set,
         run.preprocess,
         batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
+        num_workers=workers_per_process(cfg.num_workers),
         seed=cfg.seed + 1000 * run.progress.iteration,  # a resumed run does not replay batches
         distributed=ctx.enabled,
     )
@@ -167,23 +177,41 @@ def train_resolved(
         total=cfg.iters, initial=run.progress.iteration, disable=not ctx.is_main,
         desc=f"{cfg.role} {cfg.model}", dynamic_ncols=True,
     )  # fmt: skip
+    # fp16 AMP: GradScaler skips a non-finite step, so only a run of them stops training.
+    scaling = run.scaler.is_enabled()
+    health = StepHealth(cfg.max_skips if scaling else 1, skipping=scaling)
+    board = FailureBoard(ctx)
     t0, last_metrics = time.perf_counter(), {}
-    for it in range(run.progress.iteration, cfg.iters):
-        lr = set_learning_rate(run, it)
-        with fail_together(ctx):  # a bad batch or a non-finite loss on any rank stops all
+    with stop_together(ctx, board):
+        for it in range(run.progress.iteration, cfg.iters):
+            lr = set_learning_rate(run, it)
             terms = forward(run, next(loader))
-            stop_if_not_finite(terms, it, run.out)
-        backward(run, terms["loss"])
-        bar.update(1)
-        done = it + 1
-        if done % cfg.log_interval == 0 or done == cfg.iters:
-            record = {k: float(v.detach()) for k, v in terms.items()}
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            metrics_log.write(
-                {"iter": done, "lr": lr, "time_s": time.perf_counter() - t0, **record}
-            )
-        if done % eval_every == 0 or done == cfg.iters:
-            last_metrics = evaluate_and_save(run, done, eval_hook, metrics_log, bar)
+            health.record(terms, it)
+            backward(run, terms["loss"])
+            bar.update(1)
+            done = it + 1
+            logs = done % cfg.log_interval == 0 or done == cfg.iters
+            evaluates = done % eval_every == 0 or done == cfg.iters
+            if not (logs or evaluates):
+                continue  # the steady state: nothing read back, nothing exchanged
+            # The checkpoint. Safe for a collective: every rank runs the same sequence of
+            # collectives, and here each has issued all of step `it`'s (SyncBatchNorm's in
+            # the forward, DDP's gradient all-reduce) and none of the next step's. `arrive`
+            # first waits, through the store, until every rank got here: a rank that failed
+            # inside the step never does, and its posted message is read instead, so the
+            # all-reduce in `check` cannot pair with a collective of another step. Nothing is
+            # logged or saved before the check passed.
+            board.arrive()
+            skips = health.check(ctx, run.out)
+            # BatchNorm running statistics: rank 0's on every rank before any evaluation or
+            # checkpoint. Only here: they never enter a training step (BN normalises with
+            # the batch's statistics in training), and rank 0's do not depend on the others'.
+            broadcast_buffers(run.step, ctx)
+            if logs:
+                log_step(terms, {"iter": done, "lr": lr, "time_s": time.perf_counter() - t0,
+                                 **skips}, metrics_log, bar)  # fmt: skip
+            if evaluates:
+                last_metrics = evaluate_and_save(run, done, eval_hook, metrics_log, bar)
     bar.close()
     return write_summary(run, last_metrics, time.perf_counter() - t0)
 
@@ -206,8 +234,16 @@ def prepare(
         val_set = build_dataset(cfg.data, "val")
         labels: LabelSpec = train_set.labels
         model, objective = build_networks(cfg, ctx, labels, device, objective_factory)
-        optimizer = build_optimizer(cfg, model, objective)
-        scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+        optimizer = build_optimizer(cfg, model, objective, device)
+        bf16 = cfg.amp and cfg.amp_dtype == "bfloat16" and device.type == "cuda"
+        if bf16 and not torch.cuda.is_bf16_supported():
+            raise SegkdError(
+                f"--amp-dtype bfloat16: {torch.cuda.get_device_name(device)} has no bf16"
+            )
+        # bf16 has float32's range: no loss scaling, so no scaler.
+        scaler = torch.amp.GradScaler(
+            "cuda", enabled=cfg.amp and device.type == "cuda" and not bf16
+        )
         progress = Progress()
         if cfg.resume:
             progress = restore(
@@ -220,14 +256,29 @@ def prepare(
             step, device_ids=[device.index] if device.type == "cuda" else None, **NO_FORWARD_SYNC
         )
     torch.manual_seed(cfg.seed + ctx.rank)  # from here on, per-rank randomness
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crops: tune each conv's algorithm once
     model.train()
+    channels_last = device.type == "cuda" and cfg.channels_last
+    preprocess = deploy_preprocess(cfg.data, cfg.export_size)
     return Run(
         cfg=cfg, ctx=ctx, device=device, out=out, labels=labels,
-        preprocess=deploy_preprocess(cfg.data, cfg.export_size), train_set=train_set,
+        preprocess=preprocess, train_set=train_set,
         val_set=val_set, selection=selection_indices(len(val_set), cfg.val_images),
         model=model, objective=objective, step=step, optimizer=optimizer, scaler=scaler,
         progress=progress, checkpoint_extra=checkpoint_extra,
+        network_input=NetworkInput(preprocess, device, channels_last),
     )  # fmt: skip
+
+
+def log_step(
+    terms: dict[str, torch.Tensor], record: dict[str, Any], metrics_log: MetricsLog, bar: tqdm
+) -> None:
+    """The loss terms, read back in one host transfer."""
+    values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
+    record.update(zip(terms, values, strict=True))
+    bar.set_postfix(loss=f"{record['loss']:.3f}")
+    metrics_log.write(record)
 
 
 def set_learning_rate(run: Run, it: int) -> float:
@@ -239,25 +290,11 @@ def set_learning_rate(run: Run, it: int) -> float:
 
 
 def forward(run: Run, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-    images, targets = (t.to(run.device, non_blocking=True) for t in batch)
-    if run.device.type == "cuda" and run.cfg.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if run.amp else nullcontext()
+    """uint8 batch -> device, normalised there -> the objective's terms (device tensors)."""
+    images, targets = run.network_input(batch)
+    autocast = torch.autocast("cuda", dtype=run.amp_dtype) if run.amp else nullcontext()
     with autocast:
         return run.step(images, targets)
-
-
-def stop_if_not_finite(terms: dict[str, torch.Tensor], it: int, out: Path) -> None:
-    loss = terms["loss"].detach()
-    if torch.isfinite(loss).item():
-        return
-    last = out / "last.pt"
-    kept = f"{last} is intact" if last.exists() else "no checkpoint was written yet"
-    raise SegkdError(
-        f"loss became {loss.item()} at iteration {it} "
-        f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); stopped. "
-        f"{kept}; lower --lr or check the data"
-    )
 
 
 def backward(run: Run, loss: torch.Tensor) -> None:
@@ -265,7 +302,6 @@ def backward(run: Run, loss: torch.Tensor) -> None:
     run.scaler.scale(loss).backward()  # DDP averages student and adapter gradients here
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    broadcast_buffers(run.step, run.ctx)  # BN statistics: rank 0's, on every rank
 
 
 def evaluate_and_save(

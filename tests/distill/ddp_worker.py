@@ -6,16 +6,22 @@ python -m tests.distill.ddp_worker SCENARIO OUT
             PID student readout trainable) and dump this rank's objective state to
             OUT/rank<R>.pt
   nan:      the loss turns NaN at iteration 2 on rank 1 only
+  crash:    rank 1 raises in its forward at iteration 2 while rank 0 sits in a collective
+            inside its own forward (as in SyncBatchNorm, which is GPU-only in torch)
+  syncs:    count host reads and collectives per training step into OUT/syncs<R>.json
 A SegkdError ends the rank as in `segkd`: one `error: <message>` line, exit 2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses.pid import PositionReadout
@@ -42,6 +48,55 @@ class NaNOnRank1(SupervisedObjective):
         if os.environ["RANK"] == "1" and self.calls == 3:
             terms["loss"] = terms["loss"] * float("nan")
         return terms
+
+
+class CrashOnRank1(SupervisedObjective):
+    """Every forward holds a collective, like SyncBatchNorm's all_gather; rank 1 fails
+    before its third one, so rank 0 waits in it."""
+
+    def forward(self, images, labels, student_out):  # type: ignore[no-untyped-def]
+        self.calls = getattr(self, "calls", 0) + 1
+        if os.environ["RANK"] == "1" and self.calls == 3:
+            raise SegkdError("bad batch: a broken image file")
+        dist.all_reduce(torch.ones(1))
+        return super().forward(images, labels, student_out)
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+COLLECTIVES = ("all_reduce", "all_gather_object", "barrier", "broadcast", "all_gather")
+
+
+def run_syncs(out: Path) -> None:
+    """Per training iteration: host reads made by segkd's own code (torch's sampler reading
+    its CPU permutation is not one) and every Python-level collective call."""
+    import distill.training.trainer as trainer
+
+    counts: dict[str, Counter] = defaultdict(Counter)
+    current = ["prepare"]
+    set_lr = trainer.set_learning_rate
+
+    def marked(run, it):  # type: ignore[no-untyped-def]
+        current[0] = str(it)  # set_learning_rate starts every iteration
+        return set_lr(run, it)
+
+    def counted(name: str, fn, only_ours: bool):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if not only_ours or caller.startswith("distill"):
+                counts[current[0]][name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    trainer.set_learning_rate = marked
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name), True))
+    for name in COLLECTIVES:
+        setattr(dist, name, counted(name, getattr(dist, name), False))
+    cfg = config(out, iters=7)
+    cfg.log_interval, cfg.eval_interval = 3, 7
+    train(cfg)
+    (out / f"syncs{os.environ['RANK']}.json").write_text(json.dumps(counts))
 
 
 def run_adapters(out: Path) -> None:
@@ -76,6 +131,12 @@ def main() -> None:
             run_adapters(out)
         elif scenario == "nan":
             train(config(out, iters=4), objective_factory=lambda m, lab, dev: NaNOnRank1(0.4, 255))
+        elif scenario == "crash":
+            cfg = config(out, iters=4)
+            cfg.log_interval = 4  # the failure happens between two checks
+            train(cfg, objective_factory=lambda m, lab, dev: CrashOnRank1(0.4, 255))
+        elif scenario == "syncs":
+            run_syncs(out)
         else:
             raise SystemExit(f"unknown scenario {scenario}")
     except SegkdError as e:

@@ -584,25 +584,46 @@ SPEC = PreprocessSpec(
 )
 
 
-def test_train_loader_batches_are_normalised_by_the_preprocess_spec() -> None:
+def test_train_loader_batches_are_uint8_and_normalised_like_the_runtime() -> None:
     torch = pytest.importorskip("torch")
-    from distill.data.loader import make_train_loader
+    from distill.data.loader import NetworkInput, make_train_loader
 
     ds = build_dataset("synthetic:size=32x64,train=5", "train")
+    # What the host-side float32 path produced before: the deployed runtime's normalize.
     expected = [torch.from_numpy(SPEC.normalize(ds[i][0], "RGB")) for i in range(len(ds))]
     masks = [torch.from_numpy(ds[i][1]).long() for i in range(len(ds))]
     loader = make_train_loader(ds, SPEC, batch_size=2, num_workers=0, seed=0, distributed=False)
+    to_input = NetworkInput(SPEC, torch.device("cpu"), channels_last=False)
     assert loader.batches_per_epoch == 2  # drop_last
     seen = set()
     for _ in range(6):  # three epochs: the iterator never stops
-        images, labels = next(loader)
+        pixels, raw_labels = next(loader)
+        assert pixels.dtype == torch.uint8 and pixels.shape == (2, 32, 64, 3)  # BGR: SPEC's
+        assert raw_labels.dtype == torch.uint8 and raw_labels.shape == (2, 32, 64)
+        images, labels = to_input((pixels, raw_labels))
         assert images.dtype == torch.float32 and images.shape == (2, 3, 32, 64)
-        assert labels.dtype == torch.int64 and labels.shape == (2, 32, 64)
+        assert images.is_contiguous() and labels.dtype == torch.int64
         for x, y in zip(images, labels, strict=True):
+            # Bit-identical, not merely close: the same two float32 roundings.
             j = next(j for j in range(len(ds)) if torch.equal(x, expected[j]))
             assert torch.equal(y, masks[j])
             seen.add(j)
     assert loader.epoch == 2 and len(seen) >= 4  # now in its third epoch (0-based 2)
+    channels_last = NetworkInput(SPEC, torch.device("cpu"), channels_last=True)
+    images_cl, _ = channels_last((pixels, raw_labels))
+    assert images_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(images_cl, images)
+
+
+def test_workers_per_process_shares_this_process_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.data.loader import workers_per_process
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert workers_per_process(None) == 3  # 16 CPUs / 4 processes, one left for the process
+    assert workers_per_process(0) == 0  # an explicit count wins
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert workers_per_process(None) == 1
 
 
 def crop_dataset(n: int = 6):
@@ -626,7 +647,7 @@ def test_train_loader_is_reproducible_and_seed_dependent() -> None:
     assert not all(torch.equal(x[0], y[0]) for x, y in zip(a, c, strict=True))
     w1, w2 = batches(1, 2), batches(1, 2)  # worker processes reseed the transform per worker
     assert all(torch.equal(x[0], y[0]) for x, y in zip(w1, w2, strict=True))
-    assert all(x[0].shape == (2, 3, 32, 32) for x in w1)
+    assert all(x[0].shape == (2, 32, 32, 3) for x in w1)
 
 
 def test_train_loader_errors() -> None:
