@@ -116,7 +116,7 @@ _TRAIN_OPTIONS: dict[str, tuple[Any, str]] = {
     "ohem_threshold": (float, "ohem: pixels below this true-class probability count"),
     "ohem_min_kept": (int, "ohem: the hardest pixels always kept per process batch"),
     "class_weights": (str | None, "ohem: per-class CE weights, e.g. cityscapes (the authors')"),
-    "loss_align_corners": (bool, "ohem: align_corners of the loss's upsampling (PIDNet: on)"),
+    "ohem_align": (bool, "ohem: align_corners of the loss's upsampling (PIDNet: on)"),
 }
 
 

@@ -40,7 +40,7 @@ def _training(model: str, iters: int) -> dict[str, Any]:
         "ohem_threshold": 0.9,
         "ohem_min_kept": 131072,
         "class_weights": None,
-        "loss_align_corners": False,
+        "ohem_align": False,
     }
 
 

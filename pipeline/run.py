@@ -63,7 +63,7 @@ def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str, seed:
         ohem_threshold=s["ohem_threshold"],
         ohem_min_kept=s["ohem_min_kept"],
         class_weights=s["class_weights"],
-        loss_align_corners=bool(s["loss_align_corners"]),
+        ohem_align=bool(s["ohem_align"]),
         seed=cfg["seed"] if seed is None else seed,
         device=cfg["device"],
         num_workers=cfg["num_workers"],
@@ -566,6 +566,11 @@ def run_pipeline(
                 [_miou(ev_d) for _, _, ev_d in per_seed],
             ),
             "position_information": _position_info(student.get("position")),
+            # Which loss trained the baseline and the distilled student (report: one line).
+            "supervised_loss": {
+                k: cfg["student"][k]
+                for k in ("loss", "ohem_threshold", "ohem_min_kept", "class_weights")
+            },
         },
         "artifacts": artifacts,
         "max_drop": max_drop,

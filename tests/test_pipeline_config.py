@@ -124,7 +124,7 @@ def test_cityscapes_students_train_with_their_authors_loss(name: str) -> None:
     got = (s["loss"], s["ohem_threshold"], s["ohem_min_kept"], s["class_weights"])
     if s["model"] in ("ddrnet23_slim", "pidnet_s"):
         assert got == ("ohem", 0.9, 131072, "cityscapes")
-        assert s["loss_align_corners"] is (s["model"] == "pidnet_s")
+        assert s["ohem_align"] is (s["model"] == "pidnet_s")
     else:
         assert s["loss"] == "ce"
     assert DEFAULTS["student"]["loss"] == "ce"  # the synthetic default stays plain CE

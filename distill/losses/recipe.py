@@ -63,5 +63,5 @@ def loss_from_config(cfg, num_classes: int, ignore_index: int, aux_weight: float
         ohem_threshold=cfg.ohem_threshold,
         ohem_min_kept=cfg.ohem_min_kept,
         class_weights=cfg.class_weights,
-        align_corners=cfg.loss_align_corners,
+        align_corners=cfg.ohem_align,
     )

@@ -37,7 +37,7 @@ class TrainConfig:
     ohem_threshold: float = 0.9
     ohem_min_kept: int = 131072
     class_weights: str | None = None
-    loss_align_corners: bool = False
+    ohem_align: bool = False
     eval_interval: int | None = None  # None: 4 evaluations per run
     val_images: int | None = None  # val images (spread evenly) every evaluation scores; None: all
     log_interval: int = 10
@@ -94,8 +94,8 @@ class TrainConfig:
             raise SegkdError(f"--ohem-threshold must be in (0, 1], got {self.ohem_threshold}")
         if self.ohem_min_kept < 1:
             raise SegkdError(f"--ohem-min-kept must be >= 1, got {self.ohem_min_kept}")
-        if self.loss == "ce" and (self.class_weights is not None or self.loss_align_corners):
-            raise SegkdError("--class-weights and --loss-align-corners apply to --loss ohem only")
+        if self.loss == "ce" and (self.class_weights is not None or self.ohem_align):
+            raise SegkdError("--class-weights and --ohem-align apply to --loss ohem only")
         if self.num_workers < 0:
             raise SegkdError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.weight_decay is not None and not (

@@ -116,7 +116,7 @@ def test_train_config_option_reaches_the_objective() -> None:
     from distill.losses.recipe import loss_from_config
     from distill.training.config import TrainConfig
 
-    cfg = TrainConfig(loss="ohem", ohem_min_kept=2731, loss_align_corners=True)
+    cfg = TrainConfig(loss="ohem", ohem_min_kept=2731, ohem_align=True)
     loss = loss_from_config(cfg, num_classes=19, ignore_index=255, aux_weight=0.4)
     assert isinstance(loss, OhemSegmentationLoss)
     assert (loss.min_kept, loss.threshold, loss.align_corners) == (2731, 0.9, True)
