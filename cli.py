@@ -129,6 +129,11 @@ _TRAIN_OPTIONS: dict[str, tuple[Any, str]] = {
         "local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file",
     ),
     "resume": (bool, "continue the run in --out from resume.pt"),
+    "loss": (str, "supervised loss: ce, or ohem (the DDRNet/PIDNet authors' recipe)"),
+    "ohem_threshold": (float, "ohem: pixels below this true-class probability count"),
+    "ohem_min_kept": (int, "ohem: the hardest pixels always kept per process batch"),
+    "class_weights": (str | None, "ohem: per-class CE weights, e.g. cityscapes (the authors')"),
+    "ohem_align": (bool, "ohem: align_corners of the loss's upsampling (PIDNet: on)"),
 }
 
 

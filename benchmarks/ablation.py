@@ -74,6 +74,12 @@ def main() -> None:
         default="",
         help='extra arguments for every distillation row, one string: --extra="--w-kd 1"',
     )
+    ap.add_argument(
+        "--student-args",
+        default="",
+        help="arguments for EVERY student row, trained alone or distilled (the supervised "
+        'loss): --student-args="--loss ohem --ohem-min-kept 2731"',
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
         "--shard",
@@ -85,6 +91,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown row(s) {unknown}; known: {list(ROWS)}")
     extra_all = shlex.split(args.extra)
+    student_all = shlex.split(args.student_args)
     common = ["--data", args.data, "--crop-size", args.crop_size, "--num-workers", "1"]
 
     # The teacher is trained once in OUT/teacher (resumable); a finished one is reused.
@@ -116,10 +123,10 @@ def main() -> None:
             base = [*common, "--batch-size", str(args.batch_size), "--iters", str(args.iters),
                     "--eval-interval", str(args.iters), "--seed", str(seed), "--out", str(run)]  # fmt: skip
             if command == "train":
-                segkd("train", "--model", args.student_model, *base, *extra)
+                segkd("train", "--model", args.student_model, *base, *extra, *student_all)
             else:
                 segkd("distill", "--teacher", str(teacher / "best.pt"), "--student",
-                      args.student_model, *base, *extra, *extra_all)  # fmt: skip
+                      args.student_model, *base, *extra, *extra_all, *student_all)  # fmt: skip
         results.setdefault(row, {})[str(seed)] = final_miou(run)
         print(f"{row:32s} seed {seed}: {100 * results[row][str(seed)]:.2f}", flush=True)
     table = {
@@ -143,6 +150,7 @@ def main() -> None:
         "iters": args.iters,
         "batch_size": args.batch_size,
         "extra": extra_all,
+        "student_args": student_all,
         "rows": table,
         "seconds": time.time() - t0,
     }

@@ -145,6 +145,7 @@ class DistillObjective(nn.Module):
         num_classes: int,
         config: DistillConfig | None = None,
         position_readout: PositionReadout | None = None,
+        seg_loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
         config = config if config is not None else DistillConfig()
@@ -154,7 +155,12 @@ class DistillObjective(nn.Module):
         object.__setattr__(
             self, "_readout", (freeze(position_readout) if position_readout is not None else None,)
         )
-        self.seg = SegmentationLoss(config.aux_weight, config.ignore_index)
+        # The student's supervised loss: segkd's CE unless the run names another recipe.
+        self.seg = (
+            seg_loss
+            if seg_loss is not None
+            else SegmentationLoss(config.aux_weight, config.ignore_index)
+        )
         self.kd = (
             PixelKDLoss(config.kd_temperature, config.ignore_index) if config.active("kd") else None
         )

@@ -35,6 +35,12 @@ def _training(model: str, iters: int) -> dict[str, Any]:
         "backbone_weights": None,
         "amp": True,
         "sync_bn": False,
+        # The supervised loss (segkd train --loss ...): plain CE, or the authors' OHEM.
+        "loss": "ce",
+        "ohem_threshold": 0.9,
+        "ohem_min_kept": 131072,
+        "class_weights": None,
+        "ohem_align": False,
     }
 
 
@@ -129,6 +135,7 @@ _NONE_TYPES: dict[str, tuple[type, ...]] = {
     "backbone_weights": (str,),
     "max_drop": (int, float),
     "threads": (int,),
+    "class_weights": (str,),
 }
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text",
                list: "a list"}  # fmt: skip

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.gain import verdict
+from pipeline.supervised_loss import describe_supervised_loss
 from runtime.errors import SegkdError
 
 FIGURES_DIR = "figures"
@@ -375,6 +376,12 @@ def _distillation_section(report: Mapping[str, Any]) -> list[str]:
         return [*out, "No student was distilled."]
     losses = student.get("losses") or []
     out.append(f"Losses: {', '.join(f'`{x}`' for x in losses) if losses else NA}.")
+    if isinstance(dist.get("supervised_loss"), Mapping):
+        out.append("")
+        out.append(
+            "Supervised loss of the student alone and of the distilled student: "
+            f"{describe_supervised_loss(dist['supervised_loss'])}."
+        )
     out.append("")
     if isinstance(baseline, Mapping):
         out += _gain_lines(dist, student, baseline)

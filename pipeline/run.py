@@ -60,6 +60,11 @@ def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str, seed:
         backbone_weights=s["backbone_weights"],
         amp=bool(s["amp"]),
         sync_bn=bool(s["sync_bn"]),
+        loss=s["loss"],
+        ohem_threshold=s["ohem_threshold"],
+        ohem_min_kept=s["ohem_min_kept"],
+        class_weights=s["class_weights"],
+        ohem_align=bool(s["ohem_align"]),
         seed=cfg["seed"] if seed is None else seed,
         device=cfg["device"],
         num_workers=cfg["num_workers"],
@@ -590,6 +595,11 @@ def run_pipeline(
                 [_miou(ev_d) for _, _, ev_d in per_seed],
             ),
             "position_information": _position_info(student.get("position")),
+            # Which loss trained the baseline and the distilled student (report: one line).
+            "supervised_loss": {
+                k: cfg["student"][k]
+                for k in ("loss", "ohem_threshold", "ohem_min_kept", "class_weights")
+            },
         },
         "artifacts": artifacts,
         "max_drop": max_drop,

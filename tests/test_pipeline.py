@@ -90,6 +90,9 @@ def test_students_run_once_per_seed_and_the_gain_uses_every_run(
         mean(dist["distilled_miou"]) - mean(dist["baseline_miou"])
     )
     assert isinstance(dist["gain_exceeds_spread"], bool)
+    # The report says which loss trained both students: the synthetic default's plain CE.
+    assert dist["supervised_loss"]["loss"] == "ce"
+    assert "student: plain cross-entropy" in (out / "report.md").read_text()
     # The two seeds trained different networks (a seed that is ignored would not).
     from distill.checkpoint import load_checkpoint
 

@@ -114,3 +114,17 @@ def test_missing_or_broken_file_is_named(tmp_path: Path) -> None:
     bad.write_text("student: [unclosed\n")
     with pytest.raises(SegkdError, match=r"bad\.yaml:2:1: YAML syntax error"):
         load_config(bad)
+
+
+# The supervised loss each Cityscapes student trains with: the authors' OHEM recipe for the
+# real-time students (docs/notes/authors.md), segkd's CE for the ResNet-18 ones.
+@pytest.mark.parametrize("name", sorted(CITYSCAPES))
+def test_cityscapes_students_train_with_their_authors_loss(name: str) -> None:
+    s = load_config(CONFIGS / name)["student"]
+    got = (s["loss"], s["ohem_threshold"], s["ohem_min_kept"], s["class_weights"])
+    if s["model"] in ("ddrnet23_slim", "pidnet_s"):
+        assert got == ("ohem", 0.9, 131072, "cityscapes")
+        assert s["ohem_align"] is (s["model"] == "pidnet_s")
+    else:
+        assert s["loss"] == "ce"
+    assert DEFAULTS["student"]["loss"] == "ce"  # the synthetic default stays plain CE

@@ -265,3 +265,24 @@ def test_models_show_the_training_validation_at_native_and_deploy_size(tmp_path:
     rows = {r[0]: r for r in _table_rows(md, "| model |")}
     assert rows["distilled student"][col] == "65.43% / 60.12%"
     assert rows["teacher"][col] == "–"  # a checkpoint without the figures (e.g. given)
+
+
+@pytest.mark.parametrize(
+    ("loss", "said"),
+    [
+        ({"loss": "ce", "ohem_threshold": 0.9, "ohem_min_kept": 131072, "class_weights": None},
+         "plain cross-entropy"),
+        ({"loss": "ohem", "ohem_threshold": 0.9, "ohem_min_kept": 131072,
+          "class_weights": "cityscapes"},
+         "OHEM cross-entropy (threshold 0.9, at least 131072 pixels kept per process batch, "
+         "class weights cityscapes"),
+    ],
+)  # fmt: skip
+def test_report_says_which_loss_trained_the_baseline(
+    tmp_path: Path, loss: dict[str, Any], said: str
+) -> None:
+    report = make_report()
+    report["distillation"]["supervised_loss"] = loss
+    text = write_report(report, tmp_path / "run")["markdown"].read_text()
+    line = next(x for x in text.splitlines() if x.startswith("Supervised loss of the student"))
+    assert said in line

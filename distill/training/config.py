@@ -8,6 +8,10 @@ from typing import Any
 
 from runtime.errors import SegkdError
 
+# Names only (this module is read without torch); distill.losses.recipe builds them.
+SUPERVISED_LOSSES = ("ce", "ohem")
+CLASS_WEIGHT_SETS = ("cityscapes",)
+
 
 @dataclass
 class TrainConfig:
@@ -25,6 +29,15 @@ class TrainConfig:
     poly_power: float = 0.9
     warmup_iters: int = 0
     aux_weight: float = 0.4
+    # Supervised loss (distill.losses.recipe): "ce" (segkd's plain cross-entropy) or "ohem"
+    # (the DDRNet/PIDNet authors' OHEM recipe, docs/notes/authors.md). The four below only
+    # apply to "ohem": its threshold, pixels always kept per process batch, a named set of
+    # class weights ("cityscapes" or None) and the upsampling's align_corners.
+    loss: str = "ce"
+    ohem_threshold: float = 0.9
+    ohem_min_kept: int = 131072
+    class_weights: str | None = None
+    ohem_align: bool = False
     eval_interval: int | None = None  # None: 4 evaluations per run
     val_images: int | None = None  # val images (spread evenly) every evaluation scores; None: all
     log_interval: int = 10
@@ -79,6 +92,21 @@ class TrainConfig:
             raise SegkdError(f"--amp-dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
         positive("max_skips")
         positive("dist_timeout")
+        if self.loss not in SUPERVISED_LOSSES:
+            raise SegkdError(
+                f"--loss: unknown value {self.loss!r}; choose one of {', '.join(SUPERVISED_LOSSES)}"
+            )
+        if self.class_weights is not None and self.class_weights not in CLASS_WEIGHT_SETS:
+            raise SegkdError(
+                f"--class-weights: unknown set {self.class_weights!r}; known: "
+                f"{', '.join(CLASS_WEIGHT_SETS)}"
+            )
+        if not 0 < self.ohem_threshold <= 1:
+            raise SegkdError(f"--ohem-threshold must be in (0, 1], got {self.ohem_threshold}")
+        if self.ohem_min_kept < 1:
+            raise SegkdError(f"--ohem-min-kept must be >= 1, got {self.ohem_min_kept}")
+        if self.loss == "ce" and (self.class_weights is not None or self.ohem_align):
+            raise SegkdError("--class-weights and --ohem-align apply to --loss ohem only")
         if self.num_workers is not None and self.num_workers < 0:
             raise SegkdError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.weight_decay is not None and not (

@@ -18,6 +18,7 @@ from distill.data.loader import NetworkInput, make_train_loader
 from distill.data.transforms import TrainTransform
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses.pid import PositionReadout
+from distill.losses.recipe import loss_from_config
 from distill.teacher import (
     cached_readout,
     file_sha256,
@@ -128,9 +129,13 @@ def _distil(
     holder: dict[str, DistillObjective] = {}
 
     def objective_factory(student: nn.Module, _labels: LabelSpec, dev: torch.device) -> nn.Module:
-        objective = DistillObjective(
-            teacher.to(dev), student.feat_channels, labels.num_classes, distill_config, readout
+        seg_loss = loss_from_config(
+            cfg, labels.num_classes, distill_config.ignore_index, distill_config.aux_weight
         )
+        objective = DistillObjective(
+            teacher.to(dev), student.feat_channels, labels.num_classes, distill_config, readout,
+            seg_loss=seg_loss,
+        )  # fmt: skip
         holder["objective"] = objective
         return objective
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from distill.checkpoint import load_checkpoint
+from distill.losses.recipe import loss_from_config
 from distill.losses.segmentation import SegmentationLoss
 from distill.models import build_model
 from distill.training.config import TrainConfig
@@ -26,9 +27,13 @@ ObjectiveFactory = Callable[[nn.Module, LabelSpec, torch.device], nn.Module]
 class SupervisedObjective(nn.Module):
     """Plain training: cross-entropy (+ aux) in the objective interface the loop expects."""
 
-    def __init__(self, aux_weight: float, ignore_index: int) -> None:
+    def __init__(self, aux_weight: float, ignore_index: int, loss: nn.Module | None = None) -> None:
         super().__init__()
-        self.loss = SegmentationLoss(aux_weight=aux_weight, ignore_index=ignore_index)
+        self.loss = (
+            loss
+            if loss is not None
+            else SegmentationLoss(aux_weight=aux_weight, ignore_index=ignore_index)
+        )
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, student_out: dict[str, torch.Tensor]
@@ -118,7 +123,11 @@ def build_networks(
     objective = (
         objective_factory(model, labels, device)
         if objective_factory
-        else SupervisedObjective(cfg.aux_weight, labels.ignore_index)
+        else SupervisedObjective(
+            cfg.aux_weight,
+            labels.ignore_index,
+            loss_from_config(cfg, labels.num_classes, labels.ignore_index, cfg.aux_weight),
+        )
     ).to(device)
     if device.type == "cuda" and cfg.channels_last:
         # The teacher (inside the objective) too: it sees the student's channels_last

@@ -255,3 +255,20 @@ def test_cli_training_options_default_to_the_train_config() -> None:
                 assert default == getattr(defaults, f.name), (command.__name__, f.name)
                 checked += 1
         assert checked >= 17, command.__name__
+
+
+def test_distillation_trains_the_student_with_the_supervised_loss_it_is_given() -> None:
+    """`--loss ohem` reaches the distilled student: its "ce" term is the OHEM term."""
+    from distill.losses.authors import OhemSegmentationLoss
+    from distill.losses.ohem import ohem_cross_entropy
+
+    teacher, student = TinySegmentor(8, seed=1), TinySegmentor(4, seed=2)
+    config = DistillConfig(losses=("cwd",))
+    seg = OhemSegmentationLoss(min_kept=50)
+    objective = DistillObjective(teacher, 4, K, config, None, seg_loss=seg)
+    images, labels = batch()
+    out = student(images)
+    terms = objective(images, labels, out)
+    assert objective.seg is seg
+    want = ohem_cross_entropy(out["logits"], labels, min_kept=50)
+    torch.testing.assert_close(terms["ce"], want)

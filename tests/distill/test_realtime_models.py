@@ -4,6 +4,7 @@ losses and real distillation steps from a PSPNet-R18 teacher with every term."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +18,10 @@ from distill.losses.cwd import channel_wise_loss
 from distill.models import build_model, count_macs, count_params, model_table
 from distill.models.registry import REALTIME
 from runtime.errors import SegkdError
+from tools.golden.formula import parse_layout, weight_value
 
 K = 5
+GOLDEN = Path(__file__).parent / "golden"
 ARCHS = sorted(REALTIME)
 # Published at 1024x2048, inference graph (no training heads): params, G(M)ACs.
 PUBLISHED = {"ddrnet23_slim": (5.7e6, 36.3e9), "pidnet_s": (7.6e6, 47.6e9)}
@@ -114,29 +117,24 @@ def test_model_table_has_realtime_rows_about_a_tenth_of_pspnet_r18() -> None:
 # ---------------------------------------------------------------- ImageNet checkpoints
 
 
-def _ddrnet_imagenet_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """DDRNet23s_imagenet.pth's layout: the trunk under the segmentation names, no DAPPM
-    or heads, plus the ImageNet classifier (down5: 128->256->512 strided 3x3 convs + BN,
-    last_layer: 1x1 512->1024 + BN, linear 1024->1000)."""
-    state = {
-        k: torch.randn_like(v) if v.is_floating_point() else v.clone()
-        for k, v in model.state_dict().items()
-        if not k.startswith(("spp.", "final_layer.", "seghead_extra."))
-    }
-    for name, c in (("down5.1", 256), ("down5.4", 512), ("last_layer.1", 1024)):
-        state.update({f"{name}.{p}": torch.rand(c) for p in ("weight", "bias", "running_mean")})
-        state[f"{name}.running_var"] = torch.rand(c) + 0.5
-        state[f"{name}.num_batches_tracked"] = torch.tensor(7)
-    state["down5.0.weight"] = torch.randn(256, 128, 3, 3)
-    state["down5.3.weight"] = torch.randn(512, 256, 3, 3)
-    state["last_layer.0.weight"] = torch.randn(1024, 512, 1, 1)
-    state["linear.weight"] = torch.randn(1000, 1024)
-    state["linear.bias"] = torch.randn(1000)
-    return state
+def _upstream_layout(arch: str, key: str) -> dict[str, tuple[int, ...]]:
+    """A key layout the authors' own model definitions produced (tools/golden/realtime_models.py)."""
+    return parse_layout(np.load(GOLDEN / f"realtime_{arch}.npz")[key])
+
+
+def _formula_state(layout: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(weight_value(k, shape)) for k, shape in layout.items()}
+
+
+def _ddrnet_imagenet_state(model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """DDRNet23s_imagenet.pth's layout: the state dict of the authors' ImageNet DualResNet
+    (classification/DDRNet_23_slim.py get_model(), read from the golden fixture): the
+    trunk under the segmentation names plus down5 / last_layer / linear, no DAPPM or heads."""
+    return _formula_state(_upstream_layout("ddrnet23_slim", "imagenet_layout"))
 
 
 def test_ddrnet_imagenet_file_loads_with_report(tmp_path, caplog) -> None:
-    state = _ddrnet_imagenet_state(build_model("ddrnet23_slim", K))
+    state = _ddrnet_imagenet_state()
     path = tmp_path / "DDRNet23s_imagenet.pth"
     torch.save(state, path)  # the authors publish a plain state dict
     with caplog.at_level(logging.INFO):
@@ -162,12 +160,13 @@ def test_ddrnet_imagenet_file_loads_with_report(tmp_path, caplog) -> None:
 def test_pidnet_imagenet_tar_with_prefix_and_mismatch(tmp_path) -> None:
     """PIDNet_S_ImageNet.pth.tar: {"state_dict": ...} under the network's own names; here
     with DataParallel's prefix, a 1000-class head that does not fit and a foreign key."""
-    source = build_model("pidnet_s", 1000, aux=False)
-    state = {
-        f"module.{k}": torch.randn_like(v) if v.is_floating_point() else v.clone()
-        for k, v in source.state_dict().items()
-        if not k.startswith("seghead_d.")
-    }
+    # The authors' segmentation layout (their get_seg_model keeps the file's keys that fit
+    # it; no ImageNet definition is published), with a 1000-class classifier.
+    layout = _upstream_layout("pidnet_s", "layout")
+    layout = {k: v for k, v in layout.items() if not k.startswith(("seghead_d.", "seghead_p."))}
+    layout["final_layer.conv2.weight"] = (1000, *layout["final_layer.conv2.weight"][1:])
+    layout["final_layer.conv2.bias"] = (1000,)
+    state = {f"module.{k}": v for k, v in _formula_state(layout).items()}
     state["module.cls_token"] = torch.zeros(3)
     path = tmp_path / "PIDNet_S_ImageNet.pth.tar"
     torch.save({"state_dict": state, "epoch": 120, "arch": "pidnet_s"}, path)
