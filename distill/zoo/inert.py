@@ -12,6 +12,7 @@ depend on this state; segkd only keeps it to show what the file held.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 # Classes that hold logging/training bookkeeping, by the name their pickles carry.
@@ -22,8 +23,8 @@ TRAINING_STATE_CLASSES = ("mmengine.logging.history_buffer.HistoryBuffer",)
 class InertState:
     """Holds whatever data the pickle gave it, as attributes; defines no behaviour.
 
-    No __setstate__ and no __reduce__: the weights-only unpickler then only calls
-    object.__new__ and updates __dict__ (pickle's BUILD), or stores REDUCE arguments here.
+    The weights-only unpickler only calls object.__new__ (NEWOBJ) or this __init__ (REDUCE,
+    arguments kept as data) and __setstate__ (BUILD, plain attributes).
     """
 
     upstream = ""  # the class name written in the file
@@ -33,6 +34,17 @@ class InertState:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.__dict__["args"] = args  # a REDUCE call's arguments, kept as data
+
+    def __setstate__(self, state: Any) -> None:
+        """pickle's BUILD: the attribute dict as data; no dunder names (a stored
+        `__setstate__` or `__class__` must not change what this object is)."""
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"{self.upstream}: state of type {type(state)}")
+        for key, value in state.items():
+            if isinstance(key, str) and not key.startswith("__"):
+                self.__dict__[key] = value
 
     def __repr__(self) -> str:
         return f"<inert {self.upstream} {sorted(k for k in self.__dict__ if k != 'args')}>"
@@ -46,6 +58,28 @@ def _stand_in(name: str) -> type[InertState]:
 _STAND_INS = {name: _stand_in(name) for name in TRAINING_STATE_CLASSES}
 
 
-def training_state_globals() -> list[tuple[type[InertState], str]]:
-    """(stand-in class, name in the file) pairs for torch.serialization.safe_globals."""
-    return [(cls, name) for name, cls in _STAND_INS.items()]
+class InertAttribute:
+    """What `getattr(stand-in, name)` gives: the name, nothing callable. HistoryBuffer's
+    state holds its statistics methods (min, max, ...), pickled as getattr(class, name)."""
+
+    def __init__(self, owner: type[InertState], name: str) -> None:
+        self.owner, self.name = owner.upstream, name
+
+    def __repr__(self) -> str:
+        return f"<inert {self.owner}.{self.name}>"
+
+
+def inert_getattr(obj: Any, name: Any) -> InertAttribute:
+    """Stands in for builtins.getattr in these files: only on a stand-in class, and it looks
+    nothing up (the real getattr would reach any attribute of any allowed object)."""
+    if isinstance(obj, type) and issubclass(obj, InertState) and isinstance(name, str):
+        return InertAttribute(obj, name)
+    raise pickle.UnpicklingError(f"getattr({obj!r}, {name!r}) is not training state")
+
+
+def training_state_globals() -> list[tuple[Any, str]]:
+    """(stand-in, name in the file) pairs for torch.serialization.safe_globals."""
+    pairs: list[tuple[Any, str]] = [(cls, name) for name, cls in _STAND_INS.items()]
+    # protocol 2 writes builtins as __builtin__
+    pairs += [(inert_getattr, "__builtin__.getattr"), (inert_getattr, "builtins.getattr")]
+    return pairs

@@ -3,16 +3,15 @@
 Run OUTSIDE the project, in a throwaway venv that has mmsegmentation 1.2.x and mmengine
 installed from PyPI (the configs ship inside the package, under mmseg/.mim/configs):
 
-    python tools/golden/mmseg_configs.py distill/zoo/data/mmseg_configs.json \
-        --texts tests/distill/zoo/golden
+    python tools/golden/mmseg_configs.py distill/zoo/data/mmseg_configs.json
 
 For every PSPNet / DeepLabV3 / FCN config, mmengine resolves the inheritance and the
 table keeps what segkd builds from (the `model` dict's backbone / decode_head /
 auxiliary_head / test_cfg / data_preprocessor entries) plus the test pipeline's Resize.
 metafile.yaml links each config to its checkpoint file name, so a downloaded file is
 found by its own name (0.x names such as pspnet_r101-d8_512x1024_80k_cityscapes_...pth).
---texts also writes a few configs' pretty_text: the text an mmseg 1.x checkpoint stores
-in meta['cfg'], for segkd's parser tests.
+(The golden fixtures of tools/golden/mmseg_golden.py carry whole pretty_texts, the text
+an mmseg 1.x checkpoint stores in meta['cfg'].)
 """
 
 from __future__ import annotations
@@ -30,12 +29,6 @@ from mmengine.config import Config
 FAMILIES = ("pspnet", "deeplabv3", "fcn")
 KEEP = ("backbone", "decode_head", "auxiliary_head", "test_cfg", "data_preprocessor")
 DROP = ("loss_decode", "init_cfg", "sampler", "norm_cfg", "pretrained")  # training only
-TEXTS = (
-    "pspnet/pspnet_r101-d8_4xb2-80k_cityscapes-769x769.py",
-    "pspnet/pspnet_r101-d8_4xb2-80k_cityscapes-512x1024.py",
-    "deeplabv3/deeplabv3_r101-d16-mg124_4xb2-80k_cityscapes-512x1024.py",
-    "fcn/fcn-d6_r50-d16_4xb2-80k_cityscapes-769x769.py",
-)
 
 
 def plain(x):
@@ -56,7 +49,6 @@ def test_resize(cfg: Config):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out", type=Path)
-    p.add_argument("--texts", type=Path)
     a = p.parse_args()
     root = Path(mmseg.__file__).parent / ".mim" / "configs"
     table: dict = {}
@@ -86,11 +78,6 @@ def main() -> None:
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, sort_keys=True, separators=(",", ":")) + "\n")
-    if a.texts:
-        a.texts.mkdir(parents=True, exist_ok=True)
-        for rel in TEXTS:
-            text = Config.fromfile(str(root / rel)).pretty_text
-            (a.texts / f"cfg_{Path(rel).stem}.py.txt").write_text(text)
     print(f"{len(table)} configs, {len(checkpoints)} checkpoint names -> {a.out}")
 
 
