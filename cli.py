@@ -589,6 +589,19 @@ def eval_cmd(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the results as JSON")
     ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="whole images, or slide: mmseg's sliding window (averaged logits); auto: "
+            "slide where a zoo teacher's config tests that way, else whole"
+        ),
+    ] = "auto",
+    crop: Annotated[
+        str | None, typer.Option(help="slide window HxW (default: the config's)")
+    ] = None,
+    stride: Annotated[
+        str | None, typer.Option(help="slide step HxW (default: the config's)")
+    ] = None,
 ) -> None:
     """mIoU, per-class IoU and pixel accuracy of a model on a dataset split."""
     if max_drop is not None and reference is None:
@@ -607,10 +620,12 @@ def eval_cmd(
     )
     from pipeline.models import evaluate_on_dataset
     from runtime.evaluate import CONVENTIONS
+    from runtime.slide import parse_hw
 
+    window = {"crop": parse_hw(crop, "--crop"), "stride": parse_hw(stride, "--stride")}
     result = evaluate_on_dataset(
         model, data, split, max_images, backend, device, precision, save_predictions,
-        convention=convention,
+        convention=convention, mode=mode, **window,
     )  # fmt: skip
     ref = None
     if reference is not None:  # --convention as given: `auto` resolves for each model
@@ -619,7 +634,7 @@ def eval_cmd(
         )
     table = Table(
         title=f"segkd eval on {data} [{split}], {result.num_samples} images, "
-        f"{result.convention} convention"
+        f"{result.convention} convention, {result.mode}"
     )
     table.add_column("class")
     table.add_column("IoU", justify="right")
@@ -638,6 +653,7 @@ def eval_cmd(
     console.print(table)
     console.print(f"model: {result.model}")
     console.print(f"convention: {result.convention} ({CONVENTIONS[result.convention]})")
+    console.print(f"mode: {result.mode}")
     payload: dict[str, Any] = {
         "model": str(model),
         "data": data,

@@ -89,12 +89,19 @@ def evaluate_on_dataset(
     save_predictions: Path | None = None,
     show_progress: bool = True,
     convention: str = "auto",
+    mode: str = "auto",
+    crop: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
 ) -> EvalResult:
+    """mode/crop/stride: runtime.slide.resolve_mode (auto: the model's recorded test mode)."""
     from tqdm import tqdm
+
+    from runtime.slide import resolve_mode
 
     samples, labels, encode, n = dataset_split(data, split, max_images)
     with open_model(model, backend, device, precision, dataset=labels) as seg:
         convention = resolve_convention(seg, convention)  # refuse before the progress bar
+        slide = resolve_mode(mode, crop, stride, seg.meta.extra.get("test_mode"))
         bar = tqdm(
             total=n, desc=f"eval {Path(str(model)).name}", disable=not show_progress, leave=False
         )
@@ -107,6 +114,7 @@ def evaluate_on_dataset(
                 encode_label=encode,
                 on_sample=lambda _n: bar.update(1),
                 convention=convention,
+                slide=slide,
             )
         finally:
             bar.close()

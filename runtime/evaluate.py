@@ -22,6 +22,7 @@ from runtime.labels import LabelSpec
 from runtime.metrics import ConfusionMatrix, SegMetrics
 from runtime.postprocess import bgr_lut, overlay
 from runtime.segmenter import Segmenter
+from runtime.slide import describe_mode
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class EvalResult:
     model: dict[str, Any]  # Segmenter.describe(): path, backend, device, precision ...
     confusion: np.ndarray  # rows = ground truth, columns = prediction
     convention: str = "labels"  # a CONVENTIONS key
+    mode: str = "whole"  # whole images, or runtime.slide.describe_mode's sliding window
 
     @property
     def miou(self) -> float:
@@ -72,6 +74,7 @@ class EvalResult:
             "model": self.model,
             "convention": self.convention,
             "convention_detail": CONVENTIONS[self.convention],
+            "mode": self.mode,
             "confusion": self.confusion.tolist(),
         }
 
@@ -137,6 +140,7 @@ def evaluate(
     max_samples: int | None = None,
     on_sample: Callable[[int], None] | None = None,
     convention: str = "auto",
+    slide: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> EvalResult:
     """Score the segmenter on `(image_rgb uint8 HxWx3, mask HxW ids, sample_id)` samples.
 
@@ -146,8 +150,12 @@ def evaluate(
     on_sample(n) is called after each sample (progress).
     convention: "logits", "labels" or "auto" (logits where the model outputs them), see
       CONVENTIONS; the result records the one used.
+    slide: (crop, stride) for mmseg's sliding-window test (runtime.slide), logits only;
+      None: whole images. The result records which mode ran.
     """
     convention = resolve_convention(segmenter, convention)
+    if slide is not None and convention != "logits":
+        raise SegkdError("--mode slide averages logits: it needs the logits convention")
     spec = labels or segmenter.labels
     model_spec = segmenter.labels
     if spec.num_classes != model_spec.num_classes:
@@ -168,7 +176,11 @@ def evaluate(
             raise SegkdError(
                 f"sample {sample_id}: mask must be HxW class ids, got shape {mask.shape}"
             )
-        if convention == "logits":
+        if slide is not None:
+            pred = segmenter.predict_slide(
+                image, *slide, input_order="RGB", out_size=mask.shape[:2]
+            )
+        elif convention == "logits":
             pred = segmenter.predict_upsampled(image, input_order="RGB", out_size=mask.shape[:2])
         else:
             pred = segmenter.predict(image, input_order="RGB", out_size=mask.shape[:2])
@@ -190,6 +202,7 @@ def evaluate(
         model=segmenter.describe(),
         confusion=cm.matrix.copy(),
         convention=convention,
+        mode=describe_mode(slide),
     )
 
 

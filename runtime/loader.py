@@ -332,7 +332,8 @@ def _open_torch(
     model, ckpt = loader(path, dev)
     if not isinstance(ckpt, dict):
         raise SegkdError(f"{path}: the model loader returned no checkpoint dict")
-    d = {k: ckpt[k] for k in ("arch", "labels", "preprocess") if k in ckpt}
+    # test_mode: a zoo teacher's (mmseg test_cfg), for `segkd eval --mode auto`
+    d = {k: ckpt[k] for k in ("arch", "labels", "preprocess", "test_mode") if k in ckpt}
     meta = ModelMeta.from_dict({**d, "output": "logits", "precision": precision or "fp32"}, path)
     backend = TorchBackend(model, device=dev, precision=precision or "fp32", **opts)
     if backend.precision != meta.precision:

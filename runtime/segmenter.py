@@ -26,6 +26,7 @@ from runtime.labels import LabelSpec
 from runtime.metadata import ModelMeta
 from runtime.postprocess import as_label_batch, restore_size, upsample_argmax, upsample_labels
 from runtime.preprocess import ColorOrder, Letterbox, PreprocessSpec
+from runtime.slide import slide_logits
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,39 @@ class Segmenter:
                 [cv2.resize(np.asarray(c, np.float32), (w, h)) for c in logits]
             )  # fmt: skip
         return upsample_argmax(logits, boxes[0], out_size or frame.shape[:2])
+
+    def predict_slide(
+        self,
+        frame: np.ndarray,
+        crop: tuple[int, int],
+        stride: tuple[int, int],
+        *,
+        input_order: ColorOrder = "BGR",
+        out_size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """mmseg's sliding-window test (runtime.slide): the frame preprocessed at the input
+        size as for a whole-image run, windows of `crop` every `stride` (H, W), logits
+        averaged, then resized bilinearly to `out_size` and argmax."""
+        fixed = self._backend.input_shape[2:]
+        if any(d is not None for d in fixed) or self._preprocess.layout != "NCHW":
+            raise SegkdError(
+                f"--mode slide: {self._path} runs only at its exported input size "
+                f"{self.input_size[0]}x{self.input_size[1]}; slide needs a model that takes "
+                "any size (the torch backend: a .pt checkpoint or a model-zoo file)"
+            )
+        if self._backend.output_kind == "logits":
+            run = self.run_any_size
+        elif hasattr(self._backend, "run_logits"):
+            run = self._backend.run_logits  # type: ignore[attr-defined]
+        else:
+            raise SegkdError(f"--mode slide: {self._path} gives label maps, not logits")
+        batch, boxes = self.preprocess_frames([frame], input_order)
+        logits = slide_logits(run, batch, crop, stride)[0]
+        return upsample_argmax(logits, boxes[0], out_size or frame.shape[:2])
+
+    def run_any_size(self, batch: np.ndarray) -> np.ndarray:
+        """The backend on a batch of any spatial size (a dynamic-shape model only)."""
+        return self._backend.run(np.ascontiguousarray(batch, dtype=self._preprocess.dtype))
 
     # -- lifetime ----------------------------------------------------------------------
     def close(self) -> None:

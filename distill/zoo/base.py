@@ -37,6 +37,22 @@ class SourceConvention:
         )  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class TestMode:
+    """How the source tests a network: whole images, or mmseg's sliding window (crop and
+    stride as (H, W)); `segkd eval` runs the same unless told otherwise."""
+
+    mode: str = "whole"
+    crop: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode}
+        if self.mode == "slide":
+            out.update(crop=list(self.crop or ()), stride=list(self.stride or ()))
+        return out
+
+
 class ZooTeacher(nn.Module):
     """A rebuilt zoo network behind segkd's teacher interface.
 
@@ -58,9 +74,13 @@ class ZooTeacher(nn.Module):
         convention: SourceConvention,
         labels: LabelSpec,
         input_size: tuple[int, int],
+        test_mode: TestMode | None = None,
+        settings_origin: str | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.test_mode = test_mode or TestMode()
+        self.settings_origin = settings_origin  # where the build settings were read
         self.source, self.arch = source, arch
         self.num_classes, self.feat_channels = num_classes, feat_channels
         self.convention, self.labels = convention, labels
@@ -90,6 +110,8 @@ class ZooTeacher(nn.Module):
             "labels": self.labels.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "align_corners": self.convention.align_corners,
+            "test_mode": self.test_mode.to_dict(),
+            **({"settings": self.settings_origin} if self.settings_origin else {}),
         }
 
 

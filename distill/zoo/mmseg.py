@@ -22,7 +22,9 @@ decode_heads/{psp,aspp,fcn}_head.py, configs/_base_/models/{pspnet,deeplabv3,fcn
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from distill.models.pooling import AdaptiveAvgPool2dMatmul
 from distill.models.resnet import Bottleneck
 from distill.zoo.base import (
     SourceConvention,
+    TestMode,
     ZooTeacher,
     count_blocks,
     labels_for,
@@ -42,6 +45,7 @@ from distill.zoo.base import (
     split_name,
     tensor,
 )
+from distill.zoo.mmseg_config import MMSegSettings, resolve_settings
 from runtime.errors import SegkdError
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -51,9 +55,8 @@ CONVENTION = SourceConvention(
     std=IMAGENET_STD,
     align_corners=False,
 )
-PSP_SCALES = (1, 2, 3, 6)
-ASPP_DILATIONS = (1, 12, 24, 36)
 ARCH_NAMES = {"psp": "pspnet", "aspp": "deeplabv3", "fcn": "fcn"}
+log = logging.getLogger(__name__)
 
 
 class ConvModule(nn.Module):
@@ -108,10 +111,34 @@ class BasicBlock(nn.Module):
 BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
-class MMSegResNet(nn.Module):
-    """ResNetV1c (deep stem) or ResNetV1b (7x7 stem) at output stride 8; returns (c3, c4)."""
+def block_dilations(
+    n: int, dilation: int, contract: bool, multi_grid: Sequence[int] | None
+) -> list[int]:
+    """Each block's dilation in one stage, as mmseg's ResLayer sets them: multi_grid
+    replaces the stage's dilation block by block; otherwise contract_dilation halves the
+    first block's when the stage is dilated."""
+    if multi_grid is not None:
+        if len(multi_grid) != n:
+            raise SegkdError(f"multi_grid {tuple(multi_grid)} for a stage of {n} blocks")
+        return list(multi_grid)
+    first = dilation // 2 if dilation > 1 and contract else dilation
+    return [first] + [dilation] * (n - 1)
 
-    def __init__(self, depth: int, deep_stem: bool = True, stem_channels: int = 64) -> None:
+
+class MMSegResNet(nn.Module):
+    """ResNetV1c (deep stem) or ResNet (7x7 stem) with the config's strides and dilations
+    (d8 by default); returns (c3, c4). multi_grid applies to the last stage only."""
+
+    def __init__(
+        self,
+        depth: int,
+        deep_stem: bool = True,
+        stem_channels: int = 64,
+        strides: Sequence[int] = (1, 2, 1, 1),
+        dilations: Sequence[int] = (1, 1, 2, 4),
+        contract_dilation: bool = True,
+        multi_grid: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         blocks = BLOCKS[depth]
         block: type[BasicBlock] | type[Bottleneck] = BasicBlock if depth == 18 else Bottleneck
@@ -128,19 +155,18 @@ class MMSegResNet(nn.Module):
             self.bn1 = nn.BatchNorm2d(stem_channels)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = stem_channels
-        for i, (n, stride, dilation) in enumerate(
-            zip(blocks, (1, 2, 1, 1), (1, 1, 2, 4), strict=False)
-        ):
+        for i, (n, stride, dilation) in enumerate(zip(blocks, strides, dilations, strict=True)):
             planes = 64 * 2**i
-            first = dilation // 2 if dilation > 1 else dilation  # contract_dilation
+            grid = multi_grid if i == len(blocks) - 1 else None
+            per_block = block_dilations(n, dilation, contract_dilation, grid)
             out = planes * block.expansion
             down = None
             if stride != 1 or inplanes != out:
                 down = nn.Sequential(
                     nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
                 )
-            layer = [block(inplanes, planes, stride, first_dilation=first, downsample=down)]
-            layer += [block(out, planes, first_dilation=dilation) for _ in range(1, n)]
+            layer = [block(inplanes, planes, stride, first_dilation=per_block[0], downsample=down)]
+            layer += [block(out, planes, first_dilation=d) for d in per_block[1:]]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             inplanes = out
         self.out_channels = inplanes
@@ -165,8 +191,16 @@ class DecodeHead(nn.Module):
 
 
 class PSPHead(DecodeHead):
-    def __init__(self, cin: int, channels: int, num_classes: int, scales: Sequence[int]) -> None:
+    def __init__(
+        self,
+        cin: int,
+        channels: int,
+        num_classes: int,
+        scales: Sequence[int],
+        align_corners: bool = False,
+    ) -> None:
         super().__init__(channels, num_classes)
+        self.align_corners = align_corners
         self.psp_modules = nn.ModuleList(
             nn.Sequential(AdaptiveAvgPool2dMatmul(s), ConvModule(cin, channels, 1)) for s in scales
         )
@@ -175,15 +209,23 @@ class PSPHead(DecodeHead):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
         outs = [x] + [
-            F.interpolate(m(x), size=size, mode="bilinear", align_corners=False)
+            F.interpolate(m(x), size=size, mode="bilinear", align_corners=self.align_corners)
             for m in self.psp_modules
         ]
         return self.classify(self.bottleneck(torch.cat(outs, dim=1)))
 
 
 class ASPPHead(DecodeHead):
-    def __init__(self, cin: int, channels: int, num_classes: int, dilations: Sequence[int]) -> None:
+    def __init__(
+        self,
+        cin: int,
+        channels: int,
+        num_classes: int,
+        dilations: Sequence[int],
+        align_corners: bool = False,
+    ) -> None:
         super().__init__(channels, num_classes)
+        self.align_corners = align_corners
         self.image_pool = nn.Sequential(AdaptiveAvgPool2dMatmul(1), ConvModule(cin, channels, 1))
         self.aspp_modules = nn.ModuleList(
             ConvModule(cin, channels, 1 if d == 1 else 3, dilation=d) for d in dilations
@@ -192,7 +234,7 @@ class ASPPHead(DecodeHead):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = F.interpolate(
-            self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False
+            self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners
         )
         outs = [pooled] + [m(x) for m in self.aspp_modules]
         return self.classify(self.bottleneck(torch.cat(outs, dim=1)))
@@ -200,11 +242,20 @@ class ASPPHead(DecodeHead):
 
 class FCNHead(DecodeHead):
     def __init__(
-        self, cin: int, channels: int, num_classes: int, num_convs: int, concat_input: bool
+        self,
+        cin: int,
+        channels: int,
+        num_classes: int,
+        num_convs: int,
+        concat_input: bool,
+        dilation: int = 1,
     ) -> None:
         super().__init__(channels, num_classes)
         self.convs = nn.Sequential(
-            *(ConvModule(cin if i == 0 else channels, channels, 3) for i in range(num_convs))
+            *(
+                ConvModule(cin if i == 0 else channels, channels, 3, dilation=dilation)
+                for i in range(num_convs)
+            )
         )
         self.concat_input = concat_input
         if concat_input:
@@ -255,38 +306,71 @@ def _fcn_layout(state: Mapping[str, Any], prefix: str) -> tuple[int, bool]:
 def build(
     state: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: Path, name: str | None
 ) -> ZooTeacher:
+    """The network the file's config defines (distill.zoo.mmseg_config), its weights loaded
+    strictly. NAME is an architecture (pspnet_r101, checked against the keys) or an mmseg
+    config / checkpoint name that settles what the keys cannot tell."""
+    settings, name_is_config = resolve_settings(meta, path, name, CONVENTION.mean, CONVENTION.std)
+    if settings.unchecked:
+        log.warning(
+            "%s stores no mmseg config and none was named: not checked: %s. Name the upstream "
+            "config as mmseg:CONFIG:FILE (its mmseg config or checkpoint file name).",
+            path,
+            "; ".join(settings.unchecked),
+        )
     deep_stem = "backbone.stem.0.weight" in state
     depth = resnet_depth(state, "backbone.", path, (18, 50, 101, 152))
     kind = head_kind(state)
-    if name is not None:  # e.g. mmseg:pspnet_r101:FILE; must agree with the keys
+    if name is not None and not name_is_config:  # e.g. mmseg:pspnet_r101:FILE
         want_kind, want_depth = split_name(name, "_r")
         if want_kind != ARCH_NAMES.get(kind) or (want_depth and want_depth != str(depth)):
             raise SegkdError(
                 f"{path}: named {name!r}, but its keys hold a {kind} head on ResNet-{depth}"
             )
+    _agree(settings, kind, depth, deep_stem, path)
     stem_channels = int(
         tensor(
             state, "backbone.stem.6.weight" if deep_stem else "backbone.conv1.weight", path
         ).shape[0]
     )
-    backbone = MMSegResNet(depth, deep_stem=deep_stem, stem_channels=stem_channels)
+    backbone = MMSegResNet(
+        depth,
+        deep_stem=deep_stem,
+        stem_channels=stem_channels,
+        strides=settings.strides,
+        dilations=settings.dilations,
+        contract_dilation=settings.contract_dilation,
+        multi_grid=settings.multi_grid,
+    )
     num_classes, channels = (
         int(s) for s in tensor(state, "decode_head.conv_seg.weight", path).shape[:2]
     )
+    if settings.num_classes is not None and settings.num_classes != num_classes:
+        raise SegkdError(
+            f"{path}: {settings.origin} says num_classes={settings.num_classes}, "
+            f"its classifier has {num_classes}"
+        )
     cin = backbone.out_channels
+    align = settings.align_corners
     head: nn.Module
     if kind == "psp":
         n = count_blocks(state, "decode_head.psp_modules.")
-        if n != len(PSP_SCALES):
-            raise SegkdError(f"{path}: PSPHead with {n} pooling scales; only {PSP_SCALES} is known")
-        head = PSPHead(cin, channels, num_classes, PSP_SCALES)
+        if n != len(settings.pool_scales):
+            raise SegkdError(
+                f"{path}: PSPHead with {n} pooling branches, {settings.origin} says "
+                f"pool_scales={settings.pool_scales}"
+            )
+        head = PSPHead(cin, channels, num_classes, settings.pool_scales, align)
     elif kind == "aspp":
         n = count_blocks(state, "decode_head.aspp_modules.")
-        if n != len(ASPP_DILATIONS):
-            raise SegkdError(f"{path}: ASPPHead with {n} branches; only {ASPP_DILATIONS} is known")
-        head = ASPPHead(cin, channels, num_classes, ASPP_DILATIONS)
+        if n != len(settings.aspp_dilations):
+            raise SegkdError(
+                f"{path}: ASPPHead with {n} branches, {settings.origin} says "
+                f"dilations={settings.aspp_dilations}"
+            )
+        head = ASPPHead(cin, channels, num_classes, settings.aspp_dilations, align)
     elif kind == "fcn":
-        head = FCNHead(cin, channels, num_classes, *_fcn_layout(state, "decode_head."))
+        layout = _fcn_layout(state, "decode_head.")
+        head = FCNHead(cin, channels, num_classes, *layout, dilation=settings.fcn_dilation)
     else:
         raise SegkdError(
             f"{path}: an mmsegmentation decode head other than PSPHead, ASPPHead or FCNHead "
@@ -295,7 +379,8 @@ def build(
     aux = None
     if "auxiliary_head.conv_seg.weight" in state:
         aux_k, aux_ch = (int(s) for s in state["auxiliary_head.conv_seg.weight"].shape[:2])
-        aux = FCNHead(cin // 2, aux_ch, aux_k, *_fcn_layout(state, "auxiliary_head."))
+        aux_layout = _fcn_layout(state, "auxiliary_head.")
+        aux = FCNHead(cin // 2, aux_ch, aux_k, *aux_layout, dilation=settings.aux_dilation)
     net = EncoderDecoder(backbone, head, aux)
     arch = f"mmseg_{ARCH_NAMES[kind]}_r{depth}"
     load_strict(net, state, path, f"mmsegmentation {arch}")
@@ -306,10 +391,33 @@ def build(
         arch=arch,
         num_classes=num_classes,
         feat_channels=channels,
-        convention=CONVENTION,
+        convention=replace(CONVENTION, align_corners=align),
         labels=labels_for(num_classes, _class_names(meta), path),
-        input_size=(1024, 2048) if num_classes == 19 else (512, 512),
+        input_size=settings.input_size(num_classes),
+        test_mode=_test_mode(settings),
+        settings_origin=settings.origin,
     )
+
+
+def _test_mode(settings: MMSegSettings) -> TestMode:
+    if settings.test_mode == "slide":
+        assert settings.crop_size is not None and settings.stride is not None
+        return TestMode("slide", settings.crop_size, settings.stride)
+    return TestMode("whole")
+
+
+def _agree(settings: MMSegSettings, kind: str, depth: int, deep_stem: bool, path: Path) -> None:
+    """The config must describe the network the keys hold (a config for another file)."""
+    head = {"psp": "PSPHead", "aspp": "ASPPHead", "fcn": "FCNHead"}.get(kind)
+    if settings.head is not None and settings.head != head:
+        raise SegkdError(f"{path}: {settings.origin} has a {settings.head}, the keys a {head}")
+    if settings.depth is not None and settings.depth != depth:
+        raise SegkdError(f"{path}: {settings.origin} has ResNet-{settings.depth}, the keys {depth}")
+    if deep_stem != (settings.backbone == "ResNetV1c"):
+        raise SegkdError(
+            f"{path}: {settings.origin} has a {settings.backbone} backbone, the keys "
+            f"{'a deep stem (ResNetV1c)' if deep_stem else 'a 7x7 stem (ResNet)'}"
+        )
 
 
 def _class_names(meta: Mapping[str, Any]) -> Sequence[str] | None:

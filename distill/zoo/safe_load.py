@@ -3,8 +3,10 @@
 mmsegmentation checkpoints are {'meta': {...}, 'state_dict': {...}} (meta holds versions,
 the config text, CLASSES/PALETTE; newer ones numpy scalars such as the seed); CIRKD and
 torchvision files are bare state dicts, CIRKD's sometimes with DDP's 'module.' prefix.
-The only non-builtin types allowed are numpy's scalar/array reconstructors and dtypes:
-data, not code. Anything else is refused with one line, and its payload never runs.
+The only non-builtin types allowed are numpy's scalar/array reconstructors and dtypes
+(under numpy 2's names and the numpy 1.x names older files carry) and inert stand-ins for
+training state outside the weights (distill.zoo.inert): data, not code. Anything else is
+refused with one line, and its payload never runs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import torch
 
 from distill.finite_weights import refuse_non_finite
 from distill.weights_only import load_plain_data
+from distill.zoo.inert import training_state_globals
 from runtime.errors import SegkdError
+
+# numpy 2 renamed numpy.core to numpy._core; torch's weights-only unpickler matches the
+# name written in the file, so a file pickled under numpy 1.x names these functions by
+# their old module. The objects are numpy 2's own (the same data reconstructors).
+NUMPY1_NAMES = ("scalar", "_reconstruct")
 
 
 def _numpy_globals() -> list[Any]:
@@ -28,6 +36,8 @@ def _numpy_globals() -> list[Any]:
         np.ndarray,
         np.dtype,
     ]
+    for name in NUMPY1_NAMES:  # the numpy 1.x spelling, as an alias of the same function
+        allowed.append((getattr(core.multiarray, name), f"numpy.core.multiarray.{name}"))
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by their class
     if dtypes is not None:
         for name in dir(dtypes):
@@ -48,7 +58,7 @@ def read_weights_file(path: Path) -> Any:
         noun="",
         advice="load only files from sources you trust",
         not_a="a weights file",
-        allowed_globals=_numpy_globals(),
+        allowed_globals=_numpy_globals() + training_state_globals(),
     )
 
 

@@ -1,6 +1,6 @@
 """DDRNet-23-slim and PIDNet-S against outputs the AUTHORS' code produced
 (tools/golden/realtime_models.py ran ydhongHIT/DDRNet's and XuJiacong/PIDNet's model files,
-commits in the fixtures): weights from tools/golden/formula.py in the upstream key layout,
+commits in the fixtures): weights from tools/golden/realtime_formula.py in the upstream key layout,
 saved as a file and loaded through segkd's own loader (`backbone_weights`, which keeps
 every key whose name and shape fit, as PIDNet's get_seg_model does), then the outputs of
 every head compared in eval mode and in train mode (batch statistics)."""
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from distill.models import build_model
-from tools.golden.formula import input_image, parse_layout, weight_value
+from tools.golden.realtime_formula import input_image, parse_layout, weight_value
 
 GOLDEN = Path(__file__).parent / "golden"
 ARCHS = {"ddrnet23_slim": ("logits", "aux"), "pidnet_s": ("logits", "aux", "boundary")}

@@ -18,7 +18,7 @@ from distill.losses.cwd import channel_wise_loss
 from distill.models import build_model, count_macs, count_params, model_table
 from distill.models.registry import REALTIME
 from runtime.errors import SegkdError
-from tools.golden.formula import parse_layout, weight_value
+from tools.golden.realtime_formula import parse_layout, weight_value
 
 K = 5
 GOLDEN = Path(__file__).parent / "golden"

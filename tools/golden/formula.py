@@ -1,8 +1,17 @@
-"""Weights and inputs anyone can recompute: each tensor's values follow from its key name
-and shape alone (a sinusoid whose frequency and phase come from the SHA-256 of the name),
-so a golden fixture needs to store only the key list, and segkd's tests rebuild the same
-weights in the upstream layout. numpy only: imported by the generators (run in a
-throwaway environment with the upstream code) and by segkd's tests.
+"""Weights and inputs anyone can recompute from a key's name and shape (golden fixtures).
+
+Both sides use this file: the generators run it beside the upstream code in a throwaway
+environment, segkd's tests run it to rebuild the same state dict in the upstream key layout.
+Only hashlib and torch: no upstream code and no segkd code.
+
+value(key, i) = 2 frac(43758.5453 sin(i a + b)) - 1, a in [0.5, 1.5) and b in [0, 2pi)
+from sha256(key): the classic sine hash, spread over [-1, 1) like uniform noise (a plain
+sinusoid is too regular: its convolutions cancel and the outputs lose the input);
+- conv/linear weights: value * sqrt(6 / fan_in) (He-uniform: activations keep their
+  scale through ReLUs and BatchNorm in eval mode, which does not renormalise);
+- BatchNorm weight 1 + 0.1 value, bias / running_mean 0.1 value, running_var
+  1 + 0.5 |value| (positive), num_batches_tracked 0;
+- other 1-D tensors (biases): 0.1 value.
 """
 
 from __future__ import annotations
@@ -10,52 +19,47 @@ from __future__ import annotations
 import hashlib
 import math
 
-import numpy as np
+import torch
 
 
-def weight_value(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 (int64 for BN counters) values for the tensor `name` of `shape`.
+def _wave(key: str, n: int) -> torch.Tensor:
+    h = hashlib.sha256(key.encode()).digest()
+    a = 0.5 + h[0] / 256.0
+    b = 2 * math.pi * h[1] / 256.0
+    i = torch.arange(n, dtype=torch.float64)
+    return 2 * torch.frac(43758.5453 * torch.sin(i * a + b)).abs() - 1
 
-    BN: gamma 1 + 0.2 s, beta/mean 0.1 s, running_var 0.5 + 0.5 s^2 (> 0). Conv/linear
-    weights s * sqrt(3 / fan_in) (variance 1.5 / fan_in); biases 0.1 s.
-    """
-    shape = tuple(int(d) for d in shape)
-    if name.endswith("num_batches_tracked"):
-        return np.zeros(shape, np.int64)
-    digest = hashlib.sha256(name.encode()).digest()
-    freq = 0.05 + digest[0] / 255 * 0.9
-    phase = digest[1] / 255 * 2 * math.pi
-    s = np.sin(freq * np.arange(math.prod(shape), dtype=np.float64) + phase).reshape(shape)
-    if name.endswith("running_var"):
-        v = 0.5 + 0.5 * s * s
-    elif name.endswith("running_mean"):
-        v = 0.1 * s
-    elif len(shape) == 1:
-        v = 1 + 0.2 * s if name.endswith("weight") else 0.1 * s
+
+def weight(key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    n = math.prod(shape)
+    if key.endswith("num_batches_tracked"):
+        return torch.zeros(shape, dtype=torch.long)
+    v = _wave(key, n)
+    leaf = key.rsplit(".", 1)[-1]
+    if len(shape) >= 2:
+        v = v * math.sqrt(6 / (n // shape[0]))
+    elif leaf == "running_var":
+        v = 1 + 0.5 * v.abs()
+    elif leaf == "weight":  # 1-D: a norm layer's scale (conv and linear weights are >= 2-D)
+        v = 1 + 0.1 * v
     else:
-        v = s * math.sqrt(3.0 / math.prod(shape[1:]))
-    return v.astype(np.float32)
+        v = 0.1 * v
+    return v.reshape(shape).to(dtype)
 
 
-def input_image(batch: int, height: int, width: int) -> np.ndarray:
-    """A fixed B x 3 x H x W float32 input with structure at several scales."""
-    b, c, i, j = np.meshgrid(
-        np.arange(batch), np.arange(3), np.arange(height), np.arange(width), indexing="ij"
-    )
-    x = np.sin(0.12 * i + 0.5 * c + b) * np.cos(0.07 * j - 0.3 * c)
-    x += 0.5 * np.sign(np.sin(0.031 * i + 0.017 * j + 0.9 * b))  # large regions with edges
-    x += 0.25 * np.sin(0.9 * (i * j) / 50.0 + c)
-    return x.astype(np.float32)
+def state_dict(layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+    return {k: weight(k, tuple(s)) for k, s in layout}
 
 
-def key_layout(state: dict) -> np.ndarray:
-    """The key list with shapes, as the fixtures store it: 'name:d0xd1x...' strings."""
-    return np.asarray([f"{k}:{'x'.join(map(str, v.shape))}" for k, v in state.items()])
-
-
-def parse_layout(layout: np.ndarray) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for entry in layout.tolist():
-        name, dims = entry.rsplit(":", 1)
-        out[name] = tuple(int(d) for d in dims.split("x")) if dims else ()
-    return out
+def image(h: int, w: int, channels: int = 3) -> torch.Tensor:
+    """A fixed normalised input (1, C, H, W): smooth waves plus a fine pattern, so both
+    large receptive fields and single taps see structure."""
+    y = torch.arange(h, dtype=torch.float64).view(h, 1)
+    x = torch.arange(w, dtype=torch.float64).view(1, w)
+    planes = [
+        torch.sin(0.031 * (c + 1) * y + 0.017 * x + c)
+        + 0.5 * torch.cos(0.23 * x - 0.11 * (c + 2) * y)
+        + 0.25 * torch.sin(1.7 * x * (c + 1) + 2.3 * y)
+        for c in range(channels)
+    ]
+    return torch.stack(planes).unsqueeze(0).float()

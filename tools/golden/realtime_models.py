@@ -1,7 +1,7 @@
 """Golden outputs of the DDRNet-23-slim and PIDNet-S authors' networks (with their
 auxiliary / boundary heads, train and eval mode) and the key layouts of the authors'
 ImageNet classification definitions, run by THEIR code with formula weights
-(tools/golden/formula.py).
+(tools/golden/realtime_formula.py).
 
 Runs outside segkd's environment, in a throwaway venv with torch and numpy, on checkouts
 of github.com/ydhongHIT/DDRNet and github.com/XuJiacong/PIDNet (commits recorded):
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.golden.formula import input_image, key_layout, weight_value
+from tools.golden.realtime_formula import input_image, key_layout, weight_value
 
 H, W = 256, 320  # non-square; the 1/64 branch is 4 x 5, so DAPPM's three pools differ
 

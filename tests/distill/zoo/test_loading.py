@@ -225,3 +225,32 @@ def test_eval_of_a_prefixed_zoo_file(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["num_samples"] == 2 and len(result["iou"]) == 12
     assert result["model"]["input_size"] == [512, 512]
+    assert result["mode"] == "whole"
+
+
+SLIDE_CONFIG = """model = dict(
+    type='EncoderDecoder',
+    backbone=dict(type='ResNetV1c', depth=18, dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
+                  contract_dilation=True, norm_cfg=dict(type='SyncBN', requires_grad=True)),
+    decode_head=dict(type='PSPHead', in_channels=512, in_index=3, channels=128,
+                     pool_scales=(1, 2, 3, 6), num_classes=12, align_corners=True),
+    test_cfg=dict(mode='slide', crop_size=(320, 320), stride=(192, 192)))
+"""
+
+
+def test_eval_runs_the_sliding_window_its_config_names(tmp_path: Path) -> None:
+    """An mmseg file whose stored config tests with mode='slide': `segkd eval` slides by
+    default and reports it; --mode whole overrides (tests/runtime/test_slide.py, and
+    test_mmseg_golden.py for equality with mmseg's slide_inference)."""
+    from distill.data.synthetic import SYNTHETIC
+
+    src = save_mmseg_pspnet_r18(tmp_path / "src.pth", SYNTHETIC.names, 17)
+    obj = torch.load(src, weights_only=True)
+    obj["meta"]["cfg"] = SLIDE_CONFIG
+    path = tmp_path / "pspnet_r18-d8_synthetic_slide.pth"
+    torch.save(obj, path)
+    out = tmp_path / "eval.json"
+    r = _segkd("eval", str(path), *SYN, "--device", "cpu", "--json", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mode: slide (crop 320x320, stride 192x192)" in r.stdout
+    assert json.loads(out.read_text())["mode"] == "slide (crop 320x320, stride 192x192)"

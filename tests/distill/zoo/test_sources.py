@@ -51,9 +51,10 @@ def test_mmseg_checkpoint(tmp_path: Path, depth: int, head: str) -> None:
     state, expected, x = make(ref.mmseg_forward, depth, head, 19)
     path = tmp_path / f"{head}_r{depth}-d8_512x1024_80k_cityscapes.pth"
     # mmseg's published layout: {'meta': {...}, 'state_dict': OrderedDict}, meta with
-    # versions, the config text, class names and palette (and, in newer files, numpy scalars).
+    # versions, class names and palette (and, in newer files, numpy scalars). No config
+    # text here: the d8 defaults are assumed and said so (the configs: test_mmseg_golden).
     meta = {
-        "mmseg_version": "0.11.0", "mmcv_version": "1.2.0", "config": "model = dict(...)",
+        "mmseg_version": "0.11.0", "mmcv_version": "1.2.0",
         "CLASSES": ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
                     "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
                     "truck", "bus", "train", "motorcycle", "bicycle"),
@@ -65,6 +66,9 @@ def test_mmseg_checkpoint(tmp_path: Path, depth: int, head: str) -> None:
     assert teacher.num_classes == 19 and teacher.feat_channels == (128 if depth == 18 else 512)
     assert teacher.labels.names[6] == "traffic light"
     assert teacher.preprocess.color_order == "RGB" and not teacher.convention.align_corners
+    # no stored config: the file's own name is looked up among mmseg's (fcn_r50-d8_... is
+    # a 0.x config name), else the defaults are assumed
+    assert teacher.settings_origin.endswith(("(no stored config)", "(mmsegmentation 1.2.2)"))
     check(teacher, x, expected)
 
 
