@@ -730,8 +730,8 @@ def test_export_on_a_full_disk_keeps_the_old_export(
     real = atomic_io.atomic_output
 
     @contextmanager
-    def full_disk(path, mode="wb"):  # type: ignore[no-untyped-def]
-        with real(path, mode) as f:
+    def full_disk(path, mode="wb", *args, **kw):  # type: ignore[no-untyped-def]
+        with real(path, mode, *args, **kw) as f:
             yield f
             if Path(path).name == "export.json":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

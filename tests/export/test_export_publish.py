@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,8 +69,8 @@ class DiskFull:
         real_output = atomic_io.atomic_output
 
         @contextmanager
-        def output(path: str | Path, mode: str = "wb") -> Iterator[object]:
-            with real_output(path, mode) as f:
+        def output(path: str | Path, mode: str = "wb", *args: Any, **kw: Any) -> Iterator[object]:
+            with real_output(path, mode, *args, **kw) as f:
                 yield f
                 self.tick()  # the bytes are in the temp file; the disk fills before the rename
 
