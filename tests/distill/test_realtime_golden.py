@@ -1,6 +1,6 @@
 """DDRNet-23-slim and PIDNet-S against outputs the AUTHORS' code produced
 (tools/golden/realtime_models.py ran ydhongHIT/DDRNet's and XuJiacong/PIDNet's model files,
-commits in the fixtures): weights from tools/golden/realtime_formula.py in the upstream key layout,
+commits in the fixtures): weights from tools/golden/formula.py in the upstream key layout,
 saved as a file and loaded through segkd's own loader (`backbone_weights`, which keeps
 every key whose name and shape fit, as PIDNet's get_seg_model does), then the outputs of
 every head compared in eval mode and in train mode (batch statistics)."""
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from distill.models import build_model
-from tools.golden.realtime_formula import input_image, parse_layout, weight_value
+from tools.golden.formula import images, parse_layout, state_dict
 
 GOLDEN = Path(__file__).parent / "golden"
 ARCHS = {"ddrnet23_slim": ("logits", "aux"), "pidnet_s": ("logits", "aux", "boundary")}
@@ -25,7 +25,7 @@ def fixture(arch: str):  # type: ignore[no-untyped-def]
 
 
 def formula_file(layout: dict[str, tuple[int, ...]], path: Path, wrap: bool = False) -> Path:
-    state = {k: torch.from_numpy(weight_value(k, shape)) for k, shape in layout.items()}
+    state = state_dict(list(layout.items()))
     torch.save({"state_dict": state} if wrap else state, path)
     return path
 
@@ -52,17 +52,18 @@ def test_every_head_equals_the_authors_network(arch: str, tmp_path: Path) -> Non
     weights = formula_file(parse_layout(gold["layout"]), tmp_path / "w.pth", arch == "pidnet_s")
     model = build_model(arch, 19, backbone_weights=str(weights))
     assert model.backbone_report["missing"] == [] and model.backbone_report["mismatched"] == []
-    x = torch.from_numpy(input_image(*(int(v) for v in gold["size"][[0, 2, 3]])))
+    x = images(*(int(v) for v in gold["size"][[0, 2, 3]]))
     for mode in ("eval", "train"):
         model.train(mode == "train")
         with torch.no_grad():
             out = model.extract(x, with_aux=True)
-        # Train mode normalises by batch statistics, which amplify float32 summation-order
-        # noise (1 thread here against 4 upstream: up to 5e-5); eval mode agrees to 1e-6.
-        tol = 2e-4 if mode == "train" else 2e-5
         for name in ARCHS[arch]:
             y = out[name].double().numpy()
             key = f"{mode}_{name}"
+            # float32 summation-order noise (1 thread here, 2 upstream) grows with the
+            # output's scale (eval logits: channel std up to 23); measured at most 9e-7
+            # of this scale, so 1e-5 leaves room for another CPU's kernels.
+            tol = 1e-5 * max(1.0, float(gold[key + "_std"].max()))
             np.testing.assert_allclose(
                 y.mean(axis=(2, 3)), gold[key + "_mean"], atol=tol, err_msg=key
             )

@@ -18,7 +18,7 @@ from distill.losses.cwd import channel_wise_loss
 from distill.models import build_model, count_macs, count_params, model_table
 from distill.models.registry import REALTIME
 from runtime.errors import SegkdError
-from tools.golden.realtime_formula import parse_layout, weight_value
+from tools.golden.formula import parse_layout, state_dict
 
 K = 5
 GOLDEN = Path(__file__).parent / "golden"
@@ -123,7 +123,7 @@ def _upstream_layout(arch: str, key: str) -> dict[str, tuple[int, ...]]:
 
 
 def _formula_state(layout: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(weight_value(k, shape)) for k, shape in layout.items()}
+    return state_dict(list(layout.items()))
 
 
 def _ddrnet_imagenet_state(model: nn.Module | None = None) -> dict[str, torch.Tensor]:

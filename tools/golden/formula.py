@@ -12,6 +12,9 @@ sinusoid is too regular: its convolutions cancel and the outputs lose the input)
 - BatchNorm weight 1 + 0.1 value, bias / running_mean 0.1 value, running_var
   1 + 0.5 |value| (positive), num_batches_tracked 0;
 - other 1-D tensors (biases): 0.1 value.
+A fixture stores the key layout (key_layout: 'name:d0xd1x...' strings) and its input's size;
+image(H, W) is the input, images(N, H, W) a batch of shifted views of the same pattern
+(image 0 is image(H, W)) for networks whose train mode needs more than one image.
 """
 
 from __future__ import annotations
@@ -51,11 +54,26 @@ def state_dict(layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Ten
     return {k: weight(k, tuple(s)) for k, s in layout}
 
 
-def image(h: int, w: int, channels: int = 3) -> torch.Tensor:
+def key_layout(state: dict[str, torch.Tensor]) -> list[str]:
+    """A state dict's keys and shapes as 'name:d0xd1x...' strings (how a fixture stores them)."""
+    return [f"{k}:{'x'.join(map(str, v.shape))}" for k, v in state.items()]
+
+
+def parse_layout(entries) -> dict[str, tuple[int, ...]]:  # type: ignore[no-untyped-def]
+    """key_layout's strings (a list or a numpy string array) back to {name: shape}."""
+    out = {}
+    for entry in entries:
+        name, dims = str(entry).rsplit(":", 1)
+        out[name] = tuple(int(d) for d in dims.split("x")) if dims else ()
+    return out
+
+
+def image(h: int, w: int, channels: int = 3, shift: int = 0) -> torch.Tensor:
     """A fixed normalised input (1, C, H, W): smooth waves plus a fine pattern, so both
-    large receptive fields and single taps see structure."""
-    y = torch.arange(h, dtype=torch.float64).view(h, 1)
-    x = torch.arange(w, dtype=torch.float64).view(1, w)
+    large receptive fields and single taps see structure. `shift` moves the origin
+    diagonally by that many pixels (another view of the same pattern)."""
+    y = torch.arange(shift, shift + h, dtype=torch.float64).view(h, 1)
+    x = torch.arange(shift, shift + w, dtype=torch.float64).view(1, w)
     planes = [
         torch.sin(0.031 * (c + 1) * y + 0.017 * x + c)
         + 0.5 * torch.cos(0.23 * x - 0.11 * (c + 2) * y)
@@ -63,3 +81,9 @@ def image(h: int, w: int, channels: int = 3) -> torch.Tensor:
         for c in range(channels)
     ]
     return torch.stack(planes).unsqueeze(0).float()
+
+
+def images(n: int, h: int, w: int, channels: int = 3) -> torch.Tensor:
+    """(N, C, H, W): image(h, w) and n - 1 views shifted by 37 pixels each, so batch
+    statistics (BatchNorm in train mode) mix images that differ."""
+    return torch.cat([image(h, w, channels, shift=37 * i) for i in range(n)])

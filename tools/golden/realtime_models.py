@@ -1,7 +1,7 @@
 """Golden outputs of the DDRNet-23-slim and PIDNet-S authors' networks (with their
 auxiliary / boundary heads, train and eval mode) and the key layouts of the authors'
 ImageNet classification definitions, run by THEIR code with formula weights
-(tools/golden/realtime_formula.py).
+(tools/golden/formula.py, the zoo fixtures' formula).
 
 Runs outside segkd's environment, in a throwaway venv with torch and numpy, on checkouts
 of github.com/ydhongHIT/DDRNet and github.com/XuJiacong/PIDNet (commits recorded):
@@ -10,7 +10,7 @@ of github.com/ydhongHIT/DDRNet and github.com/XuJiacong/PIDNet (commits recorded
         --pidnet PIDNET --pidnet-commit SHA --out tests/distill/golden
 
 Writes realtime_ddrnet23_slim.npz and realtime_pidnet_s.npz: the segmentation network's
-key layout, its outputs on `formula.input_image(2, H, W)` (image 0 as float16, and
+key layout, its outputs on `formula.images(2, H, W)` (image 0 as float16, and
 per-image per-channel mean / std as float64) in eval mode and then in train mode (batch
 statistics), and the ImageNet layout. The only change to the upstream code: DDRNet's
 segmentation file sets BatchNorm2d = nn.SyncBatchNorm, which needs a process group; on
@@ -25,9 +25,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.golden.realtime_formula import input_image, key_layout, weight_value
+from tools.golden import formula
 
 H, W = 256, 320  # non-square; the 1/64 branch is 4 x 5, so DAPPM's three pools differ
 
@@ -39,20 +41,11 @@ def load_module(path: Path, name: str):  # type: ignore[no-untyped-def]
     return module
 
 
-def formula_state(model):  # type: ignore[no-untyped-def]
-    import torch
-
-    return {
-        k: torch.from_numpy(weight_value(k, tuple(v.shape))) for k, v in model.state_dict().items()
-    }
-
-
 def run(model, names: list[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     """Eval-mode outputs first (running statistics), then train mode (batch statistics)."""
-    import torch
-
-    model.load_state_dict(formula_state(model), strict=True)
-    x = torch.from_numpy(input_image(2, H, W))
+    layout = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    model.load_state_dict(formula.state_dict(layout), strict=True)
+    x = formula.images(2, H, W)
     out: dict[str, np.ndarray] = {}
     for mode in ("eval", "train"):
         model.train(mode == "train")
@@ -75,9 +68,6 @@ def main() -> None:
     ap.add_argument("--pidnet-commit", required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    import torch
-    from torch import nn
-
     torch.manual_seed(0)
     versions = f"torch {torch.__version__}, numpy {np.__version__}"
 
@@ -91,9 +81,9 @@ def main() -> None:
         "upstream": np.asarray(f"github.com/ydhongHIT/DDRNet@{args.ddrnet_commit}"),
         "versions": np.asarray(versions),
         "size": np.asarray([2, 3, H, W]),
-        "layout": key_layout(ddr.state_dict()),
+        "layout": np.asarray(formula.key_layout(ddr.state_dict())),
         # classification/DDRNet_23_slim.py get_model(): what DDRNet23s_imagenet.pth holds.
-        "imagenet_layout": key_layout(cls.get_model().state_dict()),
+        "imagenet_layout": np.asarray(formula.key_layout(cls.get_model().state_dict())),
         **run(ddr, ["logits", "aux"]),  # forward returns [x_, x_extra]
     }
     np.savez_compressed(args.out / "realtime_ddrnet23_slim.npz", **ddr_out)
@@ -107,7 +97,7 @@ def main() -> None:
         "upstream": np.asarray(f"github.com/XuJiacong/PIDNet@{args.pidnet_commit}"),
         "versions": np.asarray(versions),
         "size": np.asarray([2, 3, H, W]),
-        "layout": key_layout(pid.state_dict()),
+        "layout": np.asarray(formula.key_layout(pid.state_dict())),
         # No ImageNet definition is published: get_seg_model keeps every key of the file's
         # ['state_dict'] whose name and shape match the segmentation network (this layout).
         **run(pid, ["aux", "logits", "boundary"]),  # [x_extra_p, x_, x_extra_d]
