@@ -148,7 +148,8 @@ def test_exported_file_matches_fake_quant_within_one_step(runs) -> None:
         want = fake_quant_activation(x_in, torch.tensor(s)).numpy()
         got = values[dq_out].astype(np.float32)
         assert np.abs(got - want).max() <= s * 1.01, dq_out
-        exact += int(np.sum(np.abs(got - want) <= s * 1e-2))
+        # the same int8 code (the DQ output itself is rounded to fp16, ~0.06 step at 127)
+        exact += int(np.sum(np.abs(got - want) < s * 0.5))
         total += got.size
     assert exact / total > 0.999
 
