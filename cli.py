@@ -387,6 +387,55 @@ def distill(
 
 
 @app.command()
+def qat(
+    checkpoint: Annotated[Path, typer.Argument(help="fp32 student checkpoint (.pt)")],
+    out: Annotated[Path, typer.Option(help="folder for qat.pt and qat.json")],
+    input_size: Annotated[
+        str | None,
+        typer.Option(help="deploy HxW the INT8 file will have (default: the checkpoint's)"),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="dataset SPEC (default: the checkpoint's)")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="fine-tuning steps")] = 200,
+    batch_size: Annotated[int, typer.Option(help="images per step")] = 2,
+    train_images: Annotated[int, typer.Option(help="train-split images QAT draws from")] = 64,
+    calib_images: Annotated[int, typer.Option(help="images of the initial calibration")] = 32,
+    int8_method: Annotated[
+        str, typer.Option(help="initial calibration: minmax, entropy, percentile")
+    ] = "minmax",
+    lr: Annotated[float, typer.Option(help="SGD learning rate of the Conv weights")] = 1e-4,
+    scale_lr: Annotated[
+        float, typer.Option(help="Adam learning rate of the activation scales")
+    ] = 1e-3,
+    learn_scales: Annotated[
+        bool, typer.Option(help="learn the activation scales (LSQ) or keep the calibrated ones")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="seed of the image draw and the batches")] = 0,
+) -> None:
+    """Quantization-aware distillation into the TensorRT INT8 graph; `segkd export` of qat.pt
+    then writes the INT8 files from the learned scales, without calibration."""
+    from distill.qat.stage import QAT_FILE, QAT_JSON, run_qat
+    from distill.qat.train import QatOptions
+
+    refuse_overwriting_inputs(
+        {f"--out ({n})": out / n for n in (QAT_FILE, QAT_JSON)}, {"the checkpoint": checkpoint}
+    )
+    opts = QatOptions(steps=steps, batch_size=batch_size, lr=lr, scale_lr=scale_lr,
+                      learn_scales=learn_scales, seed=seed)  # fmt: skip
+    summary = run_qat(
+        checkpoint, out, input_size=_size(input_size, "--input-size"), data=data,
+        calib_images=calib_images, train_images=train_images, method=int8_method,
+        sample_seed=seed, opts=opts, progress=console.print,
+    )  # fmt: skip
+    t = summary["training"]
+    console.print(
+        f"QAT: {t['steps']} steps in {t['seconds']:.0f} s, KD loss {t['loss_first']:.4g} -> "
+        f"{t['loss_last']:.4g}; export with `segkd export {out / QAT_FILE} --out DIR`"
+    )
+
+
+@app.command()
 def export(
     checkpoint: Annotated[
         Path, typer.Argument(help="student checkpoint (.pt) from segkd train/distill")

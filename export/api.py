@@ -262,6 +262,7 @@ def export_checkpoint(
     pre = pre.with_input_size(size)
     if input_dtype == "uint8":
         pre = pre.uint8_input()
+    qat = _qat_state(ckpt, ckpt_path, size, dynamic, input_dtype)  # None: calibrate (PTQ)
     data_spec = calib_data or str((ckpt.get("config") or {}).get("data") or "synthetic")
     out = Path(out_dir)
     _user_entries(out)  # refuses a folder that is not an export before the long work
@@ -314,7 +315,7 @@ def export_checkpoint(
         )  # fmt: skip
         if variants:
             _quantize(staging, staged, variants, data_spec, calib_images, sample_seed,
-                      int8_method, pre, meta_base, manifest, say)  # fmt: skip
+                      int8_method, pre, meta_base, manifest, say, qat)  # fmt: skip
         ref_labels = _verify_onnx(
             model, staged, val, val_raw, pre, dynamic, labels, with_gt, tol, say, label_stride
         )
@@ -519,7 +520,11 @@ def _quantize(
     meta_base: dict[str, Any],
     manifest: Manifest,
     say: Callable[[str], None],
+    qat: dict[str, Any] | None = None,
 ) -> None:
+    if qat is not None:  # quantization-aware training already fixed every scale
+        _quantize_from_qat(staging, staged, variants, qat, meta_base, manifest, say)
+        return
     say(f"sampling {calib_images} calibration images: {data_spec} train (seed {seed})")
     calib = SampledSplit(data_spec, "train", calib_images, seed)
     reader = SampleReader(INPUT_NAME, calib, pre)  # reads each image when it is calibrated on
@@ -548,6 +553,53 @@ def _quantize(
                     f"{recipe.file}: calibrated activations exceed fp16's safe range, so the "
                     "graph stays fp32 between its Q/DQ nodes (TensorRT runs those parts in fp32)"
                 )
+        if recipe.symmetric_only:
+            quant["zero_points"] = "all int8 zero (checked)"
+        _stage(staging, a, meta_base, {"quantization": quant})
+        staged[key] = a
+
+
+def _qat_state(
+    ckpt: dict[str, Any], path: Path, size: tuple[int, int], dynamic: bool, input_dtype: str
+) -> dict[str, Any] | None:
+    """A QAT checkpoint's state (`segkd qat`), checked against the export options."""
+    if "qat" not in ckpt:
+        return None
+    from distill.qat.checkpoint import check_qat_state
+    from distill.qat.deploy import check_export_options
+
+    qat = check_qat_state(ckpt["qat"], str(path))
+    check_export_options(qat, size, dynamic, input_dtype, str(path))
+    return qat
+
+
+def _quantize_from_qat(
+    staging: Path,
+    staged: dict[str, _Staged],
+    variants: list[str],
+    qat: dict[str, Any],
+    meta_base: dict[str, Any],
+    manifest: Manifest,
+    say: Callable[[str], None],
+) -> None:
+    """The INT8 files from a QAT checkpoint's learned weights and scales: no calibration."""
+    from distill.qat.deploy import int8_from_qat
+
+    manifest.calibration = {
+        "source": "quantization-aware training (segkd qat): learned scales, no calibration here",
+        "qat_calibration": qat["export"].get("calibration"),
+        "qat_training": {k: v for k, v in qat.get("training", {}).items() if k != "train_images"},
+    }
+    for variant in variants:
+        recipe = RECIPES[variant]
+        say(f"writing INT8 ({variant}) from the QAT checkpoint's scales")
+        proto = int8_from_qat(staged["fp32"].proto, qat, recipe)
+        key = "int8" if variant == "tensorrt" else f"int8-{variant}"
+        a = _Staged(key, recipe.file, "int8", variant, proto, ship=True)
+        quant = {**recipe.describe(), "method": "qat", "qdq_nodes": count_qdq(proto)}
+        if recipe.mixed_fp16:
+            quant["placement"] = placement_summary(proto)
+            quant["high_precision"] = quant["placement"]["high_precision"]
         if recipe.symmetric_only:
             quant["zero_points"] = "all int8 zero (checked)"
         _stage(staging, a, meta_base, {"quantization": quant})

@@ -102,6 +102,16 @@ DEFAULTS: dict[str, Any] = {
         "min_fp16": 0.99,
         "min_int8": 0.90,
     },
+    # Quantization-aware distillation after the export (`segkd qat`, docs/notes/qat.md):
+    # steps 0 = off. The INT8 files it writes go to export-qat/, beside the PTQ ones.
+    "qat": {
+        "steps": 0,
+        "batch_size": 2,
+        "train_images": 64,
+        "lr": 1e-4,
+        "scale_lr": 1e-3,
+        "learn_scales": True,
+    },
     "eval": {"split": "val", "max_images": 100, "max_drop": None},
     "bench": {"iters": 20, "warmup": 3, "threads": None},
     "report": {"examples": 3},

@@ -495,6 +495,14 @@ def _machine_section(machine: Mapping[str, Any] | None) -> list[str]:
     return [*out, md_table(["", ""], rows)]  # a key/value table: no header text
 
 
+def _qat_section(qat: Mapping[str, Any] | None) -> list[str]:
+    if not qat:
+        return []
+    from distill.qat.report import markdown
+
+    return markdown(dict(qat))
+
+
 def render_markdown(report: Mapping[str, Any], figs: Mapping[str, Path], out_dir: Path) -> str:
     head = [f"# {report.get('title') or 'segkd pipeline report'}", ""]
     meta = [f"created {report['created']}" if report.get("created") else None]
@@ -506,6 +514,7 @@ def render_markdown(report: Mapping[str, Any], figs: Mapping[str, Path], out_dir
         _models_section(report),
         _distillation_section(report),
         _artifacts_section(report),
+        _qat_section(report.get("qat")),
         _class_iou_section(report),
         _figures_section(figs, out_dir),
         _skipped_section(report.get("skipped") or []),

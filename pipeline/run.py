@@ -301,6 +301,40 @@ class Pipeline:
         self.skipped.extend(data.get("skipped", []))
         return data
 
+    def qat(self, student: Path, ptq: dict[str, Any]) -> dict[str, Any]:
+        """`segkd qat` on the exported student, then its INT8 files; PTQ beside QAT."""
+        from distill.qat.report import comparison
+        from distill.qat.stage import QAT_FILE, QAT_JSON, run_qat
+        from distill.qat.train import QatOptions
+
+        q, e = self.cfg["qat"], self.cfg["export"]
+        folder, exported = self.out / "qat", self.out / "export-qat"
+        size = tuple(ptq["options"]["input_size"])
+
+        def run() -> None:
+            from export.api import Tolerances, export_checkpoint
+
+            opts = QatOptions(steps=int(q["steps"]), batch_size=int(q["batch_size"]),
+                              lr=float(q["lr"]), scale_lr=float(q["scale_lr"]),
+                              learn_scales=bool(q["learn_scales"]), seed=int(self.cfg["seed"]))  # fmt: skip
+            run_qat(student, folder, input_size=size, data=self.cfg["data"],
+                    calib_images=int(e["calib_images"]), train_images=int(q["train_images"]),
+                    method=e["int8_method"], opts=opts,
+                    progress=lambda msg: self.log(f"  qat: {msg}"))  # fmt: skip
+            export_checkpoint(folder / QAT_FILE, exported, precisions="int8",
+                              calib_data=self.cfg["data"], verify_images=int(e["verify_images"]),
+                              int8_variants=e["int8_variants"], build_engines=False,
+                              tolerances=Tolerances(int8_min_agreement=float(e["min_int8"])))  # fmt: skip
+
+        self.runner.run(
+            Step("qat", run, outputs=[folder / QAT_FILE, exported / "export.json"],
+                 inputs=[student], settings=section_hash_view(self.cfg, "data", "export", "qat"))
+        )  # fmt: skip
+        distill = [r["seconds"] for r in self.runner.record if r["step"] == "distill" and r["ran"]]
+        return comparison(ptq, json.loads((exported / "export.json").read_text()),
+                          json.loads((folder / QAT_JSON).read_text()),
+                          distill[0] if distill else None)  # fmt: skip
+
     # -- measurement -------------------------------------------------------------------------
     def evaluate(self, name: str, key: str, model: str | Path, backend: str) -> dict[str, Any]:
         """mIoU of `model` (a file, or a zoo SPEC such as mmseg:FILE, scored in the zoo
@@ -503,6 +537,7 @@ def run_pipeline(
     p.alone()
     _, baseline_ckpt, student_ckpt = runs_by_seed[0]
     manifest = p.export(student_ckpt)
+    qat = p.qat(student_ckpt, manifest) if int(cfg["qat"]["steps"]) > 0 else None
 
     # Every model is scored on the same val images, so the numbers compare.
     ev_teacher = p.evaluate("teacher (torch)", "teacher", teacher_ckpt, "torch")
@@ -602,6 +637,7 @@ def run_pipeline(
             },
         },
         "artifacts": artifacts,
+        "qat": qat,
         "max_drop": max_drop,
         "gate_passed": None if max_drop is None else not failing,
         "steps": p.runner.record,

@@ -1,0 +1,114 @@
+"""`segkd qat`: fp32 student checkpoint -> QAT checkpoint (qat.pt) + its facts (qat.json)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from distill.qat.checkpoint import qat_state
+from distill.qat.graph_module import QuantGraph
+from distill.qat.structure import build_structure
+from distill.qat.train import QatOptions, train_qat
+from runtime.errors import SegkdError
+
+log = logging.getLogger(__name__)
+
+QAT_FILE = "qat.pt"
+QAT_JSON = "qat.json"
+
+
+def run_qat(
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    *,
+    input_size: tuple[int, int] | None = None,
+    data: str | None = None,
+    calib_images: int = 32,
+    train_images: int = 64,
+    method: str = "minmax",
+    sample_seed: int = 0,
+    opts: QatOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Quantization-aware fine-tuning of a student in its TensorRT INT8 graph.
+
+    Writes out_dir/qat.pt (a checkpoint `segkd export` turns into INT8 files without
+    calibration) and out_dir/qat.json; returns the latter's content.
+    """
+    from distill.checkpoint import atomic_torch_save, checkpoint_specs, load_model
+    from export.calibration import SampledSplit, SampleReader, prepare
+    from export.onnx_fp32 import INPUT_NAME, export_fp32
+    from runtime.atomic_io import write_json_atomic
+
+    say = progress or log.info
+    opts = opts or QatOptions()
+    for name, n in (("--calib-images", calib_images), ("--train-images", train_images),
+                    ("--steps", opts.steps), ("--batch-size", opts.batch_size)):  # fmt: skip
+        if not isinstance(n, int) or n < 1:
+            raise SegkdError(f"{name} must be a positive integer, got {n!r}")
+    model, ckpt = load_model(ckpt_path)
+    if "qat" in ckpt:
+        raise SegkdError(f"{ckpt_path} is already a QAT checkpoint; give the fp32 student")
+    _, pre = checkpoint_specs(ckpt)
+    size = tuple(input_size or pre.input_size)
+    pre = pre.with_input_size(size)
+    data_spec = data or str((ckpt.get("config") or {}).get("data") or "synthetic")
+    out = Path(out_dir)
+
+    started = time.perf_counter()
+    say(f"exporting the fp32 graph at {size[0]}x{size[1]}")
+    fp32 = export_fp32(model, input_size=size, output="labels").model
+    say(f"calibrating ({method}, {calib_images} images of {data_spec} train)")
+    calib = SampledSplit(data_spec, "train", calib_images, sample_seed)
+    structure = build_structure(fp32, SampleReader(INPUT_NAME, calib, pre), method)
+    prepared_s = time.perf_counter() - started
+    say(
+        f"fake quantization at {len(structure.placement.activations)} activation points "
+        f"({len(structure.scales)} scales), {len(structure.placement.weights)} weight Convs"
+    )
+    train_split = SampledSplit(data_spec, "train", train_images, sample_seed)
+    images = [p.x for p in prepare(list(train_split), pre)]
+    graph = QuantGraph(structure.graph, structure.placement, structure.scales)
+
+    def tick(step: int, loss: float) -> None:
+        if step == 1 or step % max(1, opts.steps // 10) == 0 or step == opts.steps:
+            say(f"QAT step {step}/{opts.steps}: KD loss {loss:.4g}")
+
+    training = train_qat(graph, images, opts, tick)
+    training.update(
+        options=opts.to_dict(),
+        train_images=train_split.describe(),
+        preparation_seconds=prepared_s,
+        scales="learned" if opts.learn_scales else "fixed (calibration)",
+    )
+    qat = qat_state(
+        weights=graph.float_weights(),
+        placement=structure.placement,
+        scales=graph.learned_scales() if opts.learn_scales else structure.scales,
+        ranges=structure.ranges,
+        export={
+            "input_size": list(size),
+            "input_dtype": "float32",
+            "output": "labels",
+            "calibration_method": method,
+            "calibration": calib.describe(),
+        },
+        training=training,
+    )
+    summary = {
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "arch": ckpt["arch"],
+        "input_size": list(size),
+        "activation_points": len(structure.placement.activations),
+        "scale_groups": len(structure.scales),
+        "weight_convs": len(structure.placement.weights),
+        "training": training,
+        "total_seconds": time.perf_counter() - started,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({**ckpt, "qat": qat}, out / QAT_FILE)
+    write_json_atomic(summary, out / QAT_JSON)
+    return summary

@@ -1,0 +1,123 @@
+"""Fine-tune the fake-quant graph to reproduce the fp32 student (and its teacher's view).
+
+The loss is knowledge distillation from the fp32 student itself: the same graph run
+without fake quantization gives the soft targets (pixel-wise KL at temperature T), so the
+objective is the deploy metric, agreement with fp32, made differentiable. The teacher is
+not in this loop (docs/notes/qat.md says why and what that costs).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distill.qat.graph_module import QuantGraph
+
+
+@dataclass(frozen=True)
+class QatOptions:
+    steps: int = 200
+    batch_size: int = 2
+    # Conv weights and biases: SGD with momentum, preconditioned as the unfolded network
+    # (precondition_folded). Adam's per-weight normalised steps drifted small channels and
+    # lowered agreement; so did plain SGD on folded kernels (docs/notes/qat.md).
+    lr: float = 1e-4
+    scale_lr: float = 1e-3  # activation log-scales (Adam, LSQ gradient): ~0.1 % a step
+    learn_scales: bool = True
+    temperature: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def precondition_folded(weights: Sequence[torch.Tensor]) -> list:
+    """Step folded Conv kernels as SGD would step the unfolded ones (gradient hooks).
+
+    A kernel W' = k W carries its BatchNorm's per-channel factor k; SGD on W' moves it by
+    lr * g / k where SGD on W (what trained the student) moves W' by lr * k^2 * g / k... so
+    channels with a small k get relatively huge steps on W' and the ones with a large k
+    none. Multiplying the gradient by k^2 restores the trained parametrisation. k is
+    estimated per output channel as rms(W') / sqrt(2 / fan_in), the He-init rms the
+    unfolded kernel has (weight decay keeps it there).
+    """
+    handles = []
+    for w in weights:
+        fan_in = w[0].numel()
+        rms = w.detach().pow(2).flatten(1).mean(dim=1).sqrt()
+        k2 = (rms / math.sqrt(2.0 / fan_in)).pow(2).view(-1, *([1] * (w.dim() - 1)))
+        handles.append(w.register_hook(lambda g, k2=k2: g * k2))
+    return handles
+
+
+def kd_loss(student: torch.Tensor, target: torch.Tensor, t: float) -> torch.Tensor:
+    """Mean over pixels of KL(softmax(target/t) || softmax(student/t)) * t^2."""
+    log_p = F.log_softmax(student / t, dim=1)
+    q = F.softmax(target / t, dim=1)
+    return (q * (torch.log(q.clamp_min(1e-12)) - log_p)).sum(dim=1).mean() * t * t
+
+
+def train_qat(
+    graph: QuantGraph,
+    images: Sequence[np.ndarray],
+    opts: QatOptions,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Run `opts.steps` Adam steps on random batches of `images` (1x3xHxW float32 each).
+
+    Returns the facts the report needs: steps, seconds, first/last loss.
+    """
+    gen = torch.Generator().manual_seed(opts.seed)
+    hooks = precondition_folded(graph.conv_weight_parameters())
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.SGD(graph.weight_parameters(), lr=opts.lr, momentum=0.9)
+    ]
+    if opts.learn_scales:
+        optimizers.append(torch.optim.Adam(graph.scale_parameters(), lr=opts.scale_lr))
+    else:
+        for p in graph.scale_parameters():
+            p.requires_grad_(False)
+    # The soft targets come from the fp32 student as it was, not from the weights being
+    # tuned: a frozen copy of the graph run without fake quantization.
+    reference = copy.deepcopy(graph).requires_grad_(False)
+    reference.quantize = False
+    data = torch.from_numpy(np.concatenate(list(images), axis=0))
+    losses: list[float] = []
+    started = time.perf_counter()
+    for step in range(opts.steps):
+        idx = torch.randint(len(data), (opts.batch_size,), generator=gen)
+        x = data[idx]
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(-1)  # horizontal flip: more views of few images
+        with torch.no_grad():
+            target = reference(x)
+        loss = kd_loss(graph(x), target, opts.temperature)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"QAT loss is {value} at step {step}")
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        losses.append(value)
+        if progress is not None:
+            progress(step + 1, value)
+    seconds = time.perf_counter() - started
+    for h in hooks:
+        h.remove()
+    window = max(1, min(10, len(losses)))
+    return {
+        "steps": opts.steps,
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(1, opts.steps),
+        "loss_first": float(np.mean(losses[:window])) if losses else None,
+        "loss_last": float(np.mean(losses[-window:])) if losses else None,
+    }
