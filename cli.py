@@ -48,8 +48,8 @@ def _spec_folder(spec: str | None) -> Path | None:
 # What `segkd train`/`distill` write into --out, and `segkd pipeline` into its --out: an
 # input there under one of these names would be overwritten (others are left alone).
 TRAIN_WRITES = ("best.pt", "last.pt", "resume.pt", "summary.json", "metrics.jsonl", "*.tmp")
-PIPELINE_WRITES = ("teacher", "baseline*", "student*", "export", "eval", "bench", "figures",
-                   "report.*", ".steps")  # fmt: skip
+PIPELINE_WRITES = ("teacher", "baseline*", "student*", "export", "qat", "export-qat", "eval",
+                   "bench", "figures", "report.*", ".steps")  # fmt: skip
 
 
 def _write_json(path: Path | None, data: Any) -> None:
@@ -418,8 +418,9 @@ def qat(
     from distill.qat.stage import QAT_FILE, QAT_JSON, run_qat
     from distill.qat.train import QatOptions
 
-    refuse_overwriting_inputs(
-        {f"--out ({n})": out / n for n in (QAT_FILE, QAT_JSON)}, {"the checkpoint": checkpoint}
+    guard_outputs(
+        [Output("--out", out, "folder", (QAT_FILE, QAT_JSON, "*.tmp"))],
+        {"the checkpoint": checkpoint, "the dataset folder": _spec_folder(data)},
     )
     opts = QatOptions(steps=steps, batch_size=batch_size, lr=lr, scale_lr=scale_lr,
                       learn_scales=learn_scales, seed=seed)  # fmt: skip
