@@ -28,6 +28,10 @@ FORMAT_VERSION = 1
 EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
 
 
+# How torch's zip writer words a write that did not reach the disk (inline_container.cc).
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save through a temporary file and a rename: a crash never leaves half a file.
     A failed write (full disk, quota, size limit) is one line naming the file: torch's zip
@@ -41,8 +45,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         cause = e if isinstance(e, OSError) else e.__context__
         if isinstance(cause, OSError):
             reason = cause.strerror or str(cause)
-        else:
-            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        elif any(m in str(e) for m in _TORCH_WRITE_FAILURES):
+            reason = str(e).strip().splitlines()[0][:120]
+        else:  # not a write failure (e.g. an object that cannot be pickled): a bug, not the disk
+            raise
         import shutil
 
         free = shutil.disk_usage(Path(path).parent).free

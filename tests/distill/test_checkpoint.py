@@ -76,7 +76,12 @@ def test_other_files_are_not_checkpoints(tmp_path: Path) -> None:
 def test_weights_of_another_class_count_do_not_load(tmp_path: Path) -> None:
     path = _ckpt(tmp_path)
     ckpt = torch.load(path, weights_only=True)
-    ckpt["num_classes"] = 5  # metadata says 5, weights hold 3
+    ckpt["num_classes"] = 5  # metadata says 5 (labels too, consistently), weights hold 3
+    ckpt["labels"] = {
+        **ckpt["labels"],
+        "names": [*ckpt["labels"]["names"], "d", "e"],
+        "palette": [*ckpt["labels"]["palette"], [1, 2, 3], [4, 5, 6]],
+    }
     bad = tmp_path / "mismatch.pt"
     atomic_torch_save(ckpt, bad)
     with pytest.raises(SegkdError, match="do not fit pspnet_r18 with 5 classes"):
