@@ -338,7 +338,11 @@ def test_int8_files_give_the_same_labels_on_a_cpu_without_vnni(full, tmp_path: P
     np.save(tmp_path / "x.npy", x)
     script = tmp_path / "labels.py"
     script.write_text(_LABELS_SCRIPT)
-    for name in ("model.int8-cpu.onnx", "model.int8.onnx"):
+    # The CPU variant (7-bit weights) is the file made to agree everywhere. The TensorRT
+    # variant keeps 8-bit weights for TensorRT, so on CPUs its u8s8 kernels differ by ISA:
+    # it agreed on 99.9 % against an AMD VNNI host, 99.73 % against an Intel AMX host
+    # (2026-12, the same commit); it is held to 99.5 %.
+    for name, bound in (("model.int8-cpu.onnx", 0.999), ("model.int8.onnx", 0.995)):
         native, emulated = tmp_path / "native.npy", tmp_path / "emulated.npy"
         args = [str(script), str(tmp_path / "x.npy"), str(full.out_dir / name)]
         subprocess.run([sys.executable, *args, str(native)], check=True)
@@ -347,7 +351,7 @@ def test_int8_files_give_the_same_labels_on_a_cpu_without_vnni(full, tmp_path: P
             check=True, stderr=subprocess.DEVNULL, timeout=600,
         )  # fmt: skip
         same = float((np.load(native) == np.load(emulated)).mean())
-        assert same >= 0.999, (name, same)
+        assert same >= bound, (name, same)
 
 
 def test_dynamic_logits_export_at_other_sizes(ckpt: Path, tmp_path: Path) -> None:
