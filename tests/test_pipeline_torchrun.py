@@ -54,7 +54,11 @@ def test_pipeline_under_torchrun_trains_on_both_ranks_and_reports_once(tmp_path:
     assert "position_readout" in load_checkpoint(out / "teacher" / "best.pt")  # rank 0 fit it
     manifest = json.loads((out / "export" / "export.json").read_text())
     assert [a["file"] for a in manifest["artifacts"]] == ["model.onnx"]
-    assert sorted(p.name for p in (out / "export").iterdir()) == ["export.json", "model.onnx", "reference.npz"]
+    assert sorted(p.name for p in (out / "export").iterdir()) == [
+        "export.json",
+        "model.onnx",
+        "reference.npz",
+    ]
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.md").is_file()
     assert [s["step"] for s in report["steps"] if s["ran"]][:3] == [
