@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from distill.losses.boundary import (
-    BAS_THRESHOLD,
     BAS_WEIGHT,
     BOUNDARY_WEIGHT,
     balanced_bce_every_pixel,
+    boundary_aware_labels,
     canny_boundary_targets,
 )
 from distill.losses.ohem import (
@@ -78,12 +78,7 @@ class OhemSegmentationLoss(nn.Module):
         if boundary is not None:
             boundary = to_label_size(boundary, labels, self.align_corners)
             terms["boundary"] = balanced_bce_every_pixel(boundary, canny_boundary_targets(labels))
-            with torch.no_grad():  # the gate is a label choice, not differentiated
-                gated = torch.where(
-                    torch.sigmoid(boundary[:, 0]) > BAS_THRESHOLD,
-                    labels,
-                    torch.full_like(labels, self.ignore_index),
-                )
+            gated = boundary_aware_labels(boundary, labels, ignore_index=self.ignore_index)
             terms["bas"] = self.ohem(main, gated)
             loss = loss + self.boundary_weight * terms["boundary"] + self.bas_weight * terms["bas"]
         terms["loss"] = loss

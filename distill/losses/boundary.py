@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill.losses.ohem import to_label_size
 from runtime.labels import IGNORE_INDEX
 
 BOUNDARY_WEIGHT = 20.0  # [lineage, PIDNet]
@@ -46,20 +47,12 @@ def boundary_targets(labels: torch.Tensor, window: int = EDGE_WINDOW) -> torch.T
     return (high != low)[:, 0].float()
 
 
-def _to_label_size(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if tuple(logits.shape[-2:]) == tuple(labels.shape[-2:]):
-        return logits.float()
-    return F.interpolate(
-        logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
-    )
-
-
 def boundary_bce(
     boundary_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Class-balanced BCE of the B x 1 x h x w boundary logits against `boundary_targets`,
     mean over valid pixels (0 when there is none)."""
-    logits = _to_label_size(boundary_logits, labels)[:, 0]
+    logits = to_label_size(boundary_logits, labels, align_corners=False)[:, 0]
     target = boundary_targets(labels)
     valid = (labels != ignore_index).float()
     pos = (target * valid).sum()
@@ -79,7 +72,7 @@ def boundary_aware_labels(
     """`labels` kept where sigmoid(boundary) > threshold, ignore elsewhere (no gradient
     flows through the choice, as in the authors' code)."""
     with torch.no_grad():
-        prob = torch.sigmoid(_to_label_size(boundary_logits, labels)[:, 0])
+        prob = torch.sigmoid(to_label_size(boundary_logits, labels, align_corners=False)[:, 0])
     return torch.where(prob > threshold, labels, torch.full_like(labels, ignore_index))
 
 
@@ -109,12 +102,7 @@ def balanced_bce_every_pixel(
 ) -> torch.Tensor:
     """The authors' boundary BCE: every pixel counts (ignore regions too), positives
     weighted by the share of negatives and the reverse, mean over all pixels."""
-    logits = boundary_logits.float()
-    if tuple(logits.shape[-2:]) != tuple(targets.shape[-2:]):
-        logits = F.interpolate(
-            logits, size=targets.shape[-2:], mode="bilinear", align_corners=align_corners
-        )
-    logits = logits[:, 0]
+    logits = to_label_size(boundary_logits, targets, align_corners)[:, 0]
     pos = (targets == 1).float()
     neg = (targets == 0).float()
     total = pos.sum() + neg.sum()
