@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from runtime.errors import SegkdError
-from runtime.numbers import finite
+from core.errors import SegkdError
+from core.numbers import finite
 from runtime.paths import Output, check_model_arg, guard_outputs, model_paths
 from runtime.sizes import parse_size
 
@@ -54,7 +54,7 @@ PIPELINE_WRITES = ("teacher", "baseline*", "student*", "export", "qat", "export-
 
 def _write_json(path: Path | None, data: Any) -> None:
     if path is not None:
-        from runtime.atomic_io import write_json_atomic
+        from core.atomic_io import write_json_atomic
 
         write_json_atomic(data, path)
 
@@ -668,7 +668,7 @@ def eval_cmd(
             "the dataset folder": _spec_folder(data),
         },
     )
-    from pipeline.models import evaluate_on_dataset
+    from pipeline.artifacts import evaluate_on_dataset
     from runtime.evaluate import CONVENTIONS
     from runtime.slide import parse_hw
 
@@ -763,7 +763,7 @@ def bench(
     """Latency (mean, p50, p90, p99) and FPS, split into pre-, inference and post-processing."""
     from tqdm import tqdm
 
-    from pipeline.models import open_model
+    from pipeline.artifacts import open_model
     from runtime.bench import benchmark, format_table
     from runtime.loader import folder_artifacts
 
@@ -831,7 +831,7 @@ def demo(
     ] = None,
 ) -> None:
     """Segment a video, camera, image folder or stream; write an annotated video or images."""
-    from pipeline.models import open_model
+    from pipeline.artifacts import open_model
     from runtime.demo import run_demo
 
     if out is None and not show:

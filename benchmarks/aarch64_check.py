@@ -41,20 +41,22 @@ def main() -> None:
     args = ap.parse_args()
     import cv2
 
+    import core
     import runtime
 
-    for m in pkgutil.walk_packages(runtime.__path__, "runtime."):
-        importlib.import_module(m.name)
+    for pkg in (core, runtime):
+        for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            importlib.import_module(m.name)
     heavy = sorted({n.split(".")[0] for n in sys.modules} & {"torch", "onnxruntime", "tensorrt"})
     print(f"{platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}, "
           f"cv2 {cv2.__version__}: every runtime module imports; heavy modules loaded: {heavy}")  # fmt: skip
 
+    from core.preprocess import PreprocessSpec
     from runtime.camera import gstreamer_in_build, parse_live_source
     from runtime.engine_folder import plan_builds, static_check
     from runtime.jetson_facts import describe_run, power_meter, read_jetson_facts
     from runtime.machine import cpu_info, parse_cpuinfo
     from runtime.metadata import read_export_json
-    from runtime.preprocess import PreprocessSpec
     from runtime.reference_set import read_reference_set
 
     print("cpuinfo (fixture):", parse_cpuinfo((FIXTURES / "cpuinfo/orin_arm64.txt").read_text()))

@@ -32,12 +32,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 from bench_runtime_cpu import make_video
 
+from core.metrics import ConfusionMatrix
 from distill.data import build_dataset
 from runtime.bench import benchmark, format_table
 from runtime.demo import run_demo
 from runtime.loader import open_segmenter
 from runtime.machine import cpu_info, describe_cpu
-from runtime.metrics import ConfusionMatrix
 from runtime.sizes import parse_size
 
 STAGES = ("preprocess", "inference", "postprocess", "end_to_end")

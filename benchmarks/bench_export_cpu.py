@@ -33,9 +33,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import onnxruntime as ort
 
+from core.errors import SegkdError
 from export.api import Tolerances, export_checkpoint, format_summary
 from runtime.backends.onnxruntime import has_fp16_qdq
-from runtime.errors import SegkdError
 from runtime.machine import cpu_info
 from runtime.sizes import parse_size
 
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress=lambda m: print(f"[export] {m}", file=sys.stderr, flush=True),
             )
             print(format_summary(report), file=sys.stderr)
+            from core.preprocess import PreprocessSpec
             from export.calibration import load_raw, prepare
-            from runtime.preprocess import PreprocessSpec
 
             pre = PreprocessSpec.from_dict(report.manifest["preprocess"])
             data = report.manifest["verification"]["data"]

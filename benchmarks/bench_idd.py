@@ -31,10 +31,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 import torch.nn.functional as F
 
+from core.errors import SegkdError
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses import PositionReadout, idd_loss
 from distill.losses.labels import resize_labels
-from runtime.errors import SegkdError
 from runtime.machine import cpu_info
 from runtime.sizes import parse_size
 

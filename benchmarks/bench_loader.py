@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from core.labels import CITYSCAPES
+from core.preprocess import PreprocessSpec
 from distill.data import build_dataset
 from distill.data import loader as loaders
 from distill.data.cityscapes import TRAIN_TO_LABEL_ID
 from distill.data.transforms import TrainTransform
-from runtime.labels import CITYSCAPES
 from runtime.machine import describe_cpu
-from runtime.preprocess import PreprocessSpec
 
 SIZE = (1024, 2048)
 CROP = (1024, 1024)

@@ -34,9 +34,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import onnxruntime as ort
 from bench_export_cpu import open_session, run_ms, summarize_ms
 
+from core.atomic_io import write_json_atomic
+from core.errors import SegkdError
 from export.api import Tolerances, export_checkpoint
-from runtime.atomic_io import write_json_atomic
-from runtime.errors import SegkdError
 from runtime.machine import cpu_info, describe_cpu
 from runtime.sizes import parse_size
 
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     "report": report,
                 }
             load["after_exports"] = _load()
+            from core.preprocess import PreprocessSpec
             from export.calibration import load_raw, prepare
-            from runtime.preprocess import PreprocessSpec
 
             sessions = []
             for name, e in exports.items():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cv2
 
-from pipeline.models import open_model
+from pipeline.artifacts import open_model
 from runtime.bench import benchmark, format_table, synthetic_frame
 from runtime.demo import run_demo
 from runtime.sizes import parse_size

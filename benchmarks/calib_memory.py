@@ -37,10 +37,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 def make_random_checkpoint(path: Path, size: tuple[int, int], data: str) -> Path:
     import torch
 
+    from core.preprocess import PreprocessSpec
     from distill.checkpoint import atomic_torch_save, make_checkpoint
     from distill.data import build_dataset
     from distill.models import build_model
-    from runtime.preprocess import PreprocessSpec
 
     torch.manual_seed(0)
     labels = build_dataset(data, "val").labels

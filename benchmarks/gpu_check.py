@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from gpu_check_plan import Plan, Skipped, first_line, make_plan, run_group  # noqa: E402
 
-from runtime.atomic_io import write_json_atomic  # noqa: E402
+from core.atomic_io import write_json_atomic  # noqa: E402
 
 SECTIONS = ("env", "distill", "torchrun", "inference", "export")
 MIN_SECTION_S = 5.0  # a section is not started with less than this left of the budget

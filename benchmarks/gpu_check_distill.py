@@ -30,12 +30,12 @@ from gpu_check_plan import (
 )
 from gpu_check_step import step_before_after
 
+from core.labels import CITYSCAPES
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import atomic_torch_save, load_model, make_checkpoint
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses import PositionReadout
 from distill.models import available_models, build_model
-from runtime.labels import CITYSCAPES
-from runtime.preprocess import PreprocessSpec
 
 WITHOUT_IDD_PID = ("cwd",)  # the default objective minus the two terms whose share is measured
 

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from gpu_check_plan import BASE_STUDENT, NUM_CLASSES, Plan, Skipped, first_line, row
 
+from core.preprocess import PreprocessSpec
 from distill.data.synthetic import render_street
 from distill.models import build_model
 from runtime.backends.torch import TorchBackend
 from runtime.bench import LatencyStats
-from runtime.preprocess import PreprocessSpec
 
 MODES = (
     ("fp32 eager", "fp32", False),

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from gpu_check_plan import BASE_STUDENT, NUM_CLASSES, Plan, autocast_dtype, row
 
+from core.preprocess import PreprocessSpec
 from distill.data.loader import NetworkInput
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses import PositionReadout
 from distill.models import build_model
 from distill.training.step_health import StepHealth
-from runtime.preprocess import PreprocessSpec
 
 AMP = "fp16"
 

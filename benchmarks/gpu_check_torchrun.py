@@ -32,10 +32,10 @@ def free_port() -> int:
 def write_teacher(plan: Plan, path: Path) -> None:
     import torch
 
+    from core.preprocess import PreprocessSpec
     from distill.checkpoint import atomic_torch_save, make_checkpoint
     from distill.data import build_dataset
     from distill.models import build_model
-    from runtime.preprocess import PreprocessSpec
 
     torch.manual_seed(0)
     labels = build_dataset("synthetic", "val").labels  # distill refuses a teacher of other classes

@@ -42,14 +42,14 @@ import numpy as np
 import onnx
 import torch
 
+from core.metrics import ConfusionMatrix
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import load_model
 from export.api import INPUT_NAME, export_checkpoint
 from export.calibration import SampleReader, load_raw, prepare
 from export.int8 import CPU_RECIPE, quantize_int8
 from runtime.backends.onnxruntime import has_fp16_qdq
 from runtime.machine import cpu_info
-from runtime.metrics import ConfusionMatrix
-from runtime.preprocess import PreprocessSpec
 from runtime.sizes import parse_size
 
 # The CPU recipe as it was before 7-bit weights: the comparison row.

@@ -25,10 +25,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.atomic_io import write_json_atomic
 from distill.qat.stage import QAT_FILE, run_qat
 from distill.qat.train import QatOptions
 from export.api import Tolerances, export_checkpoint
-from runtime.atomic_io import write_json_atomic
 from runtime.machine import cpu_info, describe_cpu
 from runtime.sizes import parse_size
 

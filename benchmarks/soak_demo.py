@@ -34,10 +34,10 @@ import cv2
 import numpy as np
 import psutil
 
-from runtime.errors import SegkdError
-from runtime.labels import CITYSCAPES
+from core.errors import SegkdError
+from core.labels import CITYSCAPES
+from core.preprocess import PreprocessSpec
 from runtime.machine import cpu_info
-from runtime.preprocess import PreprocessSpec
 from runtime.segmenter import Segmenter
 from runtime.sizes import parse_size
 
@@ -135,7 +135,7 @@ def count_frames(path: Path) -> int:
 
 
 def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from pipeline.models import open_model
+    from pipeline.artifacts import open_model
     from runtime.demo import run_demo
 
     size = parse_size(args.frame_size, "--frame-size", minimum=16)

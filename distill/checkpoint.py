@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from core.atomic_io import atomic_output
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from distill.finite_weights import refuse_non_finite
 from distill.weights_only import load_plain_data
-from runtime.atomic_io import atomic_output
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 

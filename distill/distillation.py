@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import SegkdError
+from core.labels import IGNORE_INDEX
 from distill.losses.cwd import ChannelWiseLoss
 from distill.losses.idd import IDD_DISTANCES, IDD_SCALES, IDDLoss
 from distill.losses.kd import PixelKDLoss
 from distill.losses.pid import PID_MODES, PIDLoss, PositionReadout, freeze, position_report
 from distill.losses.segmentation import SegmentationLoss
-from runtime.errors import SegkdError
-from runtime.labels import IGNORE_INDEX
 
 DISTILL_LOSSES = ("kd", "idd", "pid", "cwd")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 
 def refuse_non_finite(state: Mapping[str, torch.Tensor], path: str | Path) -> None:

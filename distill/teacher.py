@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.atomic_io import sha256_of as file_sha256
+from core.errors import SegkdError
 from distill.checkpoint import atomic_torch_save, load_checkpoint
 from distill.losses.pid import PositionReadout, fit_position_readout
-from runtime.atomic_io import sha256_of as file_sha256
-from runtime.errors import SegkdError
 
 log = logging.getLogger(__name__)
 

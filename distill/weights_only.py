@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 
 def _first_line(e: BaseException) -> str:

@@ -2,7 +2,7 @@
 
 Everything is written into a hidden staging folder beside the output folder and checked
 against the PyTorch model on held-out images; the complete new folder (artifacts and
-export.json) then replaces the old one in one rename (runtime.atomic_io.publish_folder).
+export.json) then replaces the old one in one rename (core.atomic_io.publish_folder).
 A failed or interrupted export, a full disk included, leaves the earlier export exactly
 as it was; a successful one leaves exactly the new export (plus any files of the user's
 that were in the folder).
@@ -26,6 +26,11 @@ import onnx
 import torch
 from onnxruntime.quantization.calibrate import TensorsData
 
+from core.atomic_io import publish_folder
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.numbers import finite
+from core.preprocess import PreprocessSpec
 from export.calibration import (
     DEFAULT_SEED,
     Prepared,
@@ -56,14 +61,9 @@ from export.onnx_fp32 import (
 )
 from export.tensorrt_graph import uint8_casts_through_float
 from export.verify import Agreement, compare, engine_runner, onnx_runner, torch_reference
-from runtime.atomic_io import publish_folder
 from runtime.backends.tensorrt_builder import TrtOptions, build_engine, tensorrt_unavailable_reason
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
 from runtime.machine import cpu_info
 from runtime.metadata import EXPORT_JSON, PRECISIONS, sha256_of
-from runtime.numbers import finite
-from runtime.preprocess import PreprocessSpec
 from runtime.reference_set import (
     DEFAULT_IMAGES,
     REFERENCE_FILE,

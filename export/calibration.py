@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
-from runtime.preprocess import Letterbox, PreprocessSpec
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import Letterbox, PreprocessSpec
 
 DEFAULT_SEED = 0
 

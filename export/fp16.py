@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import onnx
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 # Ops kept in float32 beyond onnxruntime's default block list: none. Measured on a
 # trained PSPNet-R18 (24 val images, onnxruntime CPU): keeping Resize, ReduceSum or

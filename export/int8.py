@@ -34,9 +34,9 @@ from onnxruntime.quantization.calibrate import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from core.errors import SegkdError
 from export.calibration import ChunkReader, SampleReader
 from export.int8_tensorrt import mixed_precision_graph
-from runtime.errors import SegkdError
 
 CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
     "minmax": CalibrationMethod.MinMax,

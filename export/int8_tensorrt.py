@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 log = logging.getLogger(__name__)
 

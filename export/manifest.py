@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic_io import write_json_atomic as _write_json
+from core.atomic_io import write_json_atomic as _write_json
 from runtime.metadata import EXPORT_FORMAT, EXPORT_VERSION, sha256_of
 
 

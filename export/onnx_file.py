@@ -12,8 +12,8 @@ from typing import Any
 
 import onnx
 
-from runtime.atomic_io import write_bytes_atomic
-from runtime.errors import SegkdError
+from core.atomic_io import write_bytes_atomic
+from core.errors import SegkdError
 from runtime.metadata import METADATA_KEY
 
 # The oldest runtimes segkd supports fix the ceiling, not whatever happens to be installed:

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SegkdError
+from core.preprocess import PreprocessSpec
 from export.onnx_file import default_opset, finalize, load_onnx
 from export.simplify import simplify
-from runtime.errors import SegkdError
-from runtime.preprocess import PreprocessSpec
 
 OutputKind = Literal["logits", "labels", "labels-lowres"]
 LabelDtype = Literal["uint8", "int32"]

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from core.metrics import ConfusionMatrix
+from core.preprocess import PreprocessSpec
 from export.calibration import Prepared
-from runtime.metrics import ConfusionMatrix
 from runtime.postprocess import as_label_batch, restore_size, upsample_labels
-from runtime.preprocess import PreprocessSpec
 
 # x (the network input) -> (labels BxHxW at the input size, logits BxKxhxw float32 or None)
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]

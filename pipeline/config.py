@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from core.errors import SegkdError
 from distill.distillation import DistillConfig
-from runtime.errors import SegkdError
 
 
 def _training(model: str, iters: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.labels import IGNORE_INDEX, generated_palette
+from core.labels import IGNORE_INDEX, generated_palette
 
 DPI = 100
 WIDTH_IN = 8.0

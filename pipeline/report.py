@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import SegkdError
 from pipeline.gain import verdict
 from pipeline.supervised_loss import describe_supervised_loss
-from runtime.errors import SegkdError
 
 FIGURES_DIR = "figures"
 NA = "–"  # shown where a value is unknown or a step did not run

@@ -16,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.atomic_io import write_json_atomic
+from core.errors import SegkdError
+from core.numbers import finite
 from pipeline.config import section_hash_view, student_seeds
 from pipeline.gain import seed_gain
 from pipeline.ranks import RankedSteps, join, leave, on_main
 from pipeline.steps import Step, StepRunner
-from runtime.atomic_io import write_json_atomic
-from runtime.errors import SegkdError
 from runtime.machine import cpu_info
-from runtime.numbers import finite
 from runtime.sizes import parse_size
 
 
@@ -343,7 +343,7 @@ class Pipeline:
         path = self.out / "eval" / f"{key}.json"
 
         def run() -> None:
-            from pipeline.models import evaluate_on_dataset
+            from pipeline.artifacts import evaluate_on_dataset
 
             # One convention for every row, torch included: the artifacts output label
             # maps, so drops compare like with like (segkd eval shows the other one).
@@ -369,7 +369,7 @@ class Pipeline:
         path = self.out / "bench" / f"{key}.json"
 
         def run() -> None:
-            from pipeline.models import dataset_split, open_model
+            from pipeline.artifacts import dataset_split, open_model
             from runtime.bench import benchmark
 
             samples, _, _, _ = dataset_split(self.cfg["data"], self.cfg["eval"]["split"], 4)
@@ -417,7 +417,7 @@ class Pipeline:
         }
 
     def examples(self, models: dict[str, tuple[str | Path, str]]) -> list[dict[str, Any]]:
-        from pipeline.models import dataset_split, open_model
+        from pipeline.artifacts import dataset_split, open_model
 
         n = int(self.cfg["report"]["examples"])
         if n <= 0:
@@ -442,10 +442,10 @@ def check_given_teacher(spec: str, data: str, pid: bool = False) -> str:
     torchvision:NAME:FILE), loaded now as distillation will load it, so a missing or broken
     file, an unknown layout, classes that do not cover the dataset's or (with `pid`) a
     read-only folder for the readout cache fail in one line before the baseline trains."""
+    from core.preprocess import PreprocessSpec
     from distill.data import build_dataset
     from distill.teacher import cached_readout, sidecar_path
     from distill.zoo.entry import load_teacher
-    from runtime.preprocess import PreprocessSpec
 
     option = "teacher.checkpoint"
     path = teacher_file(spec)
@@ -604,7 +604,7 @@ def run_pipeline(
     if int8:
         example_models[int8[0][0]] = (int8[0][2], int8[0][3])
 
-    from runtime.labels import LabelSpec
+    from core.labels import LabelSpec
 
     labels = LabelSpec.from_dict(manifest["labels"])
     teacher = p.model_facts(teacher_ckpt, ev_teacher, teacher_trained)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic_io import sha256_of as sha256_file
+from core.atomic_io import sha256_of as sha256_file
 
 
 @dataclass

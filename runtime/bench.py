@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 from runtime.jetson_facts import clocks_warning, power_meter, read_jetson_facts
 from runtime.machine import cpu_info, describe_cpu
 from runtime.segmenter import Segmenter

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 CSI_DEFAULTS = {"width": 1920, "height": 1080, "fps": 30, "flip": 0}
 _APPSINK = "appsink drop=true max-buffers=1 sync=false"

@@ -26,11 +26,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.errors import SegkdError
+from core.numbers import finite
 from runtime.camera import open_capture, parse_live_source
 from runtime.demo_sink import VIDEO_SUFFIXES, Sink, partial_path  # noqa: F401  (re-exported)
-from runtime.errors import SegkdError
 from runtime.evaluate import IMAGE_SUFFIXES
-from runtime.numbers import finite
 from runtime.postprocess import bgr_lut, draw_legend, draw_text, overlay, present_classes
 from runtime.segmenter import Segmenter
 

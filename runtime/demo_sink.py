@@ -25,8 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.atomic_io import publish_folder
-from runtime.errors import SegkdError
+from core.atomic_io import publish_folder
+from core.errors import SegkdError
 
 VIDEO_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 DEMO_MARKER = ".segkd-demo.json"  # marks a folder as a segkd demo run (safe to replace)

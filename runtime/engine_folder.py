@@ -23,17 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic_io import write_json_atomic
+from core.atomic_io import write_json_atomic
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from runtime.backends.tensorrt_builder import (
     EngineBuild,
     TrtOptions,
     build_engine,
     tensorrt_unavailable_reason,
 )
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
 from runtime.metadata import EXPORT_JSON, PRECISIONS, read_export_json, sha256_of
-from runtime.preprocess import PreprocessSpec
 from runtime.reference_set import REFERENCE_FILE, read_reference_set, score_on_reference
 
 log = logging.getLogger(__name__)

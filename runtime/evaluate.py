@@ -17,9 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
-from runtime.metrics import ConfusionMatrix, SegMetrics
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.metrics import ConfusionMatrix, SegMetrics
 from runtime.postprocess import bgr_lut, overlay
 from runtime.segmenter import Segmenter
 from runtime.slide import describe_mode
@@ -116,7 +116,7 @@ def _relative_path(sample_id: str) -> PurePosixPath:
 def write_image(path: Path, image: np.ndarray) -> None:
     """Encode in memory, then write to a temporary name and rename: no half-written files,
     and a full disk or a read-only folder raises (cv2.imwrite may only return False)."""
-    from runtime.atomic_io import write_bytes_atomic
+    from core.atomic_io import write_bytes_atomic
 
     try:
         ok, encoded = cv2.imencode(path.suffix, image)

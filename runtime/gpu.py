@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 
 @dataclass(frozen=True)

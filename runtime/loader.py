@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 from runtime.metadata import (
     PRECISIONS,
     ModelMeta,

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from runtime.atomic_io import sha256_of
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
+from core.atomic_io import sha256_of
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 
 # labels-lowres: label maps at the network's output stride (argmax before the upsample);
 # the runtime resizes them (nearest, pixel centres aligned) straight to the frame size.

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 ZOO_PREFIXES = ("mmseg", "cirkd", "torchvision")
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from runtime.labels import LabelSpec
-from runtime.preprocess import Letterbox
+from core.labels import LabelSpec
+from core.preprocess import Letterbox
 
 
 def logits_to_labels(logits: np.ndarray) -> np.ndarray:

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic_io import write_bytes_atomic
-from runtime.errors import SegkdError
-from runtime.metrics import ConfusionMatrix
+from core.atomic_io import write_bytes_atomic
+from core.errors import SegkdError
+from core.metrics import ConfusionMatrix
+from core.preprocess import Letterbox, PreprocessSpec
 from runtime.postprocess import as_label_batch, restore_size, upsample_labels
-from runtime.preprocess import Letterbox, PreprocessSpec
 
 REFERENCE_FILE = "reference.npz"
 DEFAULT_IMAGES = 4

@@ -20,12 +20,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import ColorOrder, Letterbox, PreprocessSpec
 from runtime.backends.base import Backend
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
 from runtime.metadata import ModelMeta
 from runtime.postprocess import as_label_batch, restore_size, upsample_argmax, upsample_labels
-from runtime.preprocess import ColorOrder, Letterbox, PreprocessSpec
 from runtime.slide import slide_logits
 
 log = logging.getLogger(__name__)

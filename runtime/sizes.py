@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX,]\s*(\d+)\s*$")
 

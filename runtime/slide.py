@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 
 def windows(

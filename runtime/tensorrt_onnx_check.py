@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 
 @dataclass(frozen=True)

@@ -571,8 +571,8 @@ def test_a_checkpoint_write_on_a_full_disk_is_one_line_and_keeps_the_old_file(
     and 40 KiB free with many small tensors (torch fails at close there)."""
     import torch
 
+    from core.errors import SegkdError
     from distill.checkpoint import atomic_torch_save
-    from runtime.errors import SegkdError
 
     with small_filesystem(tmp_path / "fs", 0) as fs:
         path = fs / "last.pt"

@@ -141,10 +141,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     labelled pspnet_r18), alien3.pt (the same for 3 classes), cut.pt (truncated)."""
     import torch
 
+    from core.labels import LabelSpec
+    from core.preprocess import PreprocessSpec
     from distill.checkpoint import atomic_torch_save, make_checkpoint
     from distill.models import build_model
-    from runtime.labels import LabelSpec
-    from runtime.preprocess import PreprocessSpec
 
     d = tmp_path_factory.mktemp("models")
     net = make_tiny_net(0)
@@ -725,7 +725,7 @@ def test_export_on_a_full_disk_keeps_the_old_export(
     import errno
     from contextlib import contextmanager
 
-    from runtime import atomic_io
+    from core import atomic_io
 
     real = atomic_io.atomic_output
 

@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli import app
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = typer.main.get_command(app)

@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from distill.models import build_model
-from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
 
 pytestmark = pytest.mark.slow
 

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
+from core.preprocess import Letterbox, PreprocessSpec
 from distill.checkpoint import atomic_torch_save, load_checkpoint, load_model, make_checkpoint
 from distill.data import build_dataset
 from distill.models import build_model
 from distill.training import TrainConfig, train
 from runtime.postprocess import upsample_argmax
-from runtime.preprocess import Letterbox, PreprocessSpec
 
 INPUT = 64  # the stand-in's square input size
 SHAPES = [(96, 72), (72, 128), (96, 72), (72, 128)]  # (H, W): 3:4 portrait, 16:9 landscape

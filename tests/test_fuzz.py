@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
+from core.errors import SegkdError
 from distill.data import build_dataset, dataset_defaults, parse_dataset_spec
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses import PositionReadout
 from distill.training.config import TrainConfig
-from runtime.errors import SegkdError
 from runtime.sizes import parse_size
 
 
@@ -213,9 +213,9 @@ def small_checkpoint() -> bytes:
     if not _CKPT:
         import io
 
+        from core.labels import LabelSpec
+        from core.preprocess import PreprocessSpec
         from distill.checkpoint import make_checkpoint
-        from runtime.labels import LabelSpec
-        from runtime.preprocess import PreprocessSpec
 
         buf = io.BytesIO()
         ckpt = make_checkpoint(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import SegkdError
 from pipeline.config import load_config, student_seeds
 from pipeline.gain import seed_gain
 from pipeline.report import write_report
-from runtime.errors import SegkdError
 
 
 def test_gain_is_the_difference_of_means_and_spread_the_widest_row() -> None:

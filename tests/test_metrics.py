@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.metrics import ConfusionMatrix, SegMetrics, pixel_agreement
+from core.metrics import ConfusionMatrix, SegMetrics, pixel_agreement
 
 
 def test_miou_matches_hand_computation() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.errors import SegkdError
 from distill.models.registry import available_models
 from pipeline.config import DEFAULTS, load_config
 from pipeline.run import check_stages
-from runtime.errors import SegkdError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

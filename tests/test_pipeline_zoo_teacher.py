@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import SegkdError
 from distill.data.synthetic import SYNTHETIC
 from pipeline.config import load_config
 from pipeline.run import run_pipeline
 from pipeline.steps import sha256_file
-from runtime.errors import SegkdError
 from tests.distill.zoo.files import save_mmseg_pspnet_r18
 from tests.test_pipeline import TINY
 

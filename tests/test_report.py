@@ -227,7 +227,7 @@ def test_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_out_is_a_file(tmp_path: Path) -> None:
-    from runtime.errors import SegkdError
+    from core.errors import SegkdError
 
     f = tmp_path / "taken"
     f.write_text("x")

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.errors import SegkdError
-from runtime.labels import CITYSCAPES, LabelSpec
-from runtime.preprocess import PreprocessSpec
+from core.errors import SegkdError
+from core.labels import CITYSCAPES, LabelSpec
+from core.preprocess import PreprocessSpec
 from runtime.sizes import parse_size
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import SegkdError
+from core.labels import IGNORE_INDEX, LabelSpec
 from distill.data.base import FilePair, FileSegDataset, LabelMapping, Transform, check_train_ids
-from runtime.errors import SegkdError
-from runtime.labels import IGNORE_INDEX, LabelSpec
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
+from core.errors import SegkdError
+from core.labels import LabelSpec
 
 Sample = tuple[np.ndarray, np.ndarray]
 Transform = Callable[[np.ndarray, np.ndarray], Sample]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import SegkdError
+from core.labels import CITYSCAPES, IGNORE_INDEX
 from distill.data.base import FilePair, FileSegDataset, LabelMapping, Transform, check_train_ids
-from runtime.errors import SegkdError
-from runtime.labels import CITYSCAPES, IGNORE_INDEX
 
 # labelId of each train id 0..18, from the official table.
 TRAIN_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)

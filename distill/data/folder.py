@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import SegkdError
+from core.labels import IGNORE_INDEX, LabelSpec
 from distill.data.base import (
     IMAGE_SUFFIXES,
     FilePair,
@@ -19,8 +21,6 @@ from distill.data.base import (
     Transform,
     read_text_lines,
 )
-from runtime.errors import SegkdError
-from runtime.labels import IGNORE_INDEX, LabelSpec
 
 
 def read_classes(path: Path) -> LabelSpec:

@@ -26,9 +26,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
+from core.errors import SegkdError
+from core.preprocess import PreprocessSpec
 from distill.data.base import SegDataset
-from runtime.errors import SegkdError
-from runtime.preprocess import PreprocessSpec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SegkdError
-from runtime.preprocess import PreprocessSpec, ResizePolicy
+from core.errors import SegkdError
+from core.preprocess import PreprocessSpec, ResizePolicy
 from runtime.sizes import parse_size
 
 FILE_KINDS = ("cityscapes", "voc", "ade20k", "folder")

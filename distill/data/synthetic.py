@@ -26,10 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import SegkdError
+from core.labels import LabelSpec
 from distill.data.base import Sample, SegDataset, Transform
 from distill.data.spec import SYNTHETIC_DEFAULTS
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
 
 SYNTHETIC_CLASSES = (
     "road", "sidewalk", "building", "fence", "pole", "traffic light", "traffic sign",

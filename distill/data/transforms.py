@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from core.errors import SegkdError
+from core.labels import IGNORE_INDEX
 from distill.data.base import Sample
-from runtime.errors import SegkdError
-from runtime.labels import IGNORE_INDEX
 
 
 def _size(value: Sequence[int], name: str) -> tuple[int, int]:

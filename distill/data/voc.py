@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import SegkdError
+from core.labels import LabelSpec, generated_palette
 from distill.data.base import FilePair, FileSegDataset, LabelMapping, Transform, read_text_lines
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec, generated_palette
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from core.labels import IGNORE_INDEX
 from distill.losses.boundary import (
     BAS_WEIGHT,
     BOUNDARY_WEIGHT,
@@ -31,7 +32,6 @@ from distill.losses.ohem import (
     pixel_cross_entropy,
     to_label_size,
 )
-from runtime.labels import IGNORE_INDEX
 
 
 class OhemSegmentationLoss(nn.Module):

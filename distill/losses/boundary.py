@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.labels import IGNORE_INDEX
 from distill.losses.ohem import to_label_size
-from runtime.labels import IGNORE_INDEX
 
 BOUNDARY_WEIGHT = 20.0  # [lineage, PIDNet]
 BAS_WEIGHT = 1.0  # [lineage, PIDNet]

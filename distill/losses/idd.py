@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SegkdError
+from core.labels import IGNORE_INDEX
 from distill.losses.labels import resize_labels
-from runtime.errors import SegkdError
-from runtime.labels import IGNORE_INDEX
 
 IDD_DISTANCES = ("euclidean", "cosine")
 # [ours] how to reconcile the student's and teacher's feature scales (METHOD.md, "Scale").

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.labels import IGNORE_INDEX
 from distill.losses.labels import resize_labels
-from runtime.labels import IGNORE_INDEX
 
 
 def pixel_kd_loss(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from runtime.labels import IGNORE_INDEX
+from core.labels import IGNORE_INDEX
 
 OHEM_THRESHOLD = 0.9  # LOSS.OHEMTHRES of both authors' Cityscapes configs
 OHEM_MIN_KEPT = 131072  # LOSS.OHEMKEEP, pixels per (per-GPU) batch

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SegkdError
 from distill.losses.idd import make_adapter
-from runtime.errors import SegkdError
 
 POSITION_KINDS = ("x", "y", "gauss")
 PID_MODES = ("teacher_readout", "student_readout")

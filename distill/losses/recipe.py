@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from core.errors import SegkdError
+from core.labels import IGNORE_INDEX
 from distill.losses.authors import OhemSegmentationLoss
 from distill.losses.ohem import CITYSCAPES_CLASS_WEIGHTS, OHEM_MIN_KEPT, OHEM_THRESHOLD
 from distill.losses.segmentation import SegmentationLoss
-from runtime.errors import SegkdError
-from runtime.labels import IGNORE_INDEX
 
 CLASS_WEIGHTS = {"cityscapes": CITYSCAPES_CLASS_WEIGHTS}
 

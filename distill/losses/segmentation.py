@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.labels import IGNORE_INDEX
 from distill.losses.boundary import (
     BAS_WEIGHT,
     BOUNDARY_WEIGHT,
     boundary_aware_labels,
     boundary_bce,
 )
-from runtime.labels import IGNORE_INDEX
 
 
 def upsampled_cross_entropy(

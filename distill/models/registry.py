@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import SegkdError
 from distill.models.ddrnet import DDRNet
 from distill.models.heads import DeepLabV3Head, PSPHead
 from distill.models.pidnet import PIDNet
 from distill.models.resnet import DilatedResNet
 from distill.models.segmentor import SegmentationNet, Segmentor
 from distill.weights_only import load_plain_data
-from runtime.errors import SegkdError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from core.errors import SegkdError
 from distill.qat.placement import ActivationPoint, Placement
-from runtime.errors import SegkdError
 
 QAT_FORMAT = "segkd-qat"
 QAT_VERSION = 1

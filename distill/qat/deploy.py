@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from core.errors import SegkdError
 from distill.qat.checkpoint import point_key
 from distill.qat.placement import read_placement
 from distill.qat.structure import Ranges, pre_processed_graph, quantize_with_ranges
 from export.int8 import Int8Recipe
-from runtime.errors import SegkdError
 
 
 def with_weights(graph: onnx.ModelProto, weights: dict[str, Any]) -> onnx.ModelProto:

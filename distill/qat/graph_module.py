@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
+from core.errors import SegkdError
 from distill.qat.fake_quant import fake_quant_activation, fake_quant_weight
 from distill.qat.placement import Placement
-from runtime.errors import SegkdError
 
 
 def _attrs(node: onnx.NodeProto) -> dict:

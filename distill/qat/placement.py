@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import numpy_helper
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.errors import SegkdError
 from distill.qat.checkpoint import qat_state
 from distill.qat.graph_module import QuantGraph
 from distill.qat.structure import build_structure
 from distill.qat.train import QatOptions, train_qat
-from runtime.errors import SegkdError
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ def run_qat(
     Writes out_dir/qat.pt (a checkpoint `segkd export` turns into INT8 files without
     calibration) and out_dir/qat.json; returns the latter's content.
     """
+    from core.atomic_io import write_json_atomic
     from distill.checkpoint import atomic_torch_save, checkpoint_specs, load_model
     from export.calibration import SampledSplit, SampleReader, prepare
     from export.onnx_fp32 import INPUT_NAME, export_fp32
-    from runtime.atomic_io import write_json_atomic
 
     say = progress or log.info
     opts = opts or QatOptions()

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
+from core.errors import SegkdError
 from distill.qat.placement import Placement, read_placement, scale_values
 from export.calibration import SampleReader
 from export.int8 import (
@@ -25,7 +26,6 @@ from export.int8 import (
     name_unnamed_convs,
     quantize_int8,
 )
-from runtime.errors import SegkdError
 
 Ranges = dict[str, tuple[float, float]]
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 # Names only (this module is read without torch); distill.losses.recipe builds them.
 SUPERVISED_LOSSES = ("ce", "ohem")

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import load_model
 from distill.data import build_dataset
 from distill.data.loader import NetworkInput, make_train_loader
@@ -30,8 +32,6 @@ from distill.training.distributed import DistContext, fail_together, init_distri
 from distill.training.setup import pick_device
 from distill.training.trainer import resolve_config, train_resolved
 from distill.zoo.entry import load_teacher
-from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 

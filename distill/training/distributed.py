@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.errors import SegkdError
 from distill.training.config import TrainConfig
-from runtime.errors import SegkdError
 
 DEFAULT_TIMEOUT_S = float(TrainConfig.dist_timeout)
 

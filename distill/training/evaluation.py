@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.labels import LabelSpec
+from core.metrics import ConfusionMatrix, SegMetrics
+from core.preprocess import PreprocessSpec
 from distill.training.distributed import DistContext, all_reduce_sum
-from runtime.labels import LabelSpec
-from runtime.metrics import ConfusionMatrix, SegMetrics
 from runtime.postprocess import restore_size
-from runtime.preprocess import PreprocessSpec
 
 
 def selection_indices(total: int, cap: int | None) -> list[int]:

@@ -27,8 +27,8 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from core.errors import SegkdError
 from distill.training.distributed import AgreedError, DistContext, abort
-from runtime.errors import SegkdError
 
 POLL_S = 0.01
 ACK_WAIT_S = 30.0  # at most this long a failing rank keeps its store up for the peers

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 # Where the run is written and how fast, not what is trained: these may differ freely.
 FREE = frozenset({"out", "resume", "device", "num_workers"})

@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import SegkdError
+from core.labels import LabelSpec
 from distill.checkpoint import load_checkpoint
 from distill.losses.recipe import loss_from_config
 from distill.losses.segmentation import SegmentationLoss
 from distill.models import build_model
 from distill.training.config import TrainConfig
 from distill.training.distributed import DistContext
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
 
 ObjectiveFactory = Callable[[nn.Module, LabelSpec, torch.device], nn.Module]
 

@@ -30,6 +30,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from core.atomic_io import write_json_atomic
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import atomic_torch_save, make_checkpoint
 from distill.data import build_dataset, dataset_defaults, parse_dataset_spec
 from distill.data.loader import NetworkInput, make_train_loader, workers_per_process
@@ -58,10 +62,6 @@ from distill.training.setup import (
     restore,
 )
 from distill.training.step_health import StepHealth
-from runtime.atomic_io import write_json_atomic
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
 
 __all__ = ["SupervisedObjective", "pick_device", "resolve_config", "train", "train_resolved"]
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.errors import SegkdError
-from runtime.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LabelSpec
-from runtime.preprocess import PreprocessSpec
+from core.errors import SegkdError
+from core.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LabelSpec
+from core.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)

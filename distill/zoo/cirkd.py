@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SegkdError
 from distill.models.pooling import AdaptiveAvgPool2dMatmul
 from distill.models.resnet import DilatedResNet
 from distill.zoo.base import (
@@ -43,7 +44,6 @@ from distill.zoo.base import (
     split_name,
     tensor,
 )
-from runtime.errors import SegkdError
 
 CONVENTION = SourceConvention(
     color_order="BGR",

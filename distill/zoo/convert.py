@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from distill.zoo.base import ZooTeacher, normalized_names
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
 
 
 def input_affine(

@@ -12,13 +12,13 @@ from typing import Any
 
 from torch import nn
 
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import EXPORTED_SUFFIXES, FORMAT, load_model
 from distill.zoo.base import ZooTeacher
 from distill.zoo.convert import ConvertedTeacher, class_indices
 from distill.zoo.load import TeacherSpec, load_zoo_teacher, parse_teacher_spec
 from distill.zoo.safe_load import read_weights_file
-from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
 
 
 def _zoo_or_none(spec: TeacherSpec) -> ZooTeacher | None:

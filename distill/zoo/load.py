@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from core.errors import SegkdError
 from distill.zoo import cirkd, mmseg, torchvision
 from distill.zoo.base import ZooTeacher
 from distill.zoo.safe_load import read_weights_file, split_state_dict
-from runtime.errors import SegkdError
 
 Builder = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any], Path, "str | None"], ZooTeacher]
 SOURCES: dict[str, tuple[Callable[[Mapping[str, Any]], bool], Builder]] = {

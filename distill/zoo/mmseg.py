@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SegkdError
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from distill.models.pooling import AdaptiveAvgPool2dMatmul
 from distill.models.resnet import Bottleneck
 from distill.zoo.base import (
@@ -46,8 +48,6 @@ from distill.zoo.base import (
     tensor,
 )
 from distill.zoo.mmseg_config import MMSegSettings, resolve_settings
-from runtime.errors import SegkdError
-from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 CONVENTION = SourceConvention(
     color_order="RGB",

@@ -25,7 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 TABLE = Path(__file__).with_name("data") / "mmseg_configs.json"
 CITYSCAPES_SIZE = (1024, 2048)  # (H, W) of every Cityscapes image

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import SegkdError
 from distill.finite_weights import refuse_non_finite
 from distill.weights_only import load_plain_data
 from distill.zoo.inert import training_state_globals
-from runtime.errors import SegkdError
 
 # numpy 2 renamed numpy.core to numpy._core; torch's weights-only unpickler matches the
 # name written in the file, so a file pickled under numpy 1.x names these functions by

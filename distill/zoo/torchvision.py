@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SegkdError
 from distill.models.pooling import AdaptiveAvgPool2dMatmul
 from distill.models.resnet import DilatedResNet
 from distill.zoo.base import (
@@ -42,7 +43,6 @@ from distill.zoo.base import (
     resnet_depth,
     tensor,
 )
-from runtime.errors import SegkdError
 
 CONVENTION = SourceConvention(
     color_order="RGB",

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic_io import sha256_of, write_bytes_atomic
-from runtime.errors import SegkdError
+from core.atomic_io import sha256_of, write_bytes_atomic
+from core.errors import SegkdError
+from core.numbers import finite
 from runtime.gpu import gpu_identity, gpu_unavailable_reason
 from runtime.jetson_release import l4t_release
-from runtime.numbers import finite
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 log = logging.getLogger(__name__)
 

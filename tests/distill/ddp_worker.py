@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core.errors import SegkdError
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses.pid import PositionReadout
 from distill.models import build_model
 from distill.training import TrainConfig, train
 from distill.training.trainer import SupervisedObjective
-from runtime.errors import SegkdError
 
 DATA = "synthetic:size=64x128,train=16,val=4"
 

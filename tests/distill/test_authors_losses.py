@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import SegkdError
 from distill.losses.authors import OhemSegmentationLoss
 from distill.losses.boundary import BAS_WEIGHT, BOUNDARY_WEIGHT, canny_boundary_targets
 from distill.losses.ohem import (
@@ -20,7 +21,6 @@ from distill.losses.ohem import (
     ohem_cross_entropy,
 )
 from distill.losses.recipe import build_supervised_loss
-from runtime.errors import SegkdError
 
 GOLDEN = np.load(Path(__file__).parent / "golden" / "realtime_losses.npz")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import atomic_torch_save, load_checkpoint, load_model, make_checkpoint
 from distill.models import build_model
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
-from runtime.preprocess import PreprocessSpec
 
 LABELS = LabelSpec(names=("a", "b", "c"))
 

@@ -13,6 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from core.errors import SegkdError
+from core.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from core.preprocess import PreprocessSpec
 from distill.data import (
     DatasetSpec,
     EvalTransform,
@@ -24,9 +27,6 @@ from distill.data import (
 from distill.data.cityscapes import TRAIN_TO_LABEL_ID
 from distill.data.synthetic import SYNTHETIC, SYNTHETIC_CLASSES, render_street
 from distill.data.voc import VOC
-from runtime.errors import SegkdError
-from runtime.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
-from runtime.preprocess import PreprocessSpec
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)

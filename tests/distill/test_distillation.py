@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import SegkdError
 from distill.distillation import DistillConfig, DistillObjective, position_information
 from distill.losses import PositionReadout
-from runtime.errors import SegkdError
 
 K = 4
 

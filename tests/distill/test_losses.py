@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from core.errors import SegkdError
 from distill.losses import (
     ChannelWiseLoss,
     IDDLoss,
@@ -26,7 +27,6 @@ from distill.losses import (
     resize_labels,
 )
 from distill.losses.idd import feature_spread
-from runtime.errors import SegkdError
 
 IGNORE = 255
 FAST = settings(max_examples=25, deadline=None)

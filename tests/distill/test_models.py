@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from core.errors import SegkdError
 from distill.models import (
     AdaptiveAvgPool2dMatmul,
     Segmentor,
@@ -23,7 +24,6 @@ from distill.models import (
 )
 from distill.models.registry import resnet_models
 from distill.models.resnet import DilatedResNet
-from runtime.errors import SegkdError
 
 K = 5  # classes in the small test models
 

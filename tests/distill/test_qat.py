@@ -16,6 +16,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from core.errors import SegkdError
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import load_checkpoint
 from distill.qat.checkpoint import point_key
 from distill.qat.deploy import qat_graph
@@ -28,8 +30,6 @@ from export.api import Tolerances, export_checkpoint
 from export.calibration import SampledSplit, prepare
 from export.int8 import zero_point_violations
 from export.int8_tensorrt import placement_summary
-from runtime.errors import SegkdError
-from runtime.preprocess import PreprocessSpec
 from tests.export.tiny_student import DATA, SIZE, train_tiny
 
 ANY = Tolerances(int8_min_agreement=0.0)  # a 40-step student: the figures are not the point

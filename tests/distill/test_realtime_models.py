@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import SegkdError
 from distill.distillation import DistillConfig, DistillObjective
 from distill.losses import SegmentationLoss, fit_position_readout, pixel_kd_loss
 from distill.losses.boundary import boundary_aware_labels, boundary_bce, boundary_targets
 from distill.losses.cwd import channel_wise_loss
 from distill.models import build_model, count_macs, count_params, model_table
 from distill.models.registry import REALTIME
-from runtime.errors import SegkdError
 from tools.golden.formula import parse_layout, state_dict
 
 K = 5

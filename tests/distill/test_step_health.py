@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from core.errors import SegkdError
 from distill.training.distributed import AgreedError, DistContext
 from distill.training.failure_board import FailureBoard
 from distill.training.step_health import StepHealth
-from runtime.errors import SegkdError
 
 ONE = DistContext()
 

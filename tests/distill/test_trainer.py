@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import SegkdError
 from distill.checkpoint import load_checkpoint
 from distill.training import TrainConfig, train
 from distill.training.trainer import SupervisedObjective
-from runtime.errors import SegkdError
 
 DATA = "synthetic:size=64x128,train=24,val=4"
 
@@ -113,7 +113,7 @@ def test_every_evaluation_that_can_pick_best_scores_the_same_images(tmp_path: Pa
 def test_validation_also_scores_the_deploy_input_size(tmp_path: Path) -> None:
     # Native val images are 64x128; the export ships 32x64. The deploy figure must be what
     # the shipped checkpoint scores through the runtime (resize in, label map back out).
-    from pipeline.models import evaluate_on_dataset
+    from pipeline.artifacts import evaluate_on_dataset
 
     out = tmp_path / "run"
     summary = train(_cfg(out, iters=2, eval_interval=2, export_size=(32, 64)))

@@ -17,9 +17,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.calibrate import create_calibrator
 
+from core.preprocess import PreprocessSpec
 from export import int8
 from export.calibration import SampledSplit, SampleReader, sample_indices
-from runtime.preprocess import PreprocessSpec
 
 SIZE = (64, 128)
 DATA = f"synthetic:size={SIZE[0]}x{SIZE[1]},train=48,val=4"

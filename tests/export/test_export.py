@@ -17,6 +17,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from core.errors import SegkdError
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import load_model
 from distill.data import build_dataset
 from export.api import Tolerances, export_checkpoint, format_summary
@@ -24,9 +26,7 @@ from export.int8 import CPU_RECIPE, pooled_context_convs, zero_point_violations
 from export.onnx_file import MAX_IR_VERSION
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.backends.tensorrt_builder import engine_cache_key, tensorrt_unavailable_reason
-from runtime.errors import SegkdError
 from runtime.metadata import artifact_meta, parse_metadata_json, read_export_json, sha256_of
-from runtime.preprocess import PreprocessSpec
 from tests.export.tiny_student import DATA, SIZE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 
+from core.metrics import ConfusionMatrix
+from core.preprocess import PreprocessSpec
 from distill.data import build_dataset
 from export.api import export_checkpoint
 from export.int8 import zero_point_violations
 from export.int8_tensorrt import placement_summary
 from runtime.bench import benchmark
 from runtime.loader import folder_artifacts, open_segmenter
-from runtime.metrics import ConfusionMatrix
-from runtime.preprocess import PreprocessSpec
 from tests.export.tiny_student import DATA, SIZE, train_tiny
 
 GATES = {"fp32": 0.999, "fp16": 0.99, "int8": 0.90}
@@ -229,7 +229,7 @@ def test_label_stride_trades_cost_for_agreement(ckpt, lowres, tmp_path_factory) 
     ],
 )
 def test_bad_edge_options(ckpt, tmp_path, kwargs, culprit) -> None:
-    from runtime.errors import SegkdError
+    from core.errors import SegkdError
 
     with pytest.raises(SegkdError, match=culprit):
         export_checkpoint(ckpt, tmp_path / "out", precisions="fp32", **kwargs)

@@ -22,14 +22,14 @@ from typing import Any
 import pytest
 import torch
 
+from core import atomic_io
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import atomic_torch_save, make_checkpoint
 from distill.models import build_model
 from export.api import Tolerances, export_checkpoint
-from runtime import atomic_io
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
 from runtime.loader import open_segmenter
-from runtime.preprocess import PreprocessSpec
 
 DATA = "synthetic:size=64x128,train=2,val=1"
 FAST = {"calib_data": DATA, "verify_images": 1, "simplify": False, "build_engines": False}

@@ -58,8 +58,8 @@ def test_the_old_uint8_export_is_stopped_in_one_line_naming_the_node(ckpt, tmp_p
     import torch
 
     import export.api
+    from core.errors import SegkdError
     from export.onnx_fp32 import PixelInput
-    from runtime.errors import SegkdError
 
     def old_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.nhwc:

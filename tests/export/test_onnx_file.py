@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from core.errors import SegkdError
 from export.onnx_file import (
     MAX_IR_VERSION,
     MAX_OPSET,
@@ -19,7 +20,6 @@ from export.onnx_file import (
     save_onnx,
     set_metadata,
 )
-from runtime.errors import SegkdError
 
 
 def _relu_model(opset: int = 17) -> onnx.ModelProto:

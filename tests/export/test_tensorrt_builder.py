@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import runtime.backends.tensorrt_builder as te
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 from runtime.gpu import GpuIdentity
 
 

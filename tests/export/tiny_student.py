@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.preprocess import PreprocessSpec
 from distill.checkpoint import atomic_torch_save, make_checkpoint
 from distill.data import build_dataset
 from distill.models import build_model
-from runtime.preprocess import PreprocessSpec
 
 SIZE = (64, 128)
 DATA = "synthetic:size=64x128,train=48,val=6"

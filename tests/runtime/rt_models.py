@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.labels import LabelSpec
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from runtime.metadata import sha256_of
-from runtime.preprocess import PreprocessSpec
 
 NUM_CLASSES = 4
 INPUT_SIZE = (64, 64)

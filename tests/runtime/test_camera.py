@@ -7,13 +7,13 @@ from __future__ import annotations
 import cv2
 import pytest
 
+from core.errors import SegkdError
 from runtime.camera import (
     csi_pipeline,
     gstreamer_in_build,
     open_capture,
     parse_live_source,
 )
-from runtime.errors import SegkdError
 
 BUILD_INFO_JETPACK = """
   Video I/O:

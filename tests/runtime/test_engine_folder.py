@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from runtime.backends.tensorrt import tensorrt_available
 from runtime.engine_folder import build_folder, plan_builds, with_engine_entries
-from runtime.errors import SegkdError
-from runtime.labels import LabelSpec
 from runtime.metadata import read_export_json
-from runtime.preprocess import PreprocessSpec
 from runtime.reference_set import REFERENCE_FILE, read_reference_set, score_on_reference
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -37,14 +37,16 @@ def _requirements(name: str) -> set[str]:
 
 def _runtime_imports() -> set[str]:
     mods = set()
-    for path in (ROOT / "runtime").rglob("*.py"):
+    for path in [*(ROOT / "runtime").rglob("*.py"), *(ROOT / "core").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 mods |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 mods.add(node.module.split(".")[0])
     return {
-        m for m in mods if m not in sys.stdlib_module_names and m not in ("runtime", "__future__")
+        m
+        for m in mods
+        if m not in sys.stdlib_module_names and m not in ("runtime", "core", "__future__")
     }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 from runtime.loader import open_segmenter
 from runtime.segmenter import Segmenter
 from tests.runtime.rt_models import INPUT_SIZE, LABELS, PREPROCESS, sample_frames

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.errors import SegkdError
 from runtime.bench import (
     STAGES,
     BenchResult,
@@ -16,7 +17,6 @@ from runtime.bench import (
     format_table,
     synthetic_frame,
 )
-from runtime.errors import SegkdError
 from runtime.loader import open_segmenter
 
 

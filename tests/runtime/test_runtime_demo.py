@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
+from core.errors import SegkdError
 from runtime import demo
 from runtime.demo import display_available, run_demo
-from runtime.errors import SegkdError
 from runtime.loader import open_segmenter
 from runtime.segmenter import Segmenter
 

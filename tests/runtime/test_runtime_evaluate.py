@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from runtime.evaluate import class_drops, compare, evaluate
-from runtime.labels import LabelSpec
 from runtime.loader import open_segmenter
-from runtime.preprocess import PreprocessSpec
 from runtime.segmenter import Segmenter
 
 RGB = LabelSpec(names=("red", "green", "blue"))

@@ -1,4 +1,4 @@
-"""runtime/ must import on a Jetson with numpy + OpenCV only (no torch, no onnxruntime, no rich)."""
+"""runtime/ and core/ must import on a Jetson with numpy + OpenCV only (no torch, no onnxruntime, no rich)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def test_every_runtime_module_imports_without_torch_ort_or_rich(tmp_path: Path) 
     proc = _run_without_heavy_packages(
         """
         import importlib, pkgutil
-        import runtime
-        names = [m.name for m in pkgutil.walk_packages(runtime.__path__, "runtime.")]
+        import core, runtime
+        names = [m.name for pkg in (core, runtime)
+                 for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
         for name in names:
             importlib.import_module(name)
         loaded = [n for n in sys.modules if n.split(".")[0] in BLOCKED_NAMES and sys.modules[n] is not None]
@@ -60,7 +61,7 @@ def test_missing_backends_give_one_line_errors(tmp_path: Path) -> None:
     )
     proc = _run_without_heavy_packages(
         f"""
-        from runtime.errors import SegkdError
+        from core.errors import SegkdError
         from runtime.loader import open_segmenter
         for name in ("m.onnx", "m.pt", "m.engine"):
             try:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import SegkdError
 from runtime.backends.tensorrt import tensorrt_available
-from runtime.errors import SegkdError
 from runtime.loader import open_segmenter
 from tests.runtime.rt_models import LABELS, write_export_folder
 
@@ -111,7 +111,7 @@ def _add_int8(folder: Path, variant: str, name: str) -> None:
     """A copy of the fp32 logits file listed as an INT8 artifact of `variant`."""
     import onnx
 
-    from runtime.atomic_io import sha256_of
+    from core.atomic_io import sha256_of
     from tests.runtime.rt_models import segkd_meta
 
     model = onnx.load(str(folder / "model.onnx"))

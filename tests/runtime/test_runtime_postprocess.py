@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.labels import LabelSpec
+from core.labels import LabelSpec
+from core.preprocess import PreprocessSpec
 from runtime.postprocess import (
     as_label_batch,
     bgr_lut,
@@ -14,7 +15,6 @@ from runtime.postprocess import (
     present_classes,
     restore_size,
 )
-from runtime.preprocess import PreprocessSpec
 
 SPEC = LabelSpec(names=("a", "b", "c"), palette=((255, 0, 0), (0, 255, 0), (0, 0, 255)))
 
@@ -83,8 +83,8 @@ def test_restore_size_of_a_lowres_label_map_undoes_the_letterbox() -> None:
     """A 1/8 label map of a letterboxed 64x128 input (content 32x128 in the middle) comes
     back at the frame size in one resize, each label cell covering the frame pixels
     whose centres fall in it."""
+    from core.preprocess import PreprocessSpec
     from runtime.postprocess import restore_size, upsample_labels
-    from runtime.preprocess import PreprocessSpec
 
     spec = PreprocessSpec(input_size=(64, 128), resize="letterbox")
     frame = np.zeros((48, 192, 3), np.uint8)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 from runtime.loader import open_segmenter
 from tests.runtime.rt_models import INPUT_SIZE, sample_frames, segkd_meta
 

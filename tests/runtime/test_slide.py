@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 from runtime.slide import describe_mode, parse_hw, resolve_mode, slide_logits, windows
 
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 from runtime.tensorrt_onnx_check import (
     TARGETS,
     check_tensorrt_onnx,

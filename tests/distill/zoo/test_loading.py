@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import SegkdError
+from core.labels import CITYSCAPES_CLASSES
+from core.preprocess import PreprocessSpec
 from distill.zoo import load_zoo_teacher, parse_teacher_spec
 from distill.zoo.base import VOC_NAMES
 from distill.zoo.convert import ConvertedTeacher, class_indices, input_affine
 from distill.zoo.entry import load_any_model, load_teacher
-from runtime.errors import SegkdError
-from runtime.labels import CITYSCAPES_CLASSES
-from runtime.preprocess import PreprocessSpec
 from tests.distill.zoo import reference as ref
 from tests.distill.zoo.files import save_mmseg_pspnet_r18
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.labels import CITYSCAPES_CLASSES
 from distill.zoo import mmseg, mmseg_config
 from distill.zoo.load import load_zoo_teacher
-from runtime.labels import CITYSCAPES_CLASSES
 from runtime.slide import slide_logits
 from tests.distill.zoo import golden_fixtures as gf
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import SegkdError
 from distill.zoo.inert import InertState
 from distill.zoo.load import load_zoo_teacher
 from distill.zoo.safe_load import read_weights_file, split_state_dict
-from runtime.errors import SegkdError
 from tests.distill.zoo import files
 from tests.distill.zoo import golden_fixtures as gf
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from runtime.errors import SegkdError
+from core.errors import SegkdError
 
 
 def finite(

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from core.labels import LabelSpec
 from runtime.evaluate import EvalResult, evaluate, resolve_convention
-from runtime.labels import LabelSpec
 from runtime.loader import open_segmenter
 from runtime.segmenter import Segmenter
 

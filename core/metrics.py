@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.labels import IGNORE_INDEX
+from core.labels import IGNORE_INDEX
 
 
 class ConfusionMatrix:
