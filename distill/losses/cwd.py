@@ -11,19 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.losses.kd import to_teacher_grid
+
 
 def channel_wise_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
 ) -> torch.Tensor:
-    if student_logits.shape[:2] != teacher_logits.shape[:2]:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ in batch or channels"
-        )
-    if student_logits.shape[-2:] != teacher_logits.shape[-2:]:
-        student_logits = F.interpolate(
-            student_logits, size=teacher_logits.shape[-2:], mode="bilinear", align_corners=False
-        )
+    student_logits = to_teacher_grid(student_logits, teacher_logits, "channels")
     t = float(temperature)
     s = student_logits.float().flatten(2) / t  # B x K x hw
     tt = teacher_logits.detach().float().flatten(2) / t

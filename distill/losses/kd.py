@@ -10,6 +10,24 @@ from core.labels import IGNORE_INDEX
 from distill.losses.labels import resize_labels
 
 
+def to_teacher_grid(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, what: str
+) -> torch.Tensor:
+    """Logit-matching losses (KD, CWD) compare the same batch and channels; a student logit
+    map at another resolution (another output stride, odd sizes rounded differently) is
+    resized bilinearly to the teacher's."""
+    if student_logits.shape[:2] != teacher_logits.shape[:2]:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in batch or {what}"
+        )
+    if student_logits.shape[-2:] != teacher_logits.shape[-2:]:
+        student_logits = F.interpolate(
+            student_logits, size=teacher_logits.shape[-2:], mode="bilinear", align_corners=False
+        )
+    return student_logits
+
+
 def pixel_kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -25,15 +43,7 @@ def pixel_kd_loss(
     output stride, or odd sizes rounded differently) are resized bilinearly to the
     teacher's, as CWD does.
     """
-    if student_logits.shape[:2] != teacher_logits.shape[:2]:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ in batch or classes; KD needs the same"
-        )
-    if student_logits.shape[-2:] != teacher_logits.shape[-2:]:
-        student_logits = F.interpolate(
-            student_logits, size=teacher_logits.shape[-2:], mode="bilinear", align_corners=False
-        )
+    student_logits = to_teacher_grid(student_logits, teacher_logits, "classes; KD needs the same")
     t = float(temperature)
     log_ps = F.log_softmax(student_logits.float() / t, dim=1)
     log_pt = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
