@@ -1,7 +1,9 @@
 """Real-time demo: a video, camera, stream or image folder in; an annotated video (or images) out.
 
-Three stages overlap through bounded queues: a capture thread decodes frames, the
-calling thread runs the model and draws the overlay, a writer thread encodes. OpenCV
+source -> infer -> draw -> sink, overlapping through bounded queues: a capture thread
+decodes frames (`_Capture`), the calling thread runs the model (`_segment_frames`), a
+writer thread draws the overlay (`_Overlay`; the calling thread does when a window shows
+it) and encodes (`_Writer` over runtime/demo_sink.py's `Sink`). OpenCV
 releases the GIL while decoding/encoding, so I/O runs while the model computes. The
 bounded queues stop a fast reader from filling memory. Ctrl-C sets a flag that the
 calling thread checks between frames (a KeyboardInterrupt raised inside a queue's lock
