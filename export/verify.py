@@ -21,6 +21,7 @@ import onnx
 from core.metrics import ConfusionMatrix
 from core.preprocess import PreprocessSpec
 from export.calibration import Prepared
+from runtime.backends import base
 from runtime.postprocess import as_label_batch, restore_size, upsample_labels
 
 # x (the network input) -> (labels BxHxW at the input size, logits BxKxhxw float32 or None)
@@ -60,34 +61,29 @@ def expose_logits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
 
 
 class BackendRunner:
-    """A runtime backend (runtime.backends.base.Backend) as a verification runner."""
+    """A runtime runner (runtime.backends.base.Runner) as a verification runner: its main
+    output as labels, and its logits where it gives them (the main output or an extra)."""
 
-    def __init__(
-        self, backend: Any, logits_output: str | None = None, layout: str = "NCHW"
-    ) -> None:
-        self.backend = backend
-        self.logits_output = logits_output  # an extra output holding the logits, if any
-        self.has_logits = backend.output_kind == "logits" or logits_output is not None
-        self.provider = backend.provider  # the one that really ran
+    def __init__(self, runner: base.Runner, layout: str = "NCHW") -> None:
+        self.runner = runner
+        self.provider = runner.provider  # the one that really ran
         self.layout = layout
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        logits = None
-        if self.logits_output is not None:
-            out, logits = self.backend.run_outputs(
-                x, [self.backend.output_name, self.logits_output]
-            )
-        else:
-            out = self.backend.run(x)
-            if self.backend.output_kind == "logits":
-                logits = out
-        labels = as_label_batch(out, self.backend.output_kind)
-        if self.backend.output_kind == "labels-lowres":  # scored at the input size, as run
+        r = self.runner
+        logits_name = r.logits_output
+        names = [r.output_name] + (
+            [logits_name] if logits_name not in (None, r.output_name) else []
+        )
+        got = r.infer({r.input_name: x}, names)
+        labels = as_label_batch(got[r.output_name], r.output_kind)
+        if r.output_kind == "labels-lowres":  # scored at the input size, as run
             labels = upsample_labels(labels, _spatial(x, self.layout))
+        logits = None if logits_name is None else got[logits_name]
         return labels, None if logits is None else logits.astype(np.float32, copy=False)
 
     def close(self) -> None:
-        self.backend.close()
+        self.runner.close()
 
 
 def _spatial(x: np.ndarray, layout: str) -> tuple[int, int]:
@@ -111,12 +107,16 @@ def onnx_runner(
     probe, added = expose_logits(model)
     backend = OnnxRuntimeBackend(
         path,
+        precision=precision,
+        output_kind=output_kind,
+        input_name=model.graph.input[0].name,
+        output_name=model.graph.output[0].name,
+        logits_output=probe.graph.output[-1].name if added else None,
         device="cpu",
         model_bytes=probe.SerializeToString() if added else None,
         allow_spinning=False,
     )
-    backend.adopt(precision, output_kind, model.graph.input[0].name, model.graph.output[0].name)
-    return BackendRunner(backend, probe.graph.output[-1].name if added else None, layout)
+    return BackendRunner(backend, layout)
 
 
 def engine_runner(
@@ -234,6 +234,39 @@ class Agreement:
         }
 
 
+class _RefBatch:
+    """The reference's labels (and logits, where it is the model) for one batch."""
+
+    def __init__(
+        self,
+        reference: Callable[[np.ndarray], np.ndarray] | Sequence[np.ndarray],
+        x: np.ndarray,
+        start: int,
+        count: int,
+    ) -> None:
+        self.torch = reference if isinstance(reference, TorchReference) else None
+        self.x = x
+        self.logits: np.ndarray | None = None
+        self._lowres: np.ndarray | None = None  # logits at the output stride, once computed
+        self.full_labels: np.ndarray | None = None  # a lowres reference's full-size labels
+        if not callable(reference):
+            self.labels = np.stack(reference[start : start + count])
+            return
+        self.logits = reference(x)
+        self.labels = as_label_batch(self.logits, "logits")
+        if self.torch is not None and self.torch.lowres_labels:
+            low = self.lowres()
+            if low is not None:
+                self.full_labels = self.labels
+                self.labels = upsample_labels(as_label_batch(low, "logits"), self.labels.shape[1:])
+
+    def lowres(self) -> np.ndarray | None:
+        """The logits a labels-lowres graph takes its argmax of (None without a model)."""
+        if self._lowres is None and self.torch is not None:
+            self._lowres = self.torch.lowres(self.x)
+        return self._lowres
+
+
 class _Tally:
     def __init__(self, num_classes: int, ignore_index: int, with_gt: bool) -> None:
         self.max_abs: float | None = None
@@ -253,6 +286,56 @@ class _Tally:
         self.max_abs = d if self.max_abs is None else max(self.max_abs, d)
         m = float(np.max(np.abs(b))) if b.size else 0.0
         self.scale = m if self.scale is None else max(self.scale, m)
+
+    def add(
+        self,
+        key: str,
+        labels: np.ndarray,
+        logits: np.ndarray | None,
+        ref: _RefBatch,
+        group: Sequence[Prepared],
+    ) -> None:
+        """One artifact's output on one batch, scored against the reference's."""
+        if labels.shape != ref.labels.shape:
+            raise ValueError(
+                f"{key}: output {labels.shape} does not match reference {ref.labels.shape}"
+            )
+        if ref.logits is not None and logits is not None:
+            if logits.shape == ref.logits.shape:
+                self.add_logits(logits, ref.logits)
+            else:  # a labels-lowres graph: its logits are the model's before upsampling
+                low = ref.lowres()
+                if low is not None and low.shape == logits.shape:
+                    self.add_logits(logits, low)
+        self.same += int((labels == ref.labels).sum())
+        self.total += int(labels.size)
+        self.vs_ref.update(labels, ref.labels)
+        if ref.full_labels is not None:
+            self.has_full = True
+            self.full_same += int((labels == ref.full_labels).sum())
+            self.vs_full.update(labels, ref.full_labels)
+        if self.vs_gt is not None:
+            for lab, s in zip(labels, group, strict=True):
+                self.vs_gt.update(restore_size(lab, s.box, s.mask.shape), s.mask)
+
+    def agreement(
+        self, images: int, shape: list[int], ref_miou: float | None, provider: str
+    ) -> Agreement:
+        return Agreement(
+            images=images,
+            input_shape=shape,
+            max_abs_logit_diff=self.max_abs,
+            max_abs_logit=self.scale,
+            pixel_agreement=self.same / self.total if self.total else 0.0,
+            miou_vs_reference=self.vs_ref.summary().miou,
+            miou_vs_ground_truth=self.vs_gt.summary().miou if self.vs_gt is not None else None,
+            reference_miou_vs_ground_truth=ref_miou,
+            provider=provider,
+            pixel_agreement_vs_full_res=(self.full_same / self.total if self.total else 0.0)
+            if self.has_full
+            else None,
+            miou_vs_full_res=self.vs_full.summary().miou if self.has_full else None,
+        )
 
 
 def compare(
@@ -279,64 +362,17 @@ def compare(
         group = samples[start : start + batch]
         x = np.concatenate([s.x for s in group], axis=0)
         shape = list(x.shape)
-        ref_logits = ref_low = full_labels = None
-        if callable(reference):
-            ref_logits = reference(x)
-            ref_labels = as_label_batch(ref_logits, "logits")
-            if isinstance(reference, TorchReference) and reference.lowres_labels:
-                ref_low = reference.lowres(x)
-                if ref_low is not None:
-                    full_labels = ref_labels
-                    ref_labels = upsample_labels(
-                        as_label_batch(ref_low, "logits"), full_labels.shape[1:]
-                    )
-        else:
-            ref_labels = np.stack(reference[start : start + len(group)])
-        ref_labels_out.extend(ref_labels)
+        ref = _RefBatch(reference, x, start, len(group))
+        ref_labels_out.extend(ref.labels)
         if ref_gt is not None:
-            for lab, s in zip(ref_labels, group, strict=True):
+            for lab, s in zip(ref.labels, group, strict=True):
                 ref_gt.update(restore_size(lab, s.box, s.mask.shape), s.mask)
         for key, run in runners.items():
             labels, logits = run(x)
-            t = tallies[key]
-            if labels.shape != ref_labels.shape:
-                raise ValueError(
-                    f"{key}: output {labels.shape} does not match reference {ref_labels.shape}"
-                )
-            if ref_logits is not None and logits is not None:
-                if logits.shape == ref_logits.shape:
-                    t.add_logits(logits, ref_logits)
-                else:  # a labels-lowres graph: its logits are the model's before upsampling
-                    if ref_low is None and isinstance(reference, TorchReference):
-                        ref_low = reference.lowres(x)
-                    if ref_low is not None and ref_low.shape == logits.shape:
-                        t.add_logits(logits, ref_low)
-            t.same += int((labels == ref_labels).sum())
-            t.total += int(labels.size)
-            t.vs_ref.update(labels, ref_labels)
-            if full_labels is not None:
-                t.has_full = True
-                t.full_same += int((labels == full_labels).sum())
-                t.vs_full.update(labels, full_labels)
-            if t.vs_gt is not None:
-                for lab, s in zip(labels, group, strict=True):
-                    t.vs_gt.update(restore_size(lab, s.box, s.mask.shape), s.mask)
+            tallies[key].add(key, labels, logits, ref, group)
     ref_miou = ref_gt.summary().miou if ref_gt is not None else None
-    out = {}
-    for key, t in tallies.items():
-        out[key] = Agreement(
-            images=len(samples),
-            input_shape=shape,
-            max_abs_logit_diff=t.max_abs,
-            max_abs_logit=t.scale,
-            pixel_agreement=t.same / t.total if t.total else 0.0,
-            miou_vs_reference=t.vs_ref.summary().miou,
-            miou_vs_ground_truth=t.vs_gt.summary().miou if t.vs_gt is not None else None,
-            reference_miou_vs_ground_truth=ref_miou,
-            provider=(providers or {}).get(key, ""),
-            pixel_agreement_vs_full_res=(t.full_same / t.total if t.total else 0.0)
-            if t.has_full
-            else None,
-            miou_vs_full_res=t.vs_full.summary().miou if t.has_full else None,
-        )
+    out = {
+        key: t.agreement(len(samples), shape, ref_miou, (providers or {}).get(key, ""))
+        for key, t in tallies.items()
+    }
     return out, ref_labels_out, ref_miou

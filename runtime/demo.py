@@ -1,7 +1,9 @@
 """Real-time demo: a video, camera, stream or image folder in; an annotated video (or images) out.
 
-Three stages overlap through bounded queues: a capture thread decodes frames, the
-calling thread runs the model and draws the overlay, a writer thread encodes. OpenCV
+source -> infer -> draw -> sink, overlapping through bounded queues: a capture thread
+decodes frames (`_Capture`), the calling thread runs the model (`_segment_frames`), a
+writer thread draws the overlay (`_Overlay`; the calling thread does when a window shows
+it) and encodes (`_Writer` over runtime/demo_sink.py's `Sink`). OpenCV
 releases the GIL while decoding/encoding, so I/O runs while the model computes. The
 bounded queues stop a fast reader from filling memory. Ctrl-C sets a flag that the
 calling thread checks between frames (a KeyboardInterrupt raised inside a queue's lock
@@ -27,6 +29,7 @@ import cv2
 import numpy as np
 
 from core.errors import SegkdError
+from core.labels import LabelSpec
 from core.numbers import finite
 from runtime.camera import open_capture, parse_live_source
 from runtime.demo_sink import VIDEO_SUFFIXES, Sink, partial_path  # noqa: F401  (re-exported)
@@ -174,7 +177,258 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
                 return False
 
 
-# -- the pipeline ----------------------------------------------------------------------
+# -- the stages: source -> infer -> draw -> sink ---------------------------------------
+class _Capture:
+    """The source stage: a thread reading frames into a bounded queue (a live source
+    drops its oldest frame rather than fall behind); `_END` after the last one."""
+
+    def __init__(
+        self,
+        src: _Source,
+        first: tuple[np.ndarray, str],
+        max_frames: int | None,
+        queue_size: int,
+        stop: threading.Event,
+    ) -> None:
+        self.src, self.first, self.max_frames, self.stop = src, first, max_frames, stop
+        self.frames: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.frames_in, self.dropped, self.end = 1, 0, "end of stream"
+        self.thread = threading.Thread(target=self._read, name="segkd-capture", daemon=True)
+
+    def _offer(self, item: tuple[np.ndarray, str]) -> bool:
+        if not self.src.live:
+            return _put(self.frames, item, self.stop)
+        while True:  # real time: drop the oldest frame rather than fall behind
+            try:
+                self.frames.put_nowait(item)
+                return True
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self.frames.get_nowait()
+                    self.dropped += 1
+
+    def _read(self) -> None:
+        item, src = self.first, self.src
+        try:
+            while not self.stop.is_set():
+                if not self._offer(item):
+                    return
+                if self.max_frames is not None and self.frames_in >= self.max_frames:
+                    self.end = "max frames"
+                    return
+                frame, name = src.read()
+                if frame is None:
+                    if src.live:
+                        log.warning(
+                            "%s %s stopped delivering frames after %d; ending",
+                            src.kind,
+                            src.name,
+                            self.frames_in,
+                        )
+                        self.end = "stream dropped"
+                    return
+                self.frames_in += 1
+                item = (frame, name)
+        finally:
+            _put(self.frames, _END, self.stop)
+
+    def drain(self) -> None:
+        """Empty the queue until the reader has left (a blocked put then returns)."""
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.frames.get(timeout=0.05)
+
+
+class _Overlay:
+    """The draw stage: the label colours over the frame, a legend, the status line."""
+
+    def __init__(self, labels: LabelSpec, alpha: float, legend: bool) -> None:
+        self.spec, self.lut, self.alpha, self.legend = labels, bgr_lut(labels), alpha, legend
+
+    def __call__(self, frame: np.ndarray, labels: np.ndarray, text: str) -> np.ndarray:
+        shown = overlay(frame, labels, self.lut, self.alpha)
+        if self.legend:
+            draw_legend(shown, self.spec, present_classes(labels, self.spec.num_classes))
+        draw_text(shown, text, (10, max(24, shown.shape[0] // 24)))
+        return shown
+
+
+class _Writer:
+    """The sink stage: a thread drawing queued frames and writing them to the sink (or
+    nothing); an error stops the demo and is raised in the calling thread."""
+
+    def __init__(
+        self, sink: Sink | None, draw: _Overlay, queue_size: int, stop: threading.Event
+    ) -> None:
+        self.sink, self.draw, self.stop = sink, draw, stop
+        self.items: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name="segkd-writer", daemon=True)
+
+    def _write(self) -> None:
+        try:
+            while True:
+                item = self.items.get()
+                if item is _END:
+                    return
+                frame, labels, text, name = item
+                shown = frame if labels is None else self.draw(frame, labels, text)
+                if self.sink is not None:
+                    self.sink.write(shown, name)
+        except BaseException as e:  # surfaced in the calling thread after join
+            self.error = e
+            self.stop.set()
+
+    def put(self, item: tuple[Any, ...]) -> bool:
+        return _put(self.items, item, self.stop)
+
+    def finish(self) -> None:
+        """The writer drains what is queued, then stops; one that already failed (or fails
+        now) is not waited for: a plain put here once hung the demo for ever."""
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self.items.put(_END, timeout=0.1)
+                break
+        while self.thread.is_alive():
+            self.thread.join(timeout=0.1)
+
+
+@dataclass
+class _Progress:
+    stopped: str = "end of stream"
+    done: int = 0
+    busy: float = 0.0  # seconds in segmenter.predict
+    finished: bool = False  # False if an error escaped: then an older output is left untouched
+
+
+def _segment_frames(
+    segmenter: Segmenter,
+    capture: _Capture,
+    writer: _Writer,
+    show: bool,
+    interrupted: threading.Event,
+    progress: _Progress,
+) -> str:
+    """The infer stage, in the calling thread: frames from the capture queue, label maps to
+    the writer's. Returns why it stopped."""
+    size = f"{segmenter.input_size[0]}x{segmenter.input_size[1]}"
+    label = f"{segmenter.backend_name} {segmenter.precision} {size}"
+    live_fps, last = 0.0, time.perf_counter()
+    while True:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        if writer.stop.is_set():  # only the writer sets it while we run: it failed
+            return "write failed"
+        try:
+            item = capture.frames.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if item is _END:
+            return capture.end
+        frame, name = item
+        t0 = time.perf_counter()
+        labels = segmenter.predict(frame)
+        now = time.perf_counter()
+        progress.busy += now - t0
+        rate = 1.0 / max(now - last, 1e-9)
+        live_fps = rate if progress.done == 0 else 0.9 * live_fps + 0.1 * rate  # smoothed
+        last = now
+        text = f"{live_fps:5.1f} FPS  {label}"
+        # The writer thread draws the overlay while the next frame is segmented; only a
+        # window needs the finished frame here (GUI calls belong to the main thread).
+        shown = writer.draw(frame, labels, text) if show else None
+        if not writer.put((shown, None, text, name) if show else (frame, labels, text, name)):
+            return "write failed"
+        progress.done += 1
+        if show:
+            cv2.imshow("segkd", shown)
+            if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                return "window closed"
+
+
+def _segment(
+    segmenter: Segmenter, capture: _Capture, writer: _Writer, show: bool, progress: _Progress
+) -> None:
+    """`_segment_frames` with Ctrl-C turned into a clean stop (see `_sigint_sets`)."""
+    interrupted = threading.Event()
+    sigint = contextlib.ExitStack()
+    try:
+        sigint.enter_context(_sigint_sets(interrupted))
+        progress.stopped = _segment_frames(segmenter, capture, writer, show, interrupted, progress)
+        progress.finished = True
+    except KeyboardInterrupt:
+        progress.finished = True
+        progress.stopped = "interrupted"
+        log.warning("interrupted: finishing the %d frames already processed", progress.done)
+    finally:
+        sigint.close()  # Ctrl-C during the clean-up that follows ends it the usual way
+
+
+def _shut_down(
+    capture: _Capture, writer: _Writer, sink: Sink | None, show: bool, progress: _Progress
+) -> Path | None:
+    """Stop both threads, release the source and put the output in place (or, after an
+    error, leave an earlier one untouched). Returns where the output went."""
+    capture.stop.set()  # the reader leaves its loop
+    try:
+        capture.drain()
+        writer.finish()
+    except BaseException:  # a second Ctrl-C: nothing half-written stays behind
+        if sink is not None:
+            sink.discard()
+        raise
+    finally:
+        capture.src.release()
+        if show:
+            cv2.destroyAllWindows()
+    if sink is None:
+        return None
+    keep = progress.finished and writer.error is None
+    try:
+        return sink.close(keep=keep, partial=progress.stopped == "interrupted")
+    except SegkdError as e:
+        writer.error = writer.error or e
+        return None
+
+
+def _open_ends(
+    source: str | int | Path, out: str | Path | None, fps: float | None
+) -> tuple[_Source, tuple[np.ndarray, str], Sink | None]:
+    """The source with its first frame read, and the sink sized for it."""
+    src = _Source(source)
+    first, first_name = src.read()
+    if first is None:
+        src.release()
+        raise SegkdError(
+            f"cannot read a frame from {src.kind} {src.name} (corrupt, empty or unsupported)"
+        )
+    size = (first.shape[1], first.shape[0])
+    try:
+        sink = Sink(Path(out), fps or src.fps or 30.0, size) if out is not None else None
+    except BaseException:
+        src.release()
+        raise
+    return src, (first, first_name), sink
+
+
+def _check_options(alpha: float, fps: float | None, max_frames: int | None, show: bool) -> bool:
+    """Refuse bad options; returns whether frames can really be shown."""
+    finite("--alpha", alpha, low=0.0, high=1.0)
+    if fps is not None:
+        finite("--fps", fps, low=0.0, low_open=True)
+    if max_frames is not None and max_frames < 1:
+        raise SegkdError(f"--max-frames must be at least 1, got {max_frames}")
+    if show and not display_available():
+        log.warning("--show: no display (or OpenCV built without GUI); not showing frames")
+        return False
+    return show
+
+
+def _write_failure(err: BaseException, out: str | Path | None) -> SegkdError:
+    reason = (err.strerror or err) if isinstance(err, OSError) else err
+    return SegkdError(f"cannot write --out {out}: {reason}")
+
+
 def run_demo(
     source: str | int | Path,
     segmenter: Segmenter,
@@ -194,196 +448,33 @@ def run_demo(
     show: also display the frames when a display exists (a warning otherwise).
     fps: frame rate of the written video (default: the source's, else 30).
     """
-    finite("--alpha", alpha, low=0.0, high=1.0)
-    if fps is not None:
-        finite("--fps", fps, low=0.0, low_open=True)
-    if max_frames is not None and max_frames < 1:
-        raise SegkdError(f"--max-frames must be at least 1, got {max_frames}")
-    if show and not display_available():
-        log.warning("--show: no display (or OpenCV built without GUI); not showing frames")
-        show = False
-    src = _Source(source)
-    first, first_name = src.read()
-    if first is None:
-        src.release()
-        raise SegkdError(
-            f"cannot read a frame from {src.kind} {src.name} (corrupt, empty or unsupported)"
-        )
+    show = _check_options(alpha, fps, max_frames, show)
+    src, first, sink = _open_ends(source, out, fps)
     t_start = time.perf_counter()
-    size = (first.shape[1], first.shape[0])
-    try:
-        sink = Sink(Path(out), fps or src.fps or 30.0, size) if out is not None else None
-    except BaseException:
-        src.release()
-        raise
-
     stop = threading.Event()
-    frames_q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-    write_q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-    state: dict[str, Any] = {
-        "frames_in": 1,
-        "dropped": 0,
-        "read_end": "end of stream",
-        "write_error": None,
-    }
-
-    def reader() -> None:
-        item: tuple[np.ndarray | None, str] = (first, first_name)
-        try:
-            while not stop.is_set():
-                if src.live:  # real time: drop the oldest frame rather than fall behind
-                    while True:
-                        try:
-                            frames_q.put_nowait(item)
-                            break
-                        except queue.Full:
-                            with contextlib.suppress(queue.Empty):
-                                frames_q.get_nowait()
-                                state["dropped"] += 1
-                elif not _put(frames_q, item, stop):
-                    return
-                if max_frames is not None and state["frames_in"] >= max_frames:
-                    state["read_end"] = "max frames"
-                    return
-                frame, name = src.read()
-                if frame is None:
-                    if src.live:
-                        log.warning(
-                            "%s %s stopped delivering frames after %d; ending",
-                            src.kind,
-                            src.name,
-                            state["frames_in"],
-                        )
-                        state["read_end"] = "stream dropped"
-                    return
-                state["frames_in"] += 1
-                item = (frame, name)
-        finally:
-            _put(frames_q, _END, stop)
-
-    def writer() -> None:
-        try:
-            while True:
-                item = write_q.get()
-                if item is _END:
-                    return
-                frame, labels, text, name = item
-                shown = frame if labels is None else compose(frame, labels, text)
-                if sink is not None:
-                    sink.write(shown, name)
-        except BaseException as e:  # surfaced in the calling thread after join
-            state["write_error"] = e
-            stop.set()
-
-    lut, spec = bgr_lut(segmenter.labels), segmenter.labels
-
-    def compose(frame: np.ndarray, labels: np.ndarray, text: str) -> np.ndarray:
-        shown = overlay(frame, labels, lut, alpha)
-        if legend:
-            draw_legend(shown, spec, present_classes(labels, spec.num_classes))
-        draw_text(shown, text, (10, max(24, shown.shape[0] // 24)))
-        return shown
-
-    threads = [threading.Thread(target=reader, name="segkd-capture", daemon=True)]
-    threads.append(threading.Thread(target=writer, name="segkd-writer", daemon=True))
-    for t in threads:
-        t.start()
-
-    label = f"{segmenter.backend_name} {segmenter.precision} {segmenter.input_size[0]}x{segmenter.input_size[1]}"
-    stopped, done, busy = "end of stream", 0, 0.0
-    live_fps, last = 0.0, time.perf_counter()
-    finished = False  # False if an error escapes: then an older output is left untouched
-    interrupted = threading.Event()
-    sigint = contextlib.ExitStack()
+    capture = _Capture(src, first, max_frames, queue_size, stop)
+    writer = _Writer(sink, _Overlay(segmenter.labels, alpha, legend), queue_size, stop)
+    capture.thread.start()
+    writer.thread.start()
+    progress = _Progress()
     try:
-        sigint.enter_context(_sigint_sets(interrupted))
-        while True:
-            if interrupted.is_set():
-                raise KeyboardInterrupt
-            if stop.is_set():  # only the writer sets it while we run: it failed
-                stopped = "write failed"
-                break
-            try:
-                item = frames_q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is _END:
-                stopped = str(state["read_end"])
-                break
-            frame, name = item
-            t0 = time.perf_counter()
-            labels = segmenter.predict(frame)
-            now = time.perf_counter()
-            busy += now - t0
-            rate = 1.0 / max(now - last, 1e-9)
-            live_fps = rate if done == 0 else 0.9 * live_fps + 0.1 * rate  # smoothed for display
-            last = now
-            text = f"{live_fps:5.1f} FPS  {label}"
-            # The writer thread draws the overlay while the next frame is segmented; only a
-            # window needs the finished frame here (GUI calls belong to the main thread).
-            shown = compose(frame, labels, text) if show else None
-            queued = (shown, None, text, name) if show else (frame, labels, text, name)
-            if not _put(write_q, queued, stop):
-                stopped = "write failed"
-                break
-            done += 1
-            if show:
-                cv2.imshow("segkd", shown)
-                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-                    stopped = "window closed"
-                    break
-        finished = True
-    except KeyboardInterrupt:
-        finished = True
-        stopped = "interrupted"
-        log.warning("interrupted: finishing the %d frames already processed", done)
+        _segment(segmenter, capture, writer, show, progress)
     finally:
-        sigint.close()  # Ctrl-C during the clean-up below ends it the usual way
-        stop.set()  # the reader leaves its loop; drain so a blocked put returns
-        try:
-            while threads[0].is_alive():
-                with contextlib.suppress(queue.Empty):
-                    frames_q.get(timeout=0.05)
-            # The writer drains what is queued, then stops; one that already failed (or
-            # fails now) is not waited for: a plain put here once hung the demo for ever.
-            while threads[1].is_alive():
-                with contextlib.suppress(queue.Full):
-                    write_q.put(_END, timeout=0.1)
-                    break
-            while threads[1].is_alive():
-                threads[1].join(timeout=0.1)
-        except BaseException:  # a second Ctrl-C: nothing half-written stays behind
-            if sink is not None:
-                sink.discard()
-            raise
-        finally:
-            src.release()
-            if show:
-                cv2.destroyAllWindows()
-        failed = state["write_error"] is not None
-        written_to: Path | None = None
-        if sink is not None:
-            keep = finished and not failed
-            try:
-                written_to = sink.close(keep=keep, partial=stopped == "interrupted")
-            except SegkdError as e:
-                state["write_error"] = state["write_error"] or e
-    if state["write_error"] is not None:
-        err = state["write_error"]
-        if isinstance(err, SegkdError):
-            raise err
-        reason = (err.strerror or err) if isinstance(err, OSError) else err
-        raise SegkdError(f"cannot write --out {out}: {reason}") from err
+        written_to = _shut_down(capture, writer, sink, show, progress)
+    if isinstance(writer.error, SegkdError):
+        raise writer.error
+    if writer.error is not None:
+        raise _write_failure(writer.error, out) from writer.error
     seconds = time.perf_counter() - t_start
-    written = sink.count if sink is not None else done
+    written = sink.count if sink is not None else progress.done
     return DemoStats(
         source=src.name,
         out=str(written_to) if written_to is not None else None,
-        frames_in=int(state["frames_in"]),
+        frames_in=capture.frames_in,
         frames_out=written,
-        frames_dropped=int(state["dropped"]),
+        frames_dropped=capture.dropped,
         seconds=seconds,
         fps=written / seconds if seconds > 0 else 0.0,
-        infer_ms_mean=busy * 1e3 / done if done else 0.0,
-        stopped=stopped,
+        infer_ms_mean=progress.busy * 1e3 / progress.done if progress.done else 0.0,
+        stopped=progress.stopped,
     )

@@ -189,12 +189,10 @@ def _gate(
         path, device="cuda", precision=step.precision, output_kind=step.output_kind,
         cuda_graph=False,
     )  # fmt: skip
-    try:
+    with backend:
         score = score_on_reference(
             backend.run, refs, pre, step.output_kind, labels.num_classes, labels.ignore_index
         )
-    finally:
-        backend.close()
     if score.pixel_agreement < step.min_agreement:
         raise SegkdError(
             f"{step.engine_file}: labels agree with the fp32 reference on "

@@ -27,24 +27,46 @@ class GpuIdentity:
         return asdict(self)
 
 
-def _cudart() -> Any:
-    from runtime.backends.tensorrt import import_cudart
+def import_cudart() -> Any:
+    """cuda-python's runtime module: `cuda.bindings.runtime` (12.6+), else `cuda.cudart`."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            raise SegkdError(
+                "the tensorrt backend needs cuda-python for GPU memory and streams "
+                "(pip install cuda-python matching your CUDA major version)"
+            ) from None
+    return cudart
 
-    return import_cudart()
+
+class CudaError(RuntimeError):
+    """A cuda-python call returned an error."""
+
+
+def cuda_call(rt: Any, result: Any) -> Any:
+    """The values of a cuda-python call, which returns (error, *values); CudaError if failed."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    code = int(getattr(err, "value", err))
+    if code != 0:
+        name = rt.cudaGetErrorName(err)[1]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        raise CudaError(f"CUDA error {code} ({name})")
+    return values[0] if len(values) == 1 else (values or None)
 
 
 def _ok(rt: Any, result: Any, what: str) -> Any:
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(getattr(err, "value", err)) != 0:
-        name = rt.cudaGetErrorName(err)[1]
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        raise SegkdError(f"no usable CUDA GPU: {what} failed ({name})")
-    return values[0] if len(values) == 1 else values
+    try:
+        return cuda_call(rt, result)
+    except CudaError as e:
+        raise SegkdError(f"no usable CUDA GPU: {what} failed ({e})") from None
 
 
 def gpu_identity(index: int = 0) -> GpuIdentity:
     """Name, compute capability and memory of CUDA device `index` (SegkdError when none)."""
-    rt = _cudart()
+    rt = import_cudart()
     count = _ok(rt, rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
     if not 0 <= index < int(count):
         raise SegkdError(

@@ -256,13 +256,13 @@ def folder_artifacts(folder: Path, engines: bool | None = None) -> list[Path]:
 def _open_onnx(
     path: Path, device: str, input_size: tuple[int, int] | None, verify: bool, opts: dict[str, Any]
 ) -> Segmenter:
-    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend, load_session
 
     manifest = sidecar_meta(path)
     if verify and manifest is not None:
         verify_sha256(path, manifest)
-    backend = OnnxRuntimeBackend(path, device=device, **opts)
-    embedded = backend.custom_metadata.get("segkd")
+    session = load_session(path, device=device, **opts)
+    embedded = session.custom_metadata.get("segkd")
     meta = (
         parse_metadata_json(embedded, f"{path} (metadata_props['segkd'])") if embedded else manifest
     )
@@ -281,7 +281,13 @@ def _open_onnx(
                     getattr(meta, key),
                     getattr(manifest, key),
                 )
-    backend.adopt(meta.precision, meta.output, meta.input_name, meta.output_name)
+    backend = OnnxRuntimeBackend(
+        session,
+        precision=meta.precision,
+        output_kind=meta.output,
+        input_name=meta.input_name,
+        output_name=meta.output_name,
+    )
     return Segmenter(backend, meta, path, input_size)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 from core.errors import SegkdError
 from core.labels import LabelSpec
 from core.preprocess import ColorOrder, Letterbox, PreprocessSpec
-from runtime.backends.base import Backend
+from runtime.backends.base import Runner
 from runtime.metadata import ModelMeta
 from runtime.postprocess import as_label_batch, restore_size, upsample_argmax, upsample_labels
 from runtime.slide import slide_logits
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class Segmenter:
     def __init__(
         self,
-        backend: Backend,
+        backend: Runner,
         meta: ModelMeta,
         model_path: Path | str | None = None,
         input_size: tuple[int, int] | None = None,
@@ -255,8 +256,19 @@ class Segmenter:
 
     @property
     def outputs_logits(self) -> bool:
-        """Whether logits can be had: a logits graph, or a backend that exposes them (torch)."""
-        return self._backend.output_kind == "logits" or hasattr(self._backend, "run_logits")
+        """Whether logits can be had: the main output, or another one of the runner (torch)."""
+        return self._backend.logits_output is not None
+
+    def _logits(self, batch: np.ndarray, any_size: bool = False) -> np.ndarray:
+        """The runner's logits: its main output through `run` (`run_any_size` for slide's
+        windows), or the extra logits output it offers (torch)."""
+        name = self._backend.logits_output
+        if name is None:
+            raise SegkdError(f"{self._path} gives label maps, not logits")
+        if name == self._backend.output_name:
+            return np.asarray(self.run_any_size(batch) if any_size else self.run(batch))
+        x = np.ascontiguousarray(batch, dtype=self._preprocess.dtype)
+        return self._backend.infer({self._backend.input_name: x}, [name])[name]
 
     def predict_upsampled(
         self,
@@ -276,10 +288,7 @@ class Segmenter:
                 "resizing its labels (re-export with --output logits)"
             )
         batch, boxes = self.preprocess_frames([frame], input_order)
-        if self._backend.output_kind == "logits":
-            logits = np.asarray(self.run(batch))[0]
-        else:
-            logits = self._backend.run_logits(batch)[0]  # type: ignore[attr-defined]
+        logits = self._logits(batch)[0]
         h, w = self.input_size
         if logits.shape[1:] != (h, w):  # a graph without its final upsample
             logits = np.stack(
@@ -306,14 +315,10 @@ class Segmenter:
                 f"{self.input_size[0]}x{self.input_size[1]}; slide needs a model that takes "
                 "any size (the torch backend: a .pt checkpoint or a model-zoo file)"
             )
-        if self._backend.output_kind == "logits":
-            run = self.run_any_size
-        elif hasattr(self._backend, "run_logits"):
-            run = self._backend.run_logits  # type: ignore[attr-defined]
-        else:
+        if not self.outputs_logits:
             raise SegkdError(f"--mode slide: {self._path} gives label maps, not logits")
         batch, boxes = self.preprocess_frames([frame], input_order)
-        logits = slide_logits(run, batch, crop, stride)[0]
+        logits = slide_logits(partial(self._logits, any_size=True), batch, crop, stride)[0]
         return upsample_argmax(logits, boxes[0], out_size or frame.shape[:2])
 
     def run_any_size(self, batch: np.ndarray) -> np.ndarray:

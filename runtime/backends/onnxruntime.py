@@ -8,12 +8,15 @@ really runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.errors import SegkdError
+from runtime.backends.base import Runner, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -120,141 +123,193 @@ def has_fp16_qdq(source: str | bytes) -> bool | None:
     )
 
 
-class OnnxRuntimeBackend:
+@dataclass
+class OrtSession:
+    """An ONNX Runtime session and what really runs it (the loader's half)."""
+
+    path: Path
+    session: Any
+    provider: str  # the first provider of the session: the one that really runs
+    device: str
+    qdq_fusion: bool  # False when onnxruntime's QDQ fusion had to be switched off
+
+    @property
+    def custom_metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+
+def _session_options(
+    ort: Any,
+    graph_optimization: str,
+    intra_op_threads: int | None,
+    inter_op_threads: int | None,
+    allow_spinning: bool,
+) -> Any:
+    if graph_optimization not in OPT_LEVELS:
+        raise SegkdError(
+            f"--graph-optimization {graph_optimization!r}: choose one of {', '.join(OPT_LEVELS)}"
+        )
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization]
+    )
+    if intra_op_threads is not None:
+        opts.intra_op_num_threads = int(intra_op_threads)
+    if inter_op_threads is not None:
+        opts.inter_op_num_threads = int(inter_op_threads)
+    opts.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+    if not allow_spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+_NO_QDQ_FUSION = "session.disable_quant_qdq"
+
+
+def _qdq_fusion_on(opts: Any) -> bool:
+    try:
+        return opts.get_session_config_entry(_NO_QDQ_FUSION) != "1"
+    except RuntimeError:  # never set
+        return True
+
+
+def _disable_qdq_fusion(path: Path, opts: Any) -> None:
+    log.info("%s: fp16 Q/DQ graph; running it without onnxruntime's QDQ fusion", path)
+    opts.add_session_config_entry(_NO_QDQ_FUSION, "1")
+
+
+def _create(ort: Any, path: Path, source: str | bytes, opts: Any, providers: list[Any]) -> Any:
+    """An InferenceSession; fp16 Q/DQ graphs run without onnxruntime's QDQ fusion."""
+    if _qdq_fusion_on(opts) and has_fp16_qdq(source):
+        _disable_qdq_fusion(path, opts)
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
+    except Exception as e:
+        if not (_qdq_fusion_on(opts) and _qdq_fusion_rejected(e)):  # e.g. no onnx package
+            raise
+    _disable_qdq_fusion(path, opts)
+    return ort.InferenceSession(source, sess_options=opts, providers=providers)
+
+
+def load_session(
+    path: Path | str,
+    *,
+    device: str = "auto",
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+    graph_optimization: str = "all",
+    trt_cache_dir: Path | str | None = None,
+    model_bytes: bytes | None = None,
+    allow_spinning: bool = True,
+) -> OrtSession:
+    """`model_bytes`: an in-memory variant of the file at `path` (export verification
+    runs the shipped graph with its logits exposed); `path` then names it in messages.
+    `allow_spinning=False` lets idle worker threads sleep (not a latency setting)."""
+    ort = _import_ort()
+    path = Path(path)
+    source: str | bytes = model_bytes if model_bytes is not None else str(path)
+    opts = _session_options(
+        ort, graph_optimization, intra_op_threads, inter_op_threads, allow_spinning
+    )
+    providers = choose_providers(
+        device,
+        list(ort.get_available_providers()),
+        Path(trt_cache_dir) if trt_cache_dir else None,
+    )
+    kind, index = _split_device(device)
+    try:
+        session = _create(ort, path, source, opts, providers)
+    except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
+        if kind != "auto" or providers == [CPU]:
+            raise _load_error(path, e) from None
+        # "auto" on a GPU build whose CUDA libraries do not load: the CPU still works.
+        log.info("%s: GPU providers failed (%s); retrying on the CPU", path, e)
+        providers = [CPU]
+        try:
+            session = _create(ort, path, source, opts, providers)
+        except Exception as e2:
+            raise _load_error(path, e2) from None
+    provider = session.get_providers()[0]
+    requested = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    if provider != requested:
+        # Expected for "auto" on a machine without a GPU; a surprise if asked for.
+        log.log(
+            logging.INFO if kind == "auto" else logging.WARNING,
+            "%s: asked for %s but onnxruntime runs it on %s",
+            path,
+            requested,
+            provider,
+        )
+    where = (
+        "CPU" if provider == CPU else f"CUDA:{index} ({provider.removesuffix('ExecutionProvider')})"
+    )
+    return OrtSession(path, session, provider, where, _qdq_fusion_on(opts))
+
+
+def _tensor_info(arg: Any) -> TensorInfo:
+    # Symbolic dims come back as strings (or None): those accept any size.
+    dims = tuple(d if isinstance(d, int) and d > 0 else None for d in (arg.shape or ()))
+    return TensorInfo(arg.name, dims, np.dtype(_NP_TYPES.get(arg.type, np.float32)))
+
+
+def _named_first(
+    infos: list[TensorInfo], name: str | None, what: str, path: Path
+) -> list[TensorInfo]:
+    """`infos` with the one called `name` first (the graph's order where None)."""
+    names = [i.name for i in infos]
+    if name is None:
+        return infos
+    if name not in names:
+        raise SegkdError(f"{path}: metadata names {what} {name!r}, the graph has {names}")
+    return sorted(infos, key=lambda i: i.name != name)
+
+
+class OnnxRuntimeBackend(Runner):
     name = "onnxruntime"
 
     def __init__(
         self,
-        path: Path | str,
+        source: Path | str | OrtSession,
         *,
-        device: str = "auto",
-        intra_op_threads: int | None = None,
-        inter_op_threads: int | None = None,
-        graph_optimization: str = "all",
-        trt_cache_dir: Path | str | None = None,
-        model_bytes: bytes | None = None,
-        allow_spinning: bool = True,
-    ) -> None:
-        """`model_bytes`: an in-memory variant of the file at `path` (export verification
-        runs the shipped graph with its logits exposed); `path` then names it in messages.
-        `allow_spinning=False` lets idle worker threads sleep (not a latency setting)."""
-        ort = _import_ort()
-        self.path = Path(path)
-        source: str | bytes = model_bytes if model_bytes is not None else str(self.path)
-        if graph_optimization not in OPT_LEVELS:
-            raise SegkdError(
-                f"--graph-optimization {graph_optimization!r}: choose one of {', '.join(OPT_LEVELS)}"
-            )
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization]
-        )
-        if intra_op_threads is not None:
-            opts.intra_op_num_threads = int(intra_op_threads)
-        if inter_op_threads is not None:
-            opts.inter_op_num_threads = int(inter_op_threads)
-        opts.log_severity_level = 3  # errors only; provider fallbacks are reported by us
-        if not allow_spinning:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = choose_providers(
-            device,
-            list(ort.get_available_providers()),
-            Path(trt_cache_dir) if trt_cache_dir else None,
-        )
-        kind, index = _split_device(device)
-        self.qdq_fusion = True  # False when onnxruntime's QDQ fusion had to be switched off
-        try:
-            self.session = self._session(ort, source, opts, providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
-            if kind != "auto" or providers == [CPU]:
-                raise _load_error(self.path, e) from None
-            # "auto" on a GPU build whose CUDA libraries do not load: the CPU still works.
-            log.info("%s: GPU providers failed (%s); retrying on the CPU", self.path, e)
-            providers = [CPU]
-            try:
-                self.session = self._session(ort, source, opts, providers)
-            except Exception as e2:
-                raise _load_error(self.path, e2) from None
-
-        self.provider = self.session.get_providers()[0]
-        requested = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-        if self.provider != requested:
-            # Expected for "auto" on a machine without a GPU; a surprise if asked for.
-            log.log(
-                logging.INFO if kind == "auto" else logging.WARNING,
-                "%s: asked for %s but onnxruntime runs it on %s",
-                self.path,
-                requested,
-                self.provider,
-            )
-        self.device = (
-            "CPU"
-            if self.provider == CPU
-            else f"CUDA:{index} ({self.provider.removesuffix('ExecutionProvider')})"
-        )
-        self.custom_metadata: dict[str, str] = dict(
-            self.session.get_modelmeta().custom_metadata_map
-        )
-        self.adopt()
-
-    def _session(self, ort: Any, source: str | bytes, opts: Any, providers: list[Any]) -> Any:
-        if self.qdq_fusion and has_fp16_qdq(source):
-            self._disable_qdq_fusion(opts)
-        try:
-            return ort.InferenceSession(source, sess_options=opts, providers=providers)
-        except Exception as e:
-            if not (self.qdq_fusion and _qdq_fusion_rejected(e)):  # e.g. no onnx package
-                raise
-        self._disable_qdq_fusion(opts)
-        return ort.InferenceSession(source, sess_options=opts, providers=providers)
-
-    def _disable_qdq_fusion(self, opts: Any) -> None:
-        log.info("%s: fp16 Q/DQ graph; running it without onnxruntime's QDQ fusion", self.path)
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
-        self.qdq_fusion = False
-
-    def adopt(
-        self,
         precision: str = "fp32",
         output_kind: str = "logits",
         input_name: str | None = None,
         output_name: str | None = None,
+        logits_output: str | None = None,
+        **load_options: Any,
     ) -> None:
-        """Take what the metadata says (read from this very session) about the graph."""
-        self.precision = precision
-        self.output_kind = output_kind
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        names_in, names_out = [i.name for i in inputs], [o.name for o in outputs]
-        for name, names, what in (
-            (input_name, names_in, "input"),
-            (output_name, names_out, "output"),
-        ):
-            if name is not None and name not in names:
-                raise SegkdError(
-                    f"{self.path}: metadata names {what} {name!r}, the graph has {names}"
-                )
-        self.input_name = input_name or names_in[0]
-        self.output_name = output_name or names_out[0]
-        inp = inputs[names_in.index(self.input_name)]
-        if len(inp.shape) != 4:
+        """source: a loaded session (`load_session`), or a path loaded with `load_options`.
+
+        The names and kinds come from segkd's metadata; `logits_output` names an extra
+        output that holds logits (verification's exposed tensor)."""
+        loaded = source if isinstance(source, OrtSession) else load_session(source, **load_options)
+        self.path, self.session, self.qdq_fusion = loaded.path, loaded.session, loaded.qdq_fusion
+        self.provider, self.device, self.precision = loaded.provider, loaded.device, precision
+        inputs = _named_first(
+            [_tensor_info(i) for i in self.session.get_inputs()], input_name, "input", self.path
+        )
+        outputs = _named_first(
+            [_tensor_info(o) for o in self.session.get_outputs()], output_name, "output", self.path
+        )
+        if len(inputs[0].shape) != 4:
             raise SegkdError(
-                f"{self.path}: input {inp.name!r} is {inp.shape}, expected N x 3 x H x W"
+                f"{self.path}: input {inputs[0].name!r} is {list(inputs[0].shape)}, "
+                "expected N x 3 x H x W"
             )
-        # Symbolic dims come back as strings (or None): those accept any size.
-        dims = tuple(d if isinstance(d, int) and d > 0 else None for d in inp.shape)
-        self.input_shape = (dims[0], dims[1], dims[2], dims[3])
-        self.input_dtype = np.dtype(_NP_TYPES.get(inp.type, np.float32))
+        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
+        self.output_kinds = {outputs[0].name: output_kind}
+        if logits_output is not None:
+            self.output_kinds[logits_output] = "logits"
+        self._input_dtype = inputs[0].dtype
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if batch.dtype != self.input_dtype:  # fp16-input graphs
-            batch = batch.astype(self.input_dtype)
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
-
-    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        """Several named outputs of one run (verification reads labels and logits)."""
-        if batch.dtype != self.input_dtype:
-            batch = batch.astype(self.input_dtype)
-        return self.session.run(names, {self.input_name: batch})
+    def infer(
+        self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        batch = self._input_batch(feed)
+        if batch.dtype != self._input_dtype:  # fp16-input graphs
+            batch = batch.astype(self._input_dtype)
+        names = self._wanted(outputs)
+        return dict(zip(names, self.session.run(names, {self.input_name: batch}), strict=True))
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None

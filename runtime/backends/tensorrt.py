@@ -14,12 +14,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.errors import SegkdError
+from runtime.backends.base import Runner
+from runtime.backends.tensorrt_io import engine_io
+from runtime.gpu import cuda_call, gpu_identity, import_cudart
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +40,6 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
-def import_cudart() -> Any:
-    """cuda-python's runtime module: `cuda.bindings.runtime` (12.6+), else `cuda.cudart`."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            raise SegkdError(
-                "the tensorrt backend needs cuda-python for GPU memory and streams "
-                "(pip install cuda-python matching your CUDA major version)"
-            ) from None
-    return cudart
-
-
 def tensorrt_available() -> bool:
     try:
         import_tensorrt()
@@ -60,18 +49,13 @@ def tensorrt_available() -> bool:
 
 
 class _Cuda:
-    """Thin checked wrapper: cuda-python calls return (error, *values)."""
+    """cuda-python's runtime, each call checked (runtime/gpu.py's cuda_call)."""
 
     def __init__(self) -> None:
         self.rt = import_cudart()
 
     def __call__(self, result: Any) -> Any:
-        err, *values = result if isinstance(result, tuple) else (result,)
-        if int(getattr(err, "value", err)) != 0:
-            name = self.rt.cudaGetErrorName(err)[1]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            raise RuntimeError(f"CUDA error {int(getattr(err, 'value', err))} ({name})")
-        return values[0] if len(values) == 1 else (values or None)
+        return cuda_call(self.rt, result)
 
 
 class _Buffer:
@@ -95,7 +79,7 @@ class _Buffer:
             self.host_ptr = 0
 
 
-class TensorRTBackend:
+class TensorRTBackend(Runner):
     name = "tensorrt"
 
     def __init__(
@@ -111,28 +95,40 @@ class TensorRTBackend:
         built_with: dict[str, Any] | None = None,
     ) -> None:
         # Set first so close() works on an instance whose __init__ failed half way.
+        self._cuda: _Cuda | None = None
         self._stream: Any = None
         self._buffers: dict[str, _Buffer] = {}
         self._graph_exec: Any = None
-        trt = self._trt = import_tensorrt()
+        self.context = self.engine = None
+        self._trt = import_tensorrt()
         self.path = Path(path)
-        self.precision, self.output_kind = precision, output_kind
+        self.precision = precision
+        self._cuda = _Cuda()
+        gpu_name = self._use_gpu(device)
+        self.provider = f"TensorRT {self._trt.__version__}"
+        self._load(built_with, gpu_name)
+        self._describe_io(input_name, output_name, output_kind)
+        # non-default stream: required for graph capture
+        self._stream = self._cuda(self._cuda.rt.cudaStreamCreate())
+        self._bound: tuple[int, ...] | None = None
+        self._use_graph = cuda_graph
+        self._runs = 0
+
+    # -- setup -------------------------------------------------------------------------
+    def _use_gpu(self, device: str) -> str:
+        """Make the GPU `device` names current (runtime/gpu.py); returns its name."""
         kind, _, index = device.lower().partition(":")
         if kind not in ("auto", "cuda", "tensorrt"):
             raise SegkdError(f"--device {device}: a TensorRT engine runs only on a CUDA GPU")
-        self._cuda = cuda = _Cuda()
-        rt = cuda.rt
-        gpu = int(index) if index.isdigit() else 0
         try:
-            cuda(rt.cudaSetDevice(gpu))
-            props = cuda(rt.cudaGetDeviceProperties(gpu))
-        except RuntimeError as e:
-            raise SegkdError(f"--device {device}: no usable CUDA GPU ({e})") from None
-        gpu_name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-        gpu_name = gpu_name.rstrip("\x00")
-        self.device = f"CUDA:{gpu} {gpu_name}"
-        self.provider = f"TensorRT {trt.__version__}"
+            gpu = gpu_identity(int(index) if index.isdigit() else 0)
+        except SegkdError as e:
+            raise SegkdError(f"--device {device}: {e}") from None
+        self.device = f"CUDA:{gpu.index} {gpu.name}"
+        return gpu.name
 
+    def _load(self, built_with: dict[str, Any] | None, gpu_name: str) -> None:
+        trt = self._trt
         self._errors: list[str] = []
         self._logger = self._make_logger()
         self._runtime = trt.Runtime(self._logger)
@@ -149,39 +145,36 @@ class TensorRTBackend:
                 f"{self.path}: TensorRT could not create an execution context (GPU memory?)"
             )
 
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = trt.TensorIOMode.INPUT
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
-        outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+    def _describe_io(
+        self, input_name: str | None, output_name: str | None, output_kind: str
+    ) -> None:
+        """The runner's inputs and outputs from the engine (tensorrt_io), checked against
+        the names segkd's metadata gives; the main output first."""
+        inputs, outputs = engine_io(self._trt, self.engine, self.path)
+        in_names, out_names = [i.name for i in inputs], [o.name for o in outputs]
         if len(inputs) != 1 or not outputs:
             raise SegkdError(
-                f"{self.path}: expected one input and an output, got {inputs} / {outputs}"
+                f"{self.path}: expected one input and an output, got {in_names} / {out_names}"
             )
-        self.input_name = inputs[0]
-        if input_name and input_name != self.input_name:
+        if input_name and input_name != in_names[0]:
             raise SegkdError(
-                f"{self.path}: metadata names input {input_name!r}, engine has {inputs}"
+                f"{self.path}: metadata names input {input_name!r}, engine has {in_names}"
             )
-        if output_name and output_name not in outputs:
+        if output_name and output_name not in out_names:
             raise SegkdError(
-                f"{self.path}: metadata names output {output_name!r}, engine has {outputs}"
+                f"{self.path}: metadata names output {output_name!r}, engine has {out_names}"
             )
-        self.output_name = output_name or outputs[0]
-        self._names = names
-        dims = tuple(int(d) for d in self.engine.get_tensor_shape(self.input_name))
-        if len(dims) != 4:
+        if len(inputs[0].shape) != 4:
             raise SegkdError(
-                f"{self.path}: input {self.input_name!r} is {dims}, expected N x 3 x H x W"
+                f"{self.path}: input {in_names[0]!r} is {list(inputs[0].shape)}, "
+                "expected N x 3 x H x W"
             )
-        shape = tuple(d if d > 0 else None for d in dims)
-        self.input_shape = (shape[0], shape[1], shape[2], shape[3])
+        main = output_name or out_names[0]
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(sorted(outputs, key=lambda o: o.name != main))
+        self.output_kinds = {main: output_kind}
+        self._dtypes = {t.name: t.dtype for t in (*inputs, *outputs)}
 
-        self._stream = cuda(rt.cudaStreamCreate())  # non-default: required for graph capture
-        self._bound: tuple[int, ...] | None = None
-        self._use_graph = cuda_graph
-        self._runs = 0
-
-    # -- setup -------------------------------------------------------------------------
     def _make_logger(self) -> Any:
         trt, errors = self._trt, self._errors
 
@@ -210,15 +203,6 @@ class TensorRTBackend:
             "folder with `segkd build FOLDER`"
         )
 
-    def _np_dtype(self, name: str) -> np.dtype:
-        dt = self.engine.get_tensor_dtype(name)
-        try:
-            return np.dtype(self._trt.nptype(dt))
-        except TypeError:
-            raise SegkdError(
-                f"{self.path}: tensor {name!r} has type {dt}, which numpy cannot hold"
-            ) from None
-
     def _bind(self, shape: tuple[int, ...]) -> None:
         """Set the input shape, (re)allocate every I/O buffer and register its address."""
         ctx = self.context
@@ -243,9 +227,9 @@ class TensorRTBackend:
         for buf in self._buffers.values():
             buf.free()
         self._buffers = {}
-        for name in self._names:
+        for name, dtype in self._dtypes.items():
             dims = tuple(int(d) for d in ctx.get_tensor_shape(name))
-            buf = _Buffer(self._cuda, dims, self._np_dtype(name))
+            buf = _Buffer(self._cuda, dims, dtype)
             self._buffers[name] = buf
             if not ctx.set_tensor_address(name, buf.device_ptr):
                 raise RuntimeError(f"TensorRT refused the address for {name!r}")
@@ -290,11 +274,14 @@ class TensorRTBackend:
             self._cuda.rt.cudaGraphExecDestroy(self._graph_exec)
             self._graph_exec = None
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def infer(
+        self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         rt, cuda = self._cuda.rt, self._cuda
+        batch, names = self._input_batch(feed), self._wanted(outputs)
         if tuple(batch.shape) != self._bound:
             self._bind(tuple(int(s) for s in batch.shape))
-        inp, out = self._buffers[self.input_name], self._buffers[self.output_name]
+        inp = self._buffers[self.input_name]
         np.copyto(inp.host, batch, casting="same_kind")  # fp16 engines take a cast here
         h2d, d2h = (
             rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
@@ -302,20 +289,21 @@ class TensorRTBackend:
         )
         cuda(rt.cudaMemcpyAsync(inp.device_ptr, inp.host_ptr, inp.nbytes, h2d, self._stream))
         self._enqueue()
-        cuda(rt.cudaMemcpyAsync(out.host_ptr, out.device_ptr, out.nbytes, d2h, self._stream))
+        for out in (self._buffers[n] for n in names):  # only what was asked leaves the GPU
+            cuda(rt.cudaMemcpyAsync(out.host_ptr, out.device_ptr, out.nbytes, d2h, self._stream))
         cuda(rt.cudaStreamSynchronize(self._stream))
         self._runs += 1
         # Graphs fix shapes and addresses: capture only after one warm run at this shape.
         if self._use_graph and self._graph_exec is None and self._runs == 1:
             self._capture_graph()
-        return out.host.copy()
+        return {n: self._buffers[n].host.copy() for n in names}
 
     @property
     def uses_cuda_graph(self) -> bool:
         return self._graph_exec is not None
 
     def close(self) -> None:
-        if getattr(self, "_cuda", None) is None:  # failed before CUDA was touched
+        if self._cuda is None:  # failed before CUDA was touched
             return
         self._release_graph()
         for buf in self._buffers.values():

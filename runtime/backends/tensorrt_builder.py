@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core.atomic_io import sha256_of, write_bytes_atomic
 from core.errors import SegkdError
 from core.numbers import finite
-from runtime.gpu import gpu_identity, gpu_unavailable_reason
+from runtime.backends.tensorrt_io import engine_io, manifest_entry
+from runtime.gpu import GpuIdentity, gpu_identity, gpu_unavailable_reason, import_cudart
 from runtime.jetson_release import l4t_release
 
 log = logging.getLogger(__name__)
@@ -110,8 +109,6 @@ def tensorrt_unavailable_reason() -> str | None:
     except SegkdError as e:
         return str(e)
     # Engines are verified through the runtime's TensorRT backend, which needs cuda-python.
-    from runtime.backends.tensorrt import import_cudart
-
     try:
         import_cudart()
     except SegkdError:
@@ -215,19 +212,6 @@ class EngineBuild:
         }
 
 
-def _io_tensors(trt: Any, engine: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    ins, outs = [], []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        entry = {
-            "name": name,
-            "shape": [int(d) if d >= 0 else "dynamic" for d in engine.get_tensor_shape(name)],
-            "dtype": np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name,
-        }
-        (ins if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outs).append(entry)
-    return ins, outs
-
-
 def dla_in_tensorrt(version: str) -> bool:
     """TensorRT 10.7 was the last 10.x with DLA; 11.0-11.3 had none; 11.4.1 has it on AGX
     Orin with JetPack 7.2.2+ (TensorRT 11.4.1 docs, "Working with DLA")."""
@@ -269,6 +253,124 @@ def _configure_dla(trt: Any, config: Any, dla_core: int) -> None:
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one build is made of and keyed on (any change gives another cached engine)."""
+
+    version: str
+    precision: str
+    gpu: GpuIdentity
+    l4t: str | None
+    profile: tuple[tuple[int, ...], ...] | None  # (min, opt, max); None = fixed shapes
+    strongly_typed: bool
+    workspace: int
+    cache_key: str
+    cache_dir: Path
+
+
+def _plan(
+    trt: Any,
+    builder: Any,
+    *,
+    precision: str,
+    onnx_sha256: str,
+    input_size: tuple[int, int],
+    dynamic: bool,
+    opts: TrtOptions,
+    layout: str,
+) -> _Plan:
+    version = str(trt.__version__)
+    gpu, l4t = gpu_identity(), l4t_release()
+    dla_cores = int(getattr(builder, "num_DLA_cores", 0))
+    check_dla(opts.dla_core, dla_cores, precision, gpu.name, version)
+    if opts.dla_core is not None and dynamic:
+        log.info("DLA build: fixing the input at %dx%d, batch 1", *input_size)
+        dynamic = False
+    profile = profile_shapes(input_size, opts, layout) if dynamic else None
+    strongly_typed = not (opts.weak_typing and hasattr(trt.BuilderFlag, "FP16"))
+    workspace = opts.workspace_bytes(gpu.free_bytes)
+    build_opts = {
+        "strongly_typed": strongly_typed,
+        "optimization_level": opts.optimization_level,
+        "workspace_bytes": workspace,
+        "dla_core": opts.dla_core,
+    }
+    key = engine_cache_key(
+        onnx_sha256=onnx_sha256,
+        tensorrt_version=version,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        precision=precision,
+        input_shape=[list(s) for s in profile] if profile else list(_shape(1, input_size, layout)),
+        l4t=l4t,
+        build_options=build_opts,
+    )
+    return _Plan(
+        version, precision, gpu, l4t, profile, strongly_typed, workspace, key,
+        opts.resolved_cache_dir(),
+    )  # fmt: skip
+
+
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, plan: _Plan) -> Any:
+    """The network of `onnx_path`, strongly typed where the plan says so."""
+    flags = 0
+    flag_enum = trt.NetworkDefinitionCreationFlag
+    if plan.strongly_typed and hasattr(flag_enum, "STRONGLY_TYPED"):
+        flags |= 1 << int(flag_enum.STRONGLY_TYPED)  # ignored (always on) in 11.x
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise SegkdError(
+            f"{onnx_path.name}: TensorRT {plan.version} cannot parse it: {'; '.join(errors)[:300]}"
+        )
+    return network
+
+
+def _configure(trt: Any, builder: Any, network: Any, plan: _Plan, opts: TrtOptions) -> Any:
+    """Builder config: workspace, optimisation level, precision flags, DLA, profile."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace)
+    if hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = int(opts.optimization_level)
+    if not plan.strongly_typed:  # TensorRT 10.x weak typing; these flags do not exist in 11.x
+        if plan.precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        if plan.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: no calibrator
+    if opts.dla_core is not None:
+        _configure_dla(trt, config, opts.dla_core)
+    if plan.profile is not None:
+        opt_profile = builder.create_optimization_profile()
+        opt_profile.set_shape(network.get_input(0).name, *plan.profile)
+        config.add_optimization_profile(opt_profile)
+    return config
+
+
+def _serialize(
+    trt: Any, builder: Any, logger: Any, onnx_path: Path, plan: _Plan, opts: TrtOptions
+) -> bytes:
+    """Build the engine's plan bytes, reading and updating the version's timing cache."""
+    network = _parse(trt, builder, logger, onnx_path, plan)
+    config = _configure(trt, builder, network, plan, opts)
+    # A timing cache is only valid for the TensorRT version that wrote it.
+    timing_path = plan.cache_dir / f"timing-trt{plan.version}.cache"
+    timing = None
+    if opts.timing_cache and hasattr(config, "create_timing_cache"):
+        previous = timing_path.read_bytes() if timing_path.is_file() else b""
+        timing = config.create_timing_cache(previous)
+        config.set_timing_cache(timing, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise SegkdError(
+            f"{onnx_path.name}: TensorRT {plan.version} built no engine for {plan.precision} "
+            "(re-run with --trt-verbose; if the log mentions memory, raise --trt-workspace)"
+        )
+    if timing is not None:
+        write_bytes_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
 def build_engine(
     onnx_path: Path,
     engine_path: Path,
@@ -289,105 +391,40 @@ def build_engine(
     """
     import tensorrt as trt
 
-    version = str(trt.__version__)
-    check_tensorrt_version(version)
-    gpu = gpu_identity()
-    l4t = l4t_release()
+    check_tensorrt_version(str(trt.__version__))
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    dla_cores = int(getattr(builder, "num_DLA_cores", 0))
-    check_dla(opts.dla_core, dla_cores, precision, gpu.name, version)
-    if opts.dla_core is not None and dynamic:
-        log.info("DLA build: fixing the input at %dx%d, batch 1", *input_size)
-        dynamic = False
-    profile = profile_shapes(input_size, opts, layout) if dynamic else None
-    flag_enum = trt.NetworkDefinitionCreationFlag
-    strongly_typed = not (opts.weak_typing and hasattr(trt.BuilderFlag, "FP16"))
-    workspace = opts.workspace_bytes(gpu.free_bytes)
-    build_opts = {
-        "strongly_typed": strongly_typed,
-        "optimization_level": opts.optimization_level,
-        "workspace_bytes": workspace,
-        "dla_core": opts.dla_core,
-    }
-    key = engine_cache_key(
-        onnx_sha256=onnx_sha256,
-        tensorrt_version=version,
-        gpu_name=gpu.name,
-        compute_capability=gpu.compute_capability,
-        precision=precision,
-        input_shape=[list(s) for s in profile] if profile else list(_shape(1, input_size, layout)),
-        l4t=l4t,
-        build_options=build_opts,
-    )
-    cache_dir = opts.resolved_cache_dir()
-    cached = cache_dir / f"{key}.engine"
+    plan = _plan(
+        trt, builder, precision=precision, onnx_sha256=onnx_sha256, input_size=input_size,
+        dynamic=dynamic, opts=opts, layout=layout,
+    )  # fmt: skip
+    cached = plan.cache_dir / f"{plan.cache_key}.engine"
     started = time.perf_counter()
     from_cache = opts.use_cache and cached.is_file()
     if from_cache:
         write_bytes_atomic(engine_path, cached.read_bytes())
     else:
-        flags = 0
-        if strongly_typed and hasattr(flag_enum, "STRONGLY_TYPED"):
-            flags |= 1 << int(flag_enum.STRONGLY_TYPED)  # ignored (always on) in 11.x
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):
-            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise SegkdError(
-                f"{onnx_path.name}: TensorRT {version} cannot parse it: {'; '.join(errors)[:300]}"
-            )
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-        if hasattr(config, "builder_optimization_level"):
-            config.builder_optimization_level = int(opts.optimization_level)
-        if not strongly_typed:  # TensorRT 10.x weak typing; these flags do not exist in 11.x
-            if precision in ("fp16", "int8"):
-                config.set_flag(trt.BuilderFlag.FP16)
-            if precision == "int8":
-                config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: no calibrator
-        if opts.dla_core is not None:
-            _configure_dla(trt, config, opts.dla_core)
-        if profile is not None:
-            opt_profile = builder.create_optimization_profile()
-            opt_profile.set_shape(network.get_input(0).name, *profile)
-            config.add_optimization_profile(opt_profile)
-        # A timing cache is only valid for the TensorRT version that wrote it.
-        timing_path = cache_dir / f"timing-trt{version}.cache"
-        timing = None
-        if opts.timing_cache and hasattr(config, "create_timing_cache"):
-            previous = timing_path.read_bytes() if timing_path.is_file() else b""
-            timing = config.create_timing_cache(previous)
-            config.set_timing_cache(timing, ignore_mismatch=False)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise SegkdError(
-                f"{onnx_path.name}: TensorRT {version} built no engine for {precision} "
-                "(re-run with --trt-verbose; if the log mentions memory, raise --trt-workspace)"
-            )
-        data = bytes(serialized)
+        data = _serialize(trt, builder, logger, onnx_path, plan, opts)
         write_bytes_atomic(engine_path, data)
-        if timing is not None:
-            write_bytes_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
         if opts.use_cache:
             write_bytes_atomic(cached, data)
     seconds = time.perf_counter() - started
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
-        raise SegkdError(f"{engine_path}: TensorRT {version} cannot load the engine it built")
-    inputs, outputs = _io_tensors(trt, engine)
+        raise SegkdError(f"{engine_path}: TensorRT {plan.version} cannot load the engine it built")
+    inputs, outputs = engine_io(trt, engine, engine_path)
     return EngineBuild(
         path=engine_path,
-        tensorrt_version=version,
-        gpu={"name": gpu.name, "compute_capability": gpu.compute_capability},
-        l4t=l4t,
-        cache_key=key,
+        tensorrt_version=plan.version,
+        gpu={"name": plan.gpu.name, "compute_capability": plan.gpu.compute_capability},
+        l4t=plan.l4t,
+        cache_key=plan.cache_key,
         from_cache=from_cache,
         build_seconds=seconds,
-        strongly_typed=strongly_typed,
-        inputs=inputs,
-        outputs=outputs,
-        profile=[list(s) for s in profile] if profile else None,
-        workspace_bytes=workspace,
+        strongly_typed=plan.strongly_typed,
+        inputs=[manifest_entry(i) for i in inputs],
+        outputs=[manifest_entry(o) for o in outputs],
+        profile=[list(s) for s in plan.profile] if plan.profile else None,
+        workspace_bytes=plan.workspace,
         dla_core=opts.dla_core,
     )

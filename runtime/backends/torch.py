@@ -9,11 +9,13 @@ one launch instead of hundreds, which is what small-batch real-time inference is
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from core.errors import SegkdError
+from runtime.backends.base import Runner, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,17 @@ def resolve_device(device: str) -> str:
     raise SegkdError(f"--device {device!r}: the torch backend takes auto, cpu or cuda[:N]")
 
 
-class TorchBackend:
+class TorchBackend(Runner):
+    """Outputs "labels" (uint8, the main one: argmax on the device) and "logits" (float32,
+    at the input size, for evaluation that resizes them; asking for them costs a copy)."""
+
     name = "torch"
-    output_kind = "labels"
+    inputs = (TensorInfo("input", (None, 3, None, None), np.dtype(np.float32)),)
+    outputs = (
+        TensorInfo("labels", (None, None, None), np.dtype(np.uint8)),
+        TensorInfo("logits", (None, None, None, None), np.dtype(np.float32)),
+    )
+    output_kinds = {"labels": "labels", "logits": "logits"}  # noqa: RUF012 (read only)
 
     def __init__(
         self,
@@ -81,7 +91,6 @@ class TorchBackend:
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.input_shape = (None, 3, None, None)
         if self._cuda:
             self.device = f"CUDA:{dev.index or 0} {torch.cuda.get_device_name(dev)}"
             self.provider = f"torch {torch.__version__} (CUDA {torch.version.cuda})"
@@ -89,14 +98,17 @@ class TorchBackend:
             self.device = "CPU"
             self.provider = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def infer(
+        self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        wanted = self._wanted(outputs)
+        x = self._to_device(self._input_batch(feed))
         with self._torch.inference_mode():
-            return self.labels_on_device(self._to_device(batch)).cpu().numpy()
-
-    def run_logits(self, batch: np.ndarray) -> np.ndarray:
-        """The float32 logits themselves, for evaluation that upsamples them (costs a copy)."""
-        with self._torch.inference_mode():
-            return self._logits(self._to_device(batch)).float().cpu().numpy()
+            if wanted == ["labels"]:  # the deployment path: only labels leave the device
+                return {"labels": self.labels_on_device(x).cpu().numpy()}
+            logits = self._logits(x)
+            labels = logits.argmax(1).to(self._torch.uint8) if "labels" in wanted else None
+            return {n: (logits.float() if n == "logits" else labels).cpu().numpy() for n in wanted}
 
     def _to_device(self, batch: np.ndarray) -> Any:
         x = self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))

@@ -72,8 +72,10 @@ def test_the_reference_set_reproduces_the_export_labels_without_the_dataset(fold
     export = read_export_json(folder)
     labels = LabelSpec.from_dict(export["labels"])
     pre = PreprocessSpec.from_dict(export["preprocess"])
-    backend = OnnxRuntimeBackend(folder / "model.onnx", device="cpu")
-    backend.adopt("fp32", "labels", "input", "labels")
+    backend = OnnxRuntimeBackend(
+        folder / "model.onnx", device="cpu", precision="fp32", output_kind="labels",
+        input_name="input", output_name="labels",
+    )  # fmt: skip
     refs = read_reference_set(folder / REFERENCE_FILE)
     score = score_on_reference(backend.run, refs, pre, "labels", labels.num_classes, 255)
     backend.close()

@@ -207,10 +207,12 @@ def test_onnxruntime_backend_runs_an_in_memory_variant_with_extra_outputs(
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(inner, onnx.TensorProto.FLOAT, None)
     )
-    backend = OnnxRuntimeBackend(path, device="cpu", model_bytes=model.SerializeToString())
-    backend.adopt(output_name=first)
+    backend = OnnxRuntimeBackend(
+        path, device="cpu", model_bytes=model.SerializeToString(), output_name=first
+    )
     x = np.zeros((1, 3, *INPUT_SIZE), dtype=np.float32)
-    out, extra = backend.run_outputs(x, [first, inner])
+    got = backend.infer({backend.input_name: x}, [first, inner])
+    out, extra = got[first], got[inner]
     assert np.array_equal(out, OnnxRuntimeBackend(path, device="cpu").run(x))
     assert extra.dtype == np.float32 and extra.shape[:2] == (1, 4)
     assert np.array_equal(out, extra.argmax(1).astype(out.dtype))
@@ -249,3 +251,29 @@ def test_any_fp16_qdq_graph_runs_unfused(tmp_path: Path) -> None:
         assert backend.qdq_fusion is fused, dtype
         x = np.full((1, 3, 2, 2), 0.26, dtype=np.float32)
         assert np.allclose(backend.run(x), 0.3, atol=1e-3)
+
+
+def test_every_backend_is_a_runner_of_named_outputs(model_dir: Path, tiny_net: Any) -> None:
+    """One contract (runtime/backends/base.py): named feed in, named outputs out; torch
+    offers its logits as a second output, an ONNX logits graph as its main one."""
+    from runtime.backends.base import Runner
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from runtime.backends.torch import TorchBackend
+
+    batch, _ = PREPROCESS.apply(sample_frames(1)[0])
+    with (
+        OnnxRuntimeBackend(model_dir / "model.onnx", device="cpu") as ort_runner,
+        TorchBackend(tiny_net, device="cpu") as torch_runner,
+    ):
+        for r in (ort_runner, torch_runner):
+            assert isinstance(r, Runner) and r.input_shape[1] == 3
+            assert r.logits_output is not None
+        (ort_logits,) = ort_runner.infer({ort_runner.input_name: batch}).values()
+        got = torch_runner.infer({"input": batch})
+        assert list(got) == ["labels", "logits"] and torch_runner.output_kind == "labels"
+        np.testing.assert_allclose(got["logits"], ort_logits, atol=1e-4)
+        np.testing.assert_array_equal(got["labels"], ort_logits.argmax(1))
+        np.testing.assert_array_equal(torch_runner.run(batch), got["labels"])
+        assert list(torch_runner.infer({"input": batch}, ["logits"])) == ["logits"]
+        with pytest.raises(SegkdError, match="no output"):
+            ort_runner.infer({ort_runner.input_name: batch}, ["labels"])
