@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from core.errors import SegkdError
+from core.options import OptionSet
 from core.schema.bench import BENCH
 from core.schema.distill import DISTILL
 from core.schema.evaluate import EVAL
@@ -55,10 +57,10 @@ def _realtime(iters: int) -> dict[str, Any]:
     return {**_training("ddrnet23_slim", iters), "crop_size": "128x256"}
 
 
-def _export() -> dict[str, Any]:
-    """The export section: the export's options and its two agreement gates."""
-    gates = TOLERANCES.only(*TOLERANCE_NAMES).renamed(TOLERANCE_NAMES)
-    return {**EXPORT.config_section(), **gates.config_section()}
+# The export section: the export's options and its two agreement gates.
+_EXPORT_SECTION = OptionSet(
+    [*EXPORT.values(), *TOLERANCES.only(*TOLERANCE_NAMES).renamed(TOLERANCE_NAMES).values()]
+)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -82,7 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "student_seeds": [0, 1],
     # The library's defaults (chosen from the synthetic ablation: docs/METHOD.md says why).
     "distill": DISTILL.config_section(),
-    "export": _export(),
+    "export": _EXPORT_SECTION.config_section(),
     # Quantization-aware distillation after the export (`segkd qat`, docs/notes/qat.md):
     # steps 0 = off. The INT8 files it writes go to export-qat/, beside the PTQ ones.
     "qat": {**QAT.config_section(), "steps": 0},
@@ -108,19 +110,25 @@ def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[s
     return out
 
 
-# Options whose default is None: what they take when set (the rest follow their default).
-_NONE_TYPES: dict[str, tuple[type, ...]] = {
-    "checkpoint": (str,),  # a SPEC, not always a path (mmseg:FILE): distill.zoo parses it
-    "scale_range": (list,),
-    "export_size": (str,),
-    "input_size": (str,),
-    "weight_decay": (int, float),
-    "eval_interval": (int,),
-    "backbone_weights": (str,),
-    "max_drop": (int, float),
-    "threads": (int,),
-    "class_weights": (str,),
-}
+# The declared options of each section: the type an option whose default is None takes.
+_SCHEMAS = (TRAIN, DISTILL, _EXPORT_SECTION, QAT, EVAL, BENCH)
+
+
+def _none_types() -> dict[str, tuple[type, ...]]:
+    """What an option whose default is None takes when set (the rest follow their default),
+    from its declared type: a number may be written as an integer, a path as text."""
+    found: dict[str, tuple[type, ...]] = {
+        "checkpoint": (str,),  # a SPEC, not always a path (mmseg:FILE): distill.zoo parses it
+    }
+    for options in _SCHEMAS:
+        for o in options.values():
+            kinds = [t for t in typing.get_args(o.type) if t is not type(None)]
+            if o.config and kinds:
+                found[o.name] = {float: (int, float), Path: (str,)}.get(kinds[0], (kinds[0],))
+    return found
+
+
+_NONE_TYPES = _none_types()
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text",
                list: "a list"}  # fmt: skip
 
