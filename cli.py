@@ -77,9 +77,9 @@ def models(
     num_classes: Annotated[
         int, typer.Option(min=1, max=254, help="at most 254: mask value 255 is the ignore id")
     ] = 19,
-    deep_stem: Annotated[
-        bool, typer.Option(help="three-conv stem of the reference code bases")
-    ] = False,
+    deep_stem: Annotated[bool, typer.Option(help=TRAIN["deep_stem"].help)] = TRAIN.default(
+        "deep_stem"
+    ),
     json_out: Annotated[
         Path | None, typer.Option("--json", help="also write the table as JSON")
     ] = None,
