@@ -43,6 +43,13 @@ def test_distill_config_takes_the_declared_defaults() -> None:
     assert fields == DISTILL.defaults()
 
 
+def test_qat_options_take_the_declared_defaults() -> None:
+    from distill.qat.train import QatOptions
+
+    fields = {f.name: f.default for f in dataclasses.fields(QatOptions)}
+    assert fields == {name: QAT.default(name) for name in fields}
+
+
 def _params(command: str) -> dict[str, object]:
     return {p.name: p for p in COMMAND.commands[command].params}  # type: ignore[attr-defined]
 

@@ -16,10 +16,16 @@ QAT = OptionSet([
            "images of the initial calibration", config=False),
     Option("int8_method", str, EXPORT.default("int8_method"),
            "initial calibration: minmax, entropy, percentile", config=False),
-    # Conv weights and biases: SGD with momentum, preconditioned as the unfolded network.
+    # Conv weights and biases: SGD with momentum, preconditioned as the unfolded network
+    # (distill.qat.train.precondition_folded). Adam's per-weight normalised steps drifted
+    # small channels and lowered agreement; so did plain SGD on folded kernels
+    # (docs/notes/qat.md).
     Option("lr", float, 1e-4, "SGD learning rate of the Conv weights"),
+    # Activation log-scales (Adam, LSQ gradient): ~0.1 % a step.
     Option("scale_lr", float, 1e-3, "Adam learning rate of the activation scales"),
     Option("learn_scales", bool, True,
            "learn the activation scales (LSQ) or keep the calibrated ones"),
+    Option("temperature", float, 1.0, "KD temperature against the fp32 student", cli=False,
+           config=False),
     Option("seed", int, 0, "seed of the image draw and the batches", config=False),
 ])  # fmt: skip
