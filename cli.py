@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,6 +18,17 @@ from rich.table import Table
 
 from core.errors import SegkdError
 from core.numbers import finite
+from core.options import Option, OptionSet
+from core.schema.bench import BENCH
+from core.schema.demo import DEMO
+from core.schema.distill import DISTILL, READOUT_ITERS
+from core.schema.evaluate import EVAL
+from core.schema.export import EXPORT, EXPORT_CLI_NAMES
+from core.schema.qat import QAT
+from core.schema.runtime import RUNTIME
+from core.schema.tensorrt import BUILD_TRT, EXPORT_TRT, TrtOptions
+from core.schema.tolerances import TOLERANCE_NAMES, TOLERANCES, Tolerances
+from core.schema.train import TRAIN
 from runtime.paths import Output, check_model_arg, guard_outputs, model_paths
 from runtime.sizes import parse_size
 
@@ -65,9 +77,9 @@ def models(
     num_classes: Annotated[
         int, typer.Option(min=1, max=254, help="at most 254: mask value 255 is the ignore id")
     ] = 19,
-    deep_stem: Annotated[
-        bool, typer.Option(help="three-conv stem of the reference code bases")
-    ] = False,
+    deep_stem: Annotated[bool, typer.Option(help=TRAIN["deep_stem"].help)] = TRAIN.default(
+        "deep_stem"
+    ),
     json_out: Annotated[
         Path | None, typer.Option("--json", help="also write the table as JSON")
     ] = None,
@@ -97,134 +109,80 @@ def models(
     _write_json(json_out, rows)
 
 
-# Options `segkd train` and `segkd distill` share: the CLI type and help live here, the
-# default is TrainConfig's (read without torch), so the two cannot drift apart.
-_TRAIN_OPTIONS: dict[str, tuple[Any, str]] = {
-    "data": (str, "dataset SPEC: synthetic, cityscapes:PATH, voc:PATH, ade20k:PATH, folder:PATH"),
-    "iters": (int | None, "training iterations (dataset default)"),
-    "batch_size": (int | None, "per-process batch size (dataset default)"),
-    "crop_size": (str | None, "training crop HxW (dataset default)"),
-    "export_size": (str | None, "deploy input size HxW, also validated at (dataset default)"),
-    "lr": (float | None, "base learning rate (dataset default)"),
-    "weight_decay": (float | None, "(dataset default)"),
-    "eval_interval": (int | None, "validate + checkpoint every N iterations (default: iters/4)"),
-    "val_images": (
-        int | None,
-        "val images (spread over the split) every evaluation scores (default: all)",
-    ),
-    "num_workers": (
-        int | None,
-        "data loader workers per process (default: this process's share of the CPUs, less one)",
-    ),
-    "seed": (int, "random seed (the same on every process; data order per process)"),
-    "device": (str, "auto, cpu, cuda or cuda:N"),
-    "amp": (bool, "mixed precision on CUDA"),
-    "amp_dtype": (str, "float16 (with GradScaler) or bfloat16 (GPUs that have it; no scaler)"),
-    "max_skips": (int, "fp16 AMP: stop after this many consecutive non-finite steps skipped"),
-    "dist_timeout": (float, "under torchrun: seconds a rank waits for the others, then stops"),
-    "sync_bn": (bool, "SyncBatchNorm under torchrun"),
-    "deep_stem": (bool, "three-conv stem of the reference code bases"),
-    "backbone_weights": (
-        Path | None,
-        "local ImageNet weights: torchvision ResNet, or the authors' DDRNet/PIDNet file",
-    ),
-    "resume": (bool, "continue the run in --out from resume.pt"),
-    "loss": (str, "supervised loss: ce, or ohem (the DDRNet/PIDNet authors' recipe)"),
-    "ohem_threshold": (float, "ohem: pixels below this true-class probability count"),
-    "ohem_min_kept": (int, "ohem: the hardest pixels always kept per process batch"),
-    "class_weights": (str | None, "ohem: per-class CE weights, e.g. cityscapes (the authors')"),
-    "ohem_align": (bool, "ohem: align_corners of the loss's upsampling (PIDNet: on)"),
-}
+def _parameters(options: OptionSet) -> list[inspect.Parameter]:
+    """typer parameters for declared options: name, type, default, range and help from the
+    schema; each hidden alias becomes a hidden option of its own (None: not typed)."""
+    params = []
+    for o in options.values():
+        ranges = {} if o.finite else {"min": o.min, "max": o.max}
+        info = typer.Option(*([o.flag] if o.flag else []), help=o.help, **ranges)
+        kind = inspect.Parameter.KEYWORD_ONLY
+        params.append(inspect.Parameter(o.name, kind, default=o.cli_default(),
+                                        annotation=Annotated[o.type, info]))  # fmt: skip
+        params += [
+            inspect.Parameter(a, kind, default=None,
+                              annotation=Annotated[o.type | None, typer.Option(hidden=True)])
+            for a in o.aliases
+        ]  # fmt: skip
+    return params
 
 
-def _with_train_options(
-    model_option: str,
-    out_default: str,
-    model_help: str,
-    extra: dict[str, tuple[Any, str, Any]] | None = None,
-) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Append `extra` (name: type, help, default), --MODEL_OPTION, --out and the TrainConfig
-    options to a command that takes them as **options; typer reads the signature built here."""
-    from distill.training.config import TrainConfig
+def _with_options(*sets: OptionSet) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Append the options of `sets` to a command that takes them as **options; typer reads
+    the signature built here."""
 
-    defaults = TrainConfig()
-    specs = {
-        **(extra or {}),
-        model_option: (str, model_help, defaults.model),
-        "out": (Path, "output folder for checkpoints and logs", Path(out_default)),
-        **{k: (t, h, getattr(defaults, k)) for k, (t, h) in _TRAIN_OPTIONS.items()},
-    }
-
-    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+    def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(command, eval_str=True)  # cli.py has string annotations
         own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        added = [
-            inspect.Parameter(
-                name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=default,
-                annotation=Annotated[kind, typer.Option(help=text)],
-            )
-            for name, (kind, text, default) in specs.items()
-        ]
+        added = [p for options in sets for p in _parameters(options)]
         command.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
         return command
 
     return wrap
 
 
-# The DistillConfig options of `segkd distill`. Their CLI default is None, meaning "the
-# dataclass's default", so behaviour cannot drift; the help shows that default, read from
-# distill/distillation.py's source (importing it would import torch).
-_DISTILL_OPTIONS: dict[str, tuple[Any, str]] = {
-    "losses": (str | None, "comma-separated: kd, idd, pid, cwd"),
-    "w_kd": (float | None, "weight of pixel-wise KD"),
-    "kd_temperature": (float | None, "KD softmax temperature"),
-    "w_idd": (float | None, "weight of inter-class distance distillation"),
-    "idd_distance": (str | None, "euclidean or cosine"),
-    "idd_scale": (str | None, "normalize, adapter, both or none"),
-    "w_pid": (float | None, "weight of position information distillation"),
-    "pid_mode": (str | None, "teacher_readout or student_readout"),
-    "w_cwd": (float | None, "weight of channel-wise distillation"),
-    "cwd_temperature": (float | None, "CWD softmax temperature"),
-}
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def literal_dataclass_defaults(module: str, cls: str) -> dict[str, Any]:
-    """The literal field defaults of dataclass `cls` in `module`, read from its source
-    without importing the module (fields whose default is not a literal are left out)."""
-    import ast
-    import contextlib
-    import importlib.util
-
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        return {}
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    body = next((n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), [])
-    found: dict[str, Any] = {}
-    for stmt in body:
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value:
-            with contextlib.suppress(ValueError):
-                found[stmt.target.id] = ast.literal_eval(stmt.value)
-    return found
+def _checked(values: dict[str, Any], options: OptionSet) -> dict[str, Any]:
+    """`values` with each typed hidden alias folded into its option, and the ranges the
+    parser does not check (core.numbers.finite) checked under the name the user typed."""
+    for o in options.values():
+        typed = _flag(o.name)
+        for alias in o.aliases:
+            if (value := values.pop(alias)) is not None:
+                values[o.name], typed = value, _flag(alias)
+        if o.finite:
+            finite(typed, values[o.name], low=o.min, high=o.max)
+    return values
 
 
-def _distill_option_specs() -> dict[str, tuple[Any, str, Any]]:
-    library = literal_dataclass_defaults("distill.distillation", "DistillConfig")
+def _training_options(model_option: str, out_default: str, model_help: str) -> OptionSet:
+    """--MODEL_OPTION, --out and the training options (core/schema/train.py) of a command."""
+    return OptionSet([
+        replace(TRAIN["model"], name=model_option, help=model_help),
+        Option("out", Path, Path(out_default), TRAIN["out"].help),
+        *TRAIN.on_cli().values(),
+    ])  # fmt: skip
 
-    def shown(name: str) -> str:
-        value = library.get(name)
-        value = ",".join(value) if isinstance(value, tuple) else value
-        return "" if value is None else f" (default: {value})"
 
-    return {k: (t, h + shown(k), None) for k, (t, h) in _DISTILL_OPTIONS.items()}
+def _distill_options() -> OptionSet:
+    """The distillation options of `segkd distill`. Their command-line default is None,
+    meaning "the library's default", which the help shows; a resumed run can thus tell a
+    typed value from an untyped one."""
+
+    def shown(o: Option) -> Option:
+        value = o.cli_default()
+        return replace(o, type=o.type | None, default=None, help=f"{o.help} (default: {value})")
+
+    return OptionSet(shown(o) for o in DISTILL.on_cli().values())
 
 
 def _train_config(options: dict[str, Any], model: str, **fixed: Any):  # type: ignore[no-untyped-def]
     from distill.training.config import TrainConfig
 
-    values = {k: options[k] for k in _TRAIN_OPTIONS}
+    values = {k: options[k] for k in TRAIN.on_cli()}
     values["crop_size"] = _size(values["crop_size"], "--crop-size")
     values["export_size"] = _size(values["export_size"], "--export-size")
     weights = values["backbone_weights"]
@@ -249,7 +207,7 @@ def _resumed(options: dict[str, Any], change: str | None, distill_given: dict | 
     config), a typed one that differs refused unless named in --change."""
     from distill.training.resume_settings import parse_change, settings_for_resume
 
-    known = set(_TRAIN_OPTIONS) | (set(_DISTILL_OPTIONS) if distill_given is not None else set())
+    known = set(TRAIN.on_cli()) | (set(DISTILL.on_cli()) if distill_given is not None else set())
     names = parse_change(change, known)
     if not options["resume"]:
         if names:
@@ -265,7 +223,7 @@ def _resumed(options: dict[str, Any], change: str | None, distill_given: dict | 
     parsed = {**options}
     parsed["crop_size"] = _size(options["crop_size"], "--crop-size")
     parsed["export_size"] = _size(options["export_size"], "--export-size")
-    given = {k: parsed[k] for k in _TRAIN_OPTIONS}
+    given = {k: parsed[k] for k in TRAIN.on_cli()}
     if given["backbone_weights"] is not None:
         given["backbone_weights"] = str(given["backbone_weights"])
     values = settings_for_resume(given, typed, saved, names, path)
@@ -294,15 +252,13 @@ _CHANGE_HELP = (
 
 
 @app.command()
-@_with_train_options("model", "runs/train", "architecture, see `segkd models`")
+@_with_options(_training_options("model", TRAIN.default("out"), TRAIN["model"].help))
 def train(
     *,
-    role: Annotated[
-        str, typer.Option(help="teacher, student or model (recorded in the checkpoint)")
-    ] = "model",
+    role: Annotated[str, typer.Option(help=TRAIN["role"].help)] = TRAIN.default("role"),
     readout_iters: Annotated[
         int, typer.Option(help="with --role teacher: fit and store the position readout (0: skip)")
-    ] = 200,
+    ] = READOUT_ITERS,
     change: Annotated[str | None, typer.Option(help=_CHANGE_HELP)] = None,
     **options: Any,
 ) -> None:
@@ -347,8 +303,8 @@ def _is_main_process() -> bool:
 
 
 @app.command()
-@_with_train_options(
-    "student", "runs/distill", "student architecture", extra=_distill_option_specs()
+@_with_options(
+    _distill_options(), _training_options("student", "runs/distill", "student architecture")
 )
 def distill(
     teacher: Annotated[
@@ -361,7 +317,7 @@ def distill(
     *,
     readout_iters: Annotated[
         int, typer.Option(help="iterations to fit the teacher's position readout if not cached")
-    ] = 200,
+    ] = READOUT_ITERS,
     change: Annotated[str | None, typer.Option(help=_CHANGE_HELP)] = None,
     **options: Any,
 ) -> None:
@@ -369,7 +325,7 @@ def distill(
     from distill.distillation import DistillConfig
     from distill.training.distill_run import run_distillation
 
-    given = {k: options.pop(k) for k in _DISTILL_OPTIONS}
+    given = {k: options.pop(k) for k in DISTILL.on_cli()}
     options, given = _resumed(options, change, given)
     dcfg = DistillConfig(**{k: v for k, v in given.items() if v is not None})
     dcfg.require_a_term()  # before anything loads
@@ -387,31 +343,11 @@ def distill(
 
 
 @app.command()
+@_with_options(QAT)
 def qat(
     checkpoint: Annotated[Path, typer.Argument(help="fp32 student checkpoint (.pt)")],
     out: Annotated[Path, typer.Option(help="folder for qat.pt and qat.json")],
-    input_size: Annotated[
-        str | None,
-        typer.Option(help="deploy HxW the INT8 file will have (default: the checkpoint's)"),
-    ] = None,
-    data: Annotated[
-        str | None, typer.Option(help="dataset SPEC (default: the checkpoint's)")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="fine-tuning steps")] = 200,
-    batch_size: Annotated[int, typer.Option(help="images per step")] = 2,
-    train_images: Annotated[int, typer.Option(help="train-split images QAT draws from")] = 64,
-    calib_images: Annotated[int, typer.Option(help="images of the initial calibration")] = 32,
-    int8_method: Annotated[
-        str, typer.Option(help="initial calibration: minmax, entropy, percentile")
-    ] = "minmax",
-    lr: Annotated[float, typer.Option(help="SGD learning rate of the Conv weights")] = 1e-4,
-    scale_lr: Annotated[
-        float, typer.Option(help="Adam learning rate of the activation scales")
-    ] = 1e-3,
-    learn_scales: Annotated[
-        bool, typer.Option(help="learn the activation scales (LSQ) or keep the calibrated ones")
-    ] = True,
-    seed: Annotated[int, typer.Option(help="seed of the image draw and the batches")] = 0,
+    **o: Any,
 ) -> None:
     """Quantization-aware distillation into the TensorRT INT8 graph; `segkd export` of qat.pt
     then writes the INT8 files from the learned scales, without calibration."""
@@ -420,14 +356,14 @@ def qat(
 
     guard_outputs(
         [Output("--out", out, "folder", (QAT_FILE, QAT_JSON, "*.tmp"))],
-        {"the checkpoint": checkpoint, "the dataset folder": _spec_folder(data)},
+        {"the checkpoint": checkpoint, "the dataset folder": _spec_folder(o["data"])},
     )
-    opts = QatOptions(steps=steps, batch_size=batch_size, lr=lr, scale_lr=scale_lr,
-                      learn_scales=learn_scales, seed=seed)  # fmt: skip
+    opts = QatOptions(**{k: o[k] for k in ("steps", "batch_size", "lr", "scale_lr",
+                                           "learn_scales", "seed")})  # fmt: skip
     summary = run_qat(
-        checkpoint, out, input_size=_size(input_size, "--input-size"), data=data,
-        calib_images=calib_images, train_images=train_images, method=int8_method,
-        sample_seed=seed, opts=opts, progress=console.print,
+        checkpoint, out, input_size=_size(o["input_size"], "--input-size"), data=o["data"],
+        calib_images=o["calib_images"], train_images=o["train_images"],
+        method=o["int8_method"], sample_seed=o["seed"], opts=opts, progress=console.print,
     )  # fmt: skip
     t = summary["training"]
     console.print(
@@ -436,7 +372,16 @@ def qat(
     )
 
 
+# `segkd export`'s options: the export's, its agreement gates and the TensorRT build's.
+_EXPORT_OPTIONS = (
+    EXPORT.renamed(EXPORT_CLI_NAMES),
+    TOLERANCES.on_cli().renamed(TOLERANCE_NAMES),
+    EXPORT_TRT,
+)
+
+
 @app.command()
+@_with_options(*_EXPORT_OPTIONS)
 def export(
     checkpoint: Annotated[
         Path, typer.Argument(help="student checkpoint (.pt) from segkd train/distill")
@@ -444,121 +389,27 @@ def export(
     out: Annotated[
         Path, typer.Option(help="export folder (model*.onnx, engines, export.json)")
     ] = Path("runs/export"),
-    precision: Annotated[
-        str, typer.Option(help="comma list of fp32, fp16, int8")
-    ] = "fp32,fp16,int8",
-    input_size: Annotated[
-        str | None, typer.Option(help="HxW [the checkpoint's export size]")
-    ] = None,
-    calib_data: Annotated[
-        str | None,
-        typer.Option(help="dataset SPEC for INT8 calibration and verification [training data]"),
-    ] = None,
-    calib_images: Annotated[int, typer.Option(min=1, help="calibration images (train split)")] = 32,
-    verify_images: Annotated[
-        int, typer.Option(min=1, help="held-out images (val split) for parity/agreement")
-    ] = 16,
-    sample_seed: Annotated[
-        int, typer.Option(min=0, help="seed of the calibration/verification image draw")
-    ] = 0,
-    output: Annotated[
-        str,
-        typer.Option(
-            help="labels (argmax in the graph), labels-lowres (argmax at 1/8, resized on the "
-            "host) or logits"
-        ),
-    ] = "labels",
-    label_dtype: Annotated[str, typer.Option(help="uint8 or int32 label map")] = "uint8",
-    input_dtype: Annotated[
-        str,
-        typer.Option(help="float32 (host normalises) or uint8 (NHWC BGR pixels, in-graph)"),
-    ] = "float32",
-    label_stride: Annotated[
-        int | None,
-        typer.Option(help="labels-lowres: argmax at 1/N of the input (2, 4) [output stride]"),
-    ] = None,
-    dynamic: Annotated[
-        bool, typer.Option(help="dynamic batch/H/W instead of the static input size")
-    ] = False,
-    opset: Annotated[
-        int, typer.Option(help="ONNX opset, checked in the file (the TensorRT INT8 file: >= 19)")
-    ] = 17,
-    simplify: Annotated[bool, typer.Option(help="simplify the graph with onnxslim")] = True,
-    int8_method: Annotated[
-        str, typer.Option(help="calibration: minmax, entropy or percentile")
-    ] = "minmax",
-    int8_variants: Annotated[
-        str, typer.Option(help="tensorrt (symmetric Q/DQ), cpu (ORT-CPU-friendly)")
-    ] = "tensorrt,cpu",
-    require_trt: Annotated[
-        bool, typer.Option(help="fail instead of skipping engines when TensorRT is absent")
-    ] = False,
-    # Short names: rich cuts longer ones at 80 columns (--min-agreement-fp16 and -int8
-    # both showed as "--min-agreement-…"); the old names stay as hidden aliases.
-    min_fp16: Annotated[
-        float, typer.Option(help="fp16: fail below this pixel agreement with PyTorch")
-    ] = 0.99,
-    min_int8: Annotated[
-        float, typer.Option(help="INT8: fail below this pixel agreement (broken calibration)")
-    ] = 0.90,
-    min_agreement_fp16: Annotated[float | None, typer.Option(hidden=True)] = None,
-    min_agreement_int8: Annotated[float | None, typer.Option(hidden=True)] = None,
-    trt_workspace: Annotated[
-        float | None,
-        typer.Option(help="TensorRT builder workspace (GiB) [half the free GPU memory, <= 4]"),
-    ] = None,
-    opt_level: Annotated[
-        int, typer.Option(min=0, max=5, help="TensorRT builder optimisation level")
-    ] = 3,
-    engine_cache: Annotated[
-        Path | None, typer.Option(help="TensorRT engine/timing cache folder")
-    ] = None,
-    weak_typing: Annotated[
-        bool, typer.Option(help="TensorRT 10.x: let the builder choose fp16/int8 per layer")
-    ] = False,
-    trt_max_batch: Annotated[
-        int, typer.Option(min=1, help="TensorRT profile's largest batch (dynamic exports)")
-    ] = 1,
-    trt_verbose: Annotated[
-        bool, typer.Option(help="TensorRT builder log at verbose level")
-    ] = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="copy export.json here too")
     ] = None,
+    **o: Any,
 ) -> None:
     """PyTorch -> verified ONNX (fp32) -> fp16 and INT8 Q/DQ ONNX -> TensorRT engines."""
-    from export.api import Tolerances, export_checkpoint, format_summary
-    from runtime.backends.tensorrt_builder import TrtOptions
+    from export.api import export_checkpoint, format_summary
 
     guard_outputs(
         [Output("--out", out, "replaced"), Output("--json", json_out)],
         {
             "the checkpoint": checkpoint,
-            "the --calib-data folder": _spec_folder(calib_data),
-            "the --engine-cache folder": engine_cache,
+            "the --calib-data folder": _spec_folder(o["calib_data"]),
+            "the --engine-cache folder": o["engine_cache"],
         },
     )
     # Checked before anything runs, under the names the user typed (the hidden old
     # aliases are still honoured); a gate outside 0..1 used to fail after the whole export.
-    for name, value, alias in (("fp16", min_fp16, min_agreement_fp16),
-                               ("int8", min_int8, min_agreement_int8)):  # fmt: skip
-        typed = f"--min-{name}" if alias is None else f"--min-agreement-{name}"
-        finite(typed, value if alias is None else alias, low=0.0, high=1.0)
-    trt = TrtOptions(
-        workspace_gib=trt_workspace, optimization_level=opt_level, cache_dir=engine_cache,
-        weak_typing=weak_typing, max_batch=trt_max_batch, verbose=trt_verbose,
-    )  # fmt: skip
+    export_opts, gates, trt = (names.to_library(_checked(o, names)) for names in _EXPORT_OPTIONS)
     report = export_checkpoint(
-        checkpoint, out, precisions=precision, input_size=input_size, calib_data=calib_data,
-        calib_images=calib_images, verify_images=verify_images, sample_seed=sample_seed, output=output,
-        label_dtype=label_dtype, input_dtype=input_dtype, label_stride=label_stride,
-        dynamic=dynamic, opset=opset,
-        simplify=simplify,
-        int8_method=int8_method, int8_variants=int8_variants, require_trt=require_trt, trt=trt,
-        tolerances=Tolerances(
-            fp16_min_agreement=min_fp16 if min_agreement_fp16 is None else min_agreement_fp16,
-            int8_min_agreement=min_int8 if min_agreement_int8 is None else min_agreement_int8,
-        ),
+        checkpoint, out, **export_opts, trt=TrtOptions(**trt), tolerances=Tolerances(**gates),
         progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
     )  # fmt: skip
     console.print(format_summary(report), highlight=False, markup=False)
@@ -566,32 +417,18 @@ def export(
 
 
 @app.command()
+@_with_options(BUILD_TRT)
 def build(
     folder: Annotated[Path, typer.Argument(help="an export folder copied to this machine")],
     precision: Annotated[
         str | None, typer.Option(help="comma list of fp32, fp16, int8 [every one the folder has]")
     ] = None,
-    dla_core: Annotated[
-        int | None, typer.Option(min=0, help="Jetson DLA core, GPU fallback (not on Orin Nano)")
-    ] = None,
-    workspace: Annotated[
-        float | None, typer.Option(help="builder workspace GiB [half the free memory, <= 4]")
-    ] = None,
-    engine_cache: Annotated[
-        Path | None, typer.Option(help="engine + timing cache [~/.cache/segkd/tensorrt]")
-    ] = None,
-    cache: Annotated[bool, typer.Option(help="reuse an identical engine built before")] = True,
-    opt_level: Annotated[int, typer.Option(min=0, max=5, help="builder optimization level")] = 3,
-    verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log")] = False,
+    **o: Any,
 ) -> None:
     """Build TensorRT engines from an export folder on this GPU (a Jetson): no torch needed."""
-    from runtime.backends.tensorrt_builder import TrtOptions
     from runtime.engine_folder import build_folder, format_build
 
-    opts = TrtOptions(
-        workspace_gib=workspace, optimization_level=opt_level, cache_dir=engine_cache,
-        use_cache=cache, verbose=verbose, dla_core=dla_core,
-    )  # fmt: skip
+    opts = TrtOptions(**BUILD_TRT.to_library(o))
     wanted = [p.strip() for p in precision.split(",") if p.strip()] if precision else None
     report = build_folder(
         folder, wanted, opts, say=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False)
@@ -600,6 +437,7 @@ def build(
 
 
 @app.command("eval")
+@_with_options(EVAL)
 def eval_cmd(
     model: Annotated[
         str,
@@ -607,53 +445,10 @@ def eval_cmd(
             help=".pt, .onnx, .engine, an export folder, or a model-zoo .pth (mmseg:FILE, ...)"
         ),
     ],
-    data: Annotated[str, typer.Option(help="dataset SPEC")] = "synthetic",
-    split: Annotated[str, typer.Option(help="dataset split")] = "val",
-    reference: Annotated[
-        str | None, typer.Option(help="a second model scored on the same images (e.g. the .pt)")
-    ] = None,
-    max_drop: Annotated[
-        float | None,
-        typer.Option(help="fail (exit 3) if mIoU drops more than PTS points below --reference"),
-    ] = None,
-    max_images: Annotated[
-        int | None, typer.Option(min=1, help="score only the first N images")
-    ] = None,
-    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt or torch")] = "auto",
-    device: Annotated[
-        str, typer.Option(help="auto, cpu, cuda[:N] or tensorrt (ORT provider)")
-    ] = "auto",
-    precision: Annotated[
-        str | None, typer.Option(help="artifact to pick from an export folder")
-    ] = None,
-    save_predictions: Annotated[
-        Path | None, typer.Option(help="write label PNGs (dataset format) and overlays here")
-    ] = None,
-    convention: Annotated[
-        str,
-        typer.Option(
-            help="logits: upsample logits bilinearly, then argmax (Cityscapes/mmseg); labels: "
-            "argmax, then resize labels (deployment); auto: logits where the model has them"
-        ),
-    ] = "auto",
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="write the results as JSON")
-    ] = None,
-    mode: Annotated[
-        str,
-        typer.Option(
-            help="whole images, or slide: mmseg's sliding window (averaged logits); auto: "
-            "slide where a zoo teacher's config tests that way, else whole"
-        ),
-    ] = "auto",
-    crop: Annotated[
-        str | None, typer.Option(help="slide window HxW (default: the config's)")
-    ] = None,
-    stride: Annotated[
-        str | None, typer.Option(help="slide step HxW (default: the config's)")
-    ] = None,
+    **o: Any,
 ) -> None:
     """mIoU, per-class IoU and pixel accuracy of a model on a dataset split."""
+    max_drop, reference = o["max_drop"], o["reference"]
     if max_drop is not None and reference is None:
         raise SegkdError("--max-drop needs --reference (the model to compare against)")
     if max_drop is not None:
@@ -661,27 +456,43 @@ def eval_cmd(
     check_model_arg(model)
     check_model_arg(reference, "--reference")
     guard_outputs(
-        [Output("--json", json_out), Output("--save-predictions", save_predictions, "folder")],
+        [Output("--json", o["json_out"]),
+         Output("--save-predictions", o["save_predictions"], "folder")],
         {
             "the model": model_paths(model),
             "the --reference": model_paths(reference),
-            "the dataset folder": _spec_folder(data),
+            "the dataset folder": _spec_folder(o["data"]),
         },
-    )
+    )  # fmt: skip
     from pipeline.artifacts import evaluate_on_dataset
-    from runtime.evaluate import CONVENTIONS
     from runtime.slide import parse_hw
 
-    window = {"crop": parse_hw(crop, "--crop"), "stride": parse_hw(stride, "--stride")}
+    window = {"crop": parse_hw(o["crop"], "--crop"), "stride": parse_hw(o["stride"], "--stride")}
+    scored = (o["data"], o["split"], o["max_images"])
     result = evaluate_on_dataset(
-        model, data, split, max_images, backend, device, precision, save_predictions,
-        convention=convention, mode=mode, **window,
+        model, *scored, o["backend"], o["device"], o["precision"], o["save_predictions"],
+        convention=o["convention"], mode=o["mode"], **window,
     )  # fmt: skip
     ref = None
     if reference is not None:  # --convention as given: `auto` resolves for each model
-        ref = evaluate_on_dataset(
-            reference, data, split, max_images, "auto", device, convention=convention
+        ref = evaluate_on_dataset(reference, *scored, "auto", o["device"],
+                                  convention=o["convention"])  # fmt: skip
+    _print_eval(result, ref, o["data"], o["split"])
+    payload, drop = _eval_payload(model, result, ref, o)
+    failed = max_drop is not None and drop is not None and drop > max_drop
+    payload["max_drop"], payload["passed"] = max_drop, (None if max_drop is None else not failed)
+    _write_json(o["json_out"], payload)
+    if failed:
+        err_console.print(
+            f"[red]FAIL:[/] mIoU drop {drop:.2f} points exceeds --max-drop {max_drop}"
         )
+        raise typer.Exit(3)
+
+
+def _print_eval(result: Any, ref: Any, data: str, split: str) -> None:
+    """The per-class table (the reference's column beside it) and how the model was scored."""
+    from runtime.evaluate import CONVENTIONS
+
     table = Table(
         title=f"segkd eval on {data} [{split}], {result.num_samples} images, "
         f"{result.convention} convention, {result.mode}"
@@ -704,61 +515,40 @@ def eval_cmd(
     console.print(f"model: {result.model}")
     console.print(f"convention: {result.convention} ({CONVENTIONS[result.convention]})")
     console.print(f"mode: {result.mode}")
+
+
+def _eval_payload(
+    model: str, result: Any, ref: Any, o: dict[str, Any]
+) -> tuple[dict[str, Any], float | None]:
+    """The --json payload and the mIoU drop vs the reference (None without one)."""
     payload: dict[str, Any] = {
         "model": str(model),
-        "data": data,
-        "split": split,
+        "data": o["data"],
+        "split": o["split"],
         **result.to_dict(),
     }
-    drop = None
-    if ref is not None:
-        drop = 100 * (ref.miou - result.miou)
-        payload["reference"] = {"model": str(reference), **ref.to_dict()}
-        payload["drop_points"] = drop
-        console.print(f"drop vs reference: {drop:+.2f} mIoU points")
-        if ref.convention != result.convention:  # a label-map artifact vs a logits model
-            console.print(
-                f"note: the reference was scored with the {ref.convention} convention, the "
-                f"model with {result.convention} (auto picks per model; give --convention "
-                "labels to score both alike)"
-            )
-    failed = max_drop is not None and drop is not None and drop > max_drop
-    payload["max_drop"], payload["passed"] = max_drop, (None if max_drop is None else not failed)
-    _write_json(json_out, payload)
-    if failed:
-        err_console.print(
-            f"[red]FAIL:[/] mIoU drop {drop:.2f} points exceeds --max-drop {max_drop}"
+    if ref is None:
+        return payload, None
+    drop = 100 * (ref.miou - result.miou)
+    payload["reference"] = {"model": str(o["reference"]), **ref.to_dict()}
+    payload["drop_points"] = drop
+    console.print(f"drop vs reference: {drop:+.2f} mIoU points")
+    if ref.convention != result.convention:  # a label-map artifact vs a logits model
+        console.print(
+            f"note: the reference was scored with the {ref.convention} convention, the "
+            f"model with {result.convention} (auto picks per model; give --convention "
+            "labels to score both alike)"
         )
-        raise typer.Exit(3)
+    return payload, drop
 
 
 @app.command()
+@_with_options(BENCH)
 def bench(
     models: Annotated[
         list[str], typer.Argument(help="one or more .pt / .onnx / .engine / export folders")
     ],
-    backend: Annotated[
-        str, typer.Option(help="comma list: auto, onnxruntime, tensorrt, torch")
-    ] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda[:N] or tensorrt")] = "auto",
-    precision: Annotated[
-        str | None, typer.Option(help="artifact to pick from an export folder")
-    ] = None,
-    iters: Annotated[int, typer.Option(min=1)] = 50,
-    warmup: Annotated[int, typer.Option(min=0)] = 10,
-    batch: Annotated[int, typer.Option(min=1)] = 1,
-    frame_size: Annotated[
-        str, typer.Option(help="HxW of the synthetic camera frame")
-    ] = "1024x2048",
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads")
-    ] = None,
-    all_artifacts: Annotated[
-        bool, typer.Option("--all", help="bench every artifact an export folder lists")
-    ] = False,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="write the results as JSON")
-    ] = None,
+    **o: Any,
 ) -> None:
     """Latency (mean, p50, p90, p99) and FPS, split into pre-, inference and post-processing."""
     from tqdm import tqdm
@@ -767,12 +557,16 @@ def bench(
     from runtime.bench import benchmark, format_table
     from runtime.loader import folder_artifacts
 
-    size = parse_size(frame_size, "--frame-size", minimum=16)
+    backend, device, precision, threads, json_out = (
+        o[k] for k in ("backend", "device", "precision", "threads", "json_out")
+    )
+    iters, warmup, batch = o["iters"], o["warmup"], o["batch"]
+    size = parse_size(o["frame_size"], "--frame-size", minimum=16)
     for m in models:
         check_model_arg(m)
     guard_outputs([Output("--json", json_out)], {f"the model {m}": model_paths(m) for m in models})
     backends = [b.strip() for b in backend.split(",") if b.strip()]
-    if all_artifacts:
+    if o["all_artifacts"]:
         models = [
             str(f) for m in models
             for f in (folder_artifacts(Path(m)) if Path(m).is_dir() else [Path(m)])
@@ -801,6 +595,7 @@ def bench(
 
 
 @app.command()
+@_with_options(DEMO)
 def demo(
     source: Annotated[
         str,
@@ -809,31 +604,13 @@ def demo(
         ),
     ],
     model: Annotated[str, typer.Option(help=".pt, .onnx, .engine or an export folder")],
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="output video (.mp4, .avi, ...) or folder for images; written aside and put "
-            "in place when complete, so a failed run keeps the earlier output. A folder is "
-            "replaced only if it is new, empty or an earlier demo run (other files: refused)"
-        ),
-    ] = None,
-    backend: str = "auto",
-    device: str = "auto",
-    precision: str | None = None,
-    show: Annotated[
-        bool, typer.Option(help="also show frames in a window (needs a display)")
-    ] = False,
-    max_frames: Annotated[int | None, typer.Option(min=1)] = None,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="overlay opacity")] = 0.5,
-    fps: Annotated[float | None, typer.Option(min=1.0, help="output frame rate [source's]")] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="write the run's stats as JSON")
-    ] = None,
+    **o: Any,
 ) -> None:
     """Segment a video, camera, image folder or stream; write an annotated video or images."""
     from pipeline.artifacts import open_model
     from runtime.demo import run_demo
 
+    out, show, json_out = o["out"], o["show"], o["json_out"]
     if out is None and not show:
         raise SegkdError("demo needs --out FILE.mp4 (or a folder) and/or --show")
     from runtime.demo_sink import VIDEO_SUFFIXES, check_image_folder
@@ -846,8 +623,10 @@ def demo(
     )
     if out is not None and out_kind == "folder":
         check_image_folder(out)  # before the model loads
-    with open_model(model, backend, device, precision) as seg:
-        stats = run_demo(source, seg, out, show=show, max_frames=max_frames, alpha=alpha, fps=fps)
+    with open_model(model, *(o[k] for k in RUNTIME)) as seg:
+        stats = run_demo(
+            source, seg, out, **{k: o[k] for k in ("show", "max_frames", "alpha", "fps")}
+        )
     console.print(
         f"{stats.frames_out}/{stats.frames_in} frames, {stats.fps:.1f} FPS sustained, "
         f"{stats.infer_ms_mean:.1f} ms inference, stopped by {stats.stopped}"

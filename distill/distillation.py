@@ -19,45 +19,32 @@ from torch import nn
 
 from core.errors import SegkdError
 from core.labels import IGNORE_INDEX
+from core.schema.distill import DISTILL, DISTILL_LOSSES, IDD_DISTANCES, IDD_SCALES, PID_MODES
 from distill.losses.cwd import ChannelWiseLoss
-from distill.losses.idd import IDD_DISTANCES, IDD_SCALES, IDDLoss
+from distill.losses.idd import IDDLoss
 from distill.losses.kd import PixelKDLoss
-from distill.losses.pid import PID_MODES, PIDLoss, PositionReadout, freeze, position_report
+from distill.losses.pid import PIDLoss, PositionReadout, freeze, position_report
 from distill.losses.segmentation import SegmentationLoss
 
-DISTILL_LOSSES = ("kd", "idd", "pid", "cwd")
+_D = DISTILL.defaults()
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     """Which distillation terms to use and their settings (METHOD.md; tags there)."""
 
-    # [ours, measured] CWD is the logit-level term by default, KD stays available: in the
-    # round-2 synthetic ablation CWD beat pixel KD by 3.4 mIoU, and IDD + PID added about 2
-    # more on top of CWD (docs/BENCHMARKS.md). The paper pairs IDD with pixel KD.
-    losses: tuple[str, ...] = ("cwd", "idd", "pid")
-    # [ours, measured] the lineage uses 10, but KD's gradient on the student is about as
-    # large as CE's (benchmarks/grad_balance.py), so 10 makes KD ~10x CE: in both synthetic
-    # ablations it cost 3-7 mIoU. 1 balances the two; configs/cityscapes_* keep 10.
-    w_kd: float = 1.0
-    # [ours, measured; lineage 1] KD alone: 24.6 at T = 4 vs 23.4 at T = 1; with IDD at
-    # its default weight and PID, T = 1 fell to 20.7 where T = 4 reached 26.3.
-    kd_temperature: float = 4.0
-    # [ours, measured] IDD's gradient at weight 1 is only 5-12 % of CE's (grad_balance.py),
-    # nearly inert; 8 gives it about CE's pull on a trained student.
-    w_idd: float = 8.0
-    idd_distance: str = "euclidean"  # [ours] or "cosine"
-    # [ours] "adapter" | "normalize" | "both" | "none". normalize is the default because the
-    # ablation (docs/BENCHMARKS.md) measured raw distances through the adapter at 8.5 mIoU vs
-    # 16.4 normalized (KD alone 16.9): unnormalized distance gaps swamp the other terms.
-    idd_scale: str = "normalize"
-    # [ours] position maps are in 0..1, so the readout MSE is O(0.01-0.1): weight it up to
-    # the order of the CE term.
-    w_pid: float = 5.0
-    pid_mode: str = "teacher_readout"  # [ours] or "student_readout"
-    w_cwd: float = 3.0  # [lineage, CWD]
-    cwd_temperature: float = 4.0  # [lineage, CWD]
-    aux_weight: float = 0.4  # [lineage]
+    # Defaults and the reasons for them: core/schema/distill.py.
+    losses: tuple[str, ...] = _D["losses"]
+    w_kd: float = _D["w_kd"]
+    kd_temperature: float = _D["kd_temperature"]
+    w_idd: float = _D["w_idd"]
+    idd_distance: str = _D["idd_distance"]
+    idd_scale: str = _D["idd_scale"]
+    w_pid: float = _D["w_pid"]
+    pid_mode: str = _D["pid_mode"]
+    w_cwd: float = _D["w_cwd"]
+    cwd_temperature: float = _D["cwd_temperature"]
+    aux_weight: float = _D["aux_weight"]
     ignore_index: int = IGNORE_INDEX
 
     def __post_init__(self) -> None:

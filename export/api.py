@@ -29,8 +29,8 @@ from onnxruntime.quantization.calibrate import TensorsData
 from core.atomic_io import publish_folder
 from core.errors import SegkdError
 from core.labels import LabelSpec
-from core.numbers import finite
 from core.preprocess import PreprocessSpec
+from core.schema.tolerances import Tolerances
 from export.calibration import (
     DEFAULT_SEED,
     Prepared,
@@ -79,42 +79,10 @@ FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
 MIN_OPSET = 13  # per-channel Q/DQ needs 13; MAX_OPSET is TensorRT 10.3's ceiling (onnx_file)
 
 
-_TOLERANCE_OPTIONS = {
-    "fp32_max_abs_diff": "fp32_max_abs_diff",
-    "fp32_min_agreement": "fp32_min_agreement",
-    "fp16_min_agreement": "--min-agreement-fp16",
-    "int8_min_agreement": "--min-agreement-int8",
-}
 # Files an export writes into its folder; anything else there is the user's and is kept.
 _OWN_FILE = re.compile(
     r"(export\.json|reference\.npz|model(\.[\w-]+)*\.(onnx|engine)(\.json)?|\.export-staging-.*)"
 )
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """Pass/fail thresholds; pixel agreement is against the fp32 PyTorch model's labels."""
-
-    fp32_max_abs_diff: float = 1e-3
-    fp32_min_agreement: float = 0.999
-    fp16_min_agreement: float = 0.99
-    # A sanity floor that catches broken calibration (wrong preprocessing, wrong data),
-    # not the usual PTQ loss: a weakly trained student (0.25 mIoU) measured 92-97 % at
-    # 512x1024 with its mIoU vs ground truth unchanged within 0.3 points.
-    int8_min_agreement: float = 0.90
-
-    def __post_init__(self) -> None:
-        # nan compares false with everything: a nan gate would pass or fail at random places
-        # and could not be written to export.json (strict JSON).
-        for name, option in _TOLERANCE_OPTIONS.items():
-            finite(option, getattr(self, name), low=0.0)
-
-    def min_agreement(self, precision: str) -> float:
-        return {
-            "fp32": self.fp32_min_agreement,
-            "fp16": self.fp16_min_agreement,
-            "int8": self.int8_min_agreement,
-        }[precision]
 
 
 @dataclass

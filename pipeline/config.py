@@ -9,50 +9,47 @@ from __future__ import annotations
 import copy
 import json
 import math
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from core.errors import SegkdError
-from distill.distillation import DistillConfig
+from core.options import OptionSet
+from core.schema.bench import BENCH
+from core.schema.distill import DISTILL
+from core.schema.evaluate import EVAL
+from core.schema.export import EXPORT
+from core.schema.qat import QAT
+from core.schema.tolerances import TOLERANCE_NAMES, TOLERANCES
+from core.schema.train import TRAIN
 
 
+# The synthetic default below is a profile sized for a 2-core CPU: every key takes its
+# stage's default (core/schema/<stage>.py) except where a value here says otherwise.
 def _training(model: str, iters: int) -> dict[str, Any]:
-    """Every `segkd train` option a pipeline stage can set (None: the dataset's default)."""
+    """Every training option a pipeline stage can set (None: the dataset's default)."""
     return {
+        **TRAIN.config_section(),
         "model": model,
         "iters": iters,
         "batch_size": 4,
         "crop_size": "64x128",
-        "scale_range": None,
-        "export_size": None,
         "lr": 0.01,
-        "weight_decay": None,
-        "eval_interval": None,
         "val_images": 20,
-        "deep_stem": False,
-        "backbone_weights": None,
-        "amp": True,
-        "sync_bn": False,
-        # The supervised loss (segkd train --loss ...): plain CE, or the authors' OHEM.
-        "loss": "ce",
-        "ohem_threshold": 0.9,
-        "ohem_min_kept": 131072,
-        "class_weights": None,
-        "ohem_align": False,
     }
 
 
-# The synthetic default, sized for a 2-core CPU: a real-time student (DDRNet-23-slim, 9 GMAC
-# at 512x1024, about a tenth of PSPNet-R18) distilled from a teacher trained 4x longer, and
-# the saving spent on seeds: the student alone and the distilled student run twice each, so
-# the report states the gain against its seed spread. DDRNet trains on whole 128x256 images:
-# on 64x128 crops its 1/64 branch is 1x2 pixels and it learns nothing in a few hundred steps
-# (6 mIoU, docs/BENCHMARKS.md). The teacher is the same network trained longer because a large
-# teacher trained from scratch on a CPU is the weaker one (PSPNet-R101 12.5 vs R18 22.7 mIoU at
-# equal settings; a 600-step PSPNet-R18 teacher at 30 mIoU made the distilled DDRNet worse
-# than alone). The Cityscapes configs use the paper's ImageNet-initialised PSPNet-R101.
+# A real-time student (DDRNet-23-slim, 9 GMAC at 512x1024, about a tenth of PSPNet-R18)
+# distilled from a teacher trained 4x longer, and the saving spent on seeds: the student
+# alone and the distilled student run twice each, so the report states the gain against its
+# seed spread. DDRNet trains on whole 128x256 images: on 64x128 crops its 1/64 branch is 1x2
+# pixels and it learns nothing in a few hundred steps (6 mIoU, docs/BENCHMARKS.md). The
+# teacher is the same network trained longer because a large teacher trained from scratch on
+# a CPU is the weaker one (PSPNet-R101 12.5 vs R18 22.7 mIoU at equal settings; a 600-step
+# PSPNet-R18 teacher at 30 mIoU made the distilled DDRNet worse than alone). The Cityscapes
+# configs use the paper's ImageNet-initialised PSPNet-R101.
 TEACHER_ITERS, STUDENT_ITERS = 1200, 300
 
 
@@ -60,12 +57,16 @@ def _realtime(iters: int) -> dict[str, Any]:
     return {**_training("ddrnet23_slim", iters), "crop_size": "128x256"}
 
 
+# The export section: the export's options and its two agreement gates.
+_EXPORT_SECTION = OptionSet(
+    [*EXPORT.values(), *TOLERANCES.only(*TOLERANCE_NAMES).renamed(TOLERANCE_NAMES).values()]
+)
+
+
 DEFAULTS: dict[str, Any] = {
     "data": "synthetic:size=128x256",
-    "seed": 0,
-    "device": "auto",
+    **{k: TRAIN.default(k) for k in ("seed", "device", "dist_timeout")},
     "num_workers": 1,
-    "dist_timeout": 900.0,  # under torchrun: seconds a rank waits for the others (TrainConfig)
     "teacher": {
         # A given teacher instead of training one: a segkd .pt or a model-zoo SPEC (FILE,
         # mmseg:FILE, cirkd:FILE, torchvision:NAME:FILE; distill/zoo). None: trained here.
@@ -81,39 +82,14 @@ DEFAULTS: dict[str, Any] = {
     # seed, so the report states the gain against its seed-to-seed spread (one seed is
     # noise). The first seed's distilled student is the one exported. None: [seed].
     "student_seeds": [0, 1],
-    # The library's defaults (chosen from the synthetic ablation: docs/METHOD.md says why),
-    # every key but ignore_index, which follows the dataset.
-    "distill": {k: v for k, v in DistillConfig().to_dict().items() if k != "ignore_index"},
-    "export": {
-        "precisions": ["fp32", "fp16", "int8"],
-        "input_size": None,  # None: the size recorded in the student checkpoint
-        "output": "labels",
-        "label_dtype": "uint8",
-        "input_dtype": "float32",  # uint8: NHWC pixels, normalised in the graph
-        "opset": 17,
-        "dynamic": False,
-        "simplify": True,
-        "calib_images": 16,
-        "verify_images": 8,
-        "int8_method": "minmax",
-        "int8_variants": ["tensorrt", "cpu"],
-        "require_trt": False,
-        # The export's pixel-agreement gates against PyTorch (segkd export --min-fp16/--min-int8).
-        "min_fp16": 0.99,
-        "min_int8": 0.90,
-    },
+    # The library's defaults (chosen from the synthetic ablation: docs/METHOD.md says why).
+    "distill": DISTILL.config_section(),
+    "export": _EXPORT_SECTION.config_section(),
     # Quantization-aware distillation after the export (`segkd qat`, docs/notes/qat.md):
     # steps 0 = off. The INT8 files it writes go to export-qat/, beside the PTQ ones.
-    "qat": {
-        "steps": 0,
-        "batch_size": 2,
-        "train_images": 64,
-        "lr": 1e-4,
-        "scale_lr": 1e-3,
-        "learn_scales": True,
-    },
-    "eval": {"split": "val", "max_images": 100, "max_drop": None},
-    "bench": {"iters": 20, "warmup": 3, "threads": None},
+    "qat": {**QAT.config_section(), "steps": 0},
+    "eval": {**EVAL.config_section(), "max_images": 100},
+    "bench": {**BENCH.config_section(), "iters": 20, "warmup": 3},
     "report": {"examples": 3},
 }
 
@@ -134,19 +110,25 @@ def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[s
     return out
 
 
-# Options whose default is None: what they take when set (the rest follow their default).
-_NONE_TYPES: dict[str, tuple[type, ...]] = {
-    "checkpoint": (str,),  # a SPEC, not always a path (mmseg:FILE): distill.zoo parses it
-    "scale_range": (list,),
-    "export_size": (str,),
-    "input_size": (str,),
-    "weight_decay": (int, float),
-    "eval_interval": (int,),
-    "backbone_weights": (str,),
-    "max_drop": (int, float),
-    "threads": (int,),
-    "class_weights": (str,),
-}
+# The declared options of each section: the type an option whose default is None takes.
+_SCHEMAS = (TRAIN, DISTILL, _EXPORT_SECTION, QAT, EVAL, BENCH)
+
+
+def _none_types() -> dict[str, tuple[type, ...]]:
+    """What an option whose default is None takes when set (the rest follow their default),
+    from its declared type: a number may be written as an integer, a path as text."""
+    found: dict[str, tuple[type, ...]] = {
+        "checkpoint": (str,),  # a SPEC, not always a path (mmseg:FILE): distill.zoo parses it
+    }
+    for options in _SCHEMAS:
+        for o in options.values():
+            kinds = [t for t in typing.get_args(o.type) if t is not type(None)]
+            if o.config and kinds:
+                found[o.name] = {float: (int, float), Path: (str,)}.get(kinds[0], (kinds[0],))
+    return found
+
+
+_NONE_TYPES = _none_types()
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text",
                list: "a list"}  # fmt: skip
 

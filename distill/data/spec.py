@@ -105,7 +105,8 @@ def parse_dataset_spec(spec: str | DatasetSpec) -> DatasetSpec:
 
 
 # Training defaults per dataset (METHOD.md "Training defaults"): SGD lr 0.01, wd 5e-4,
-# random scale 0.5-2.0. eval_size is the whole-image evaluation / export input size;
+# random scale 0.5-2.0; they fill the options a run leaves None (core/schema/train.py holds
+# the rest, e.g. SGD momentum). eval_size is the whole-image evaluation / export input size;
 # None where images differ in size (VOC, ADE20K, folders) and the crop is used instead.
 # resize is how a frame reaches the export size at eval and deploy. Training crops keep
 # the aspect ratio, so images of varying shape are letterboxed (scaled to fit, padded);
@@ -152,15 +153,14 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _COMMON: dict[str, Any] = {
     "lr": 0.01,
-    "momentum": 0.9,
     "weight_decay": 5e-4,
     "scale_range": (0.5, 2.0),
 }
 
 
 def dataset_defaults(kind: str | DatasetSpec) -> dict[str, Any]:
-    """Training defaults (crop_size, scale_range, iters, batch_size, lr, momentum,
-    weight_decay, eval_size, resize) for a dataset kind; a synthetic spec's size sets its sizes."""
+    """Training defaults (crop_size, scale_range, iters, batch_size, lr, weight_decay,
+    eval_size, resize) for a dataset kind; a synthetic spec's size sets its sizes."""
     spec = kind if isinstance(kind, DatasetSpec) else None
     name = spec.kind if spec is not None else str(kind).lower()
     if name not in _DEFAULTS:

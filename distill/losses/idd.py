@@ -17,11 +17,8 @@ from torch import nn
 
 from core.errors import SegkdError
 from core.labels import IGNORE_INDEX
+from core.schema.distill import IDD_DISTANCES, IDD_SCALES
 from distill.losses.labels import resize_labels
-
-IDD_DISTANCES = ("euclidean", "cosine")
-# [ours] how to reconcile the student's and teacher's feature scales (METHOD.md, "Scale").
-IDD_SCALES = ("adapter", "normalize", "both", "none")
 
 
 def _class_sums(

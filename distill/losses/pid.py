@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import SegkdError
+from core.schema.distill import PID_MODES
 from distill.losses.idd import make_adapter
 
 POSITION_KINDS = ("x", "y", "gauss")
-PID_MODES = ("teacher_readout", "student_readout")
 GAUSS_SIGMA = 0.25  # of the normalised 0..1 image extent
 
 

@@ -18,21 +18,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.schema.qat import QAT
 from distill.qat.graph_module import QuantGraph
+
+_D = QAT.defaults()
 
 
 @dataclass(frozen=True)
 class QatOptions:
-    steps: int = 200
-    batch_size: int = 2
-    # Conv weights and biases: SGD with momentum, preconditioned as the unfolded network
-    # (precondition_folded). Adam's per-weight normalised steps drifted small channels and
-    # lowered agreement; so did plain SGD on folded kernels (docs/notes/qat.md).
-    lr: float = 1e-4
-    scale_lr: float = 1e-3  # activation log-scales (Adam, LSQ gradient): ~0.1 % a step
-    learn_scales: bool = True
-    temperature: float = 1.0
-    seed: int = 0
+    """The fine-tuning's settings; defaults and the reasons for them: core/schema/qat.py."""
+
+    steps: int = _D["steps"]
+    batch_size: int = _D["batch_size"]
+    lr: float = _D["lr"]
+    scale_lr: float = _D["scale_lr"]
+    learn_scales: bool = _D["learn_scales"]
+    temperature: float = _D["temperature"]
+    seed: int = _D["seed"]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,57 +7,53 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from core.errors import SegkdError
+from core.schema.train import AMP_DTYPES, CLASS_WEIGHT_SETS, SUPERVISED_LOSSES, TRAIN
 
-# Names only (this module is read without torch); distill.losses.recipe builds them.
-SUPERVISED_LOSSES = ("ce", "ohem")
-CLASS_WEIGHT_SETS = ("cityscapes",)
+_D = TRAIN.defaults()
 
 
 @dataclass
 class TrainConfig:
-    data: str = "synthetic"
-    model: str = "pspnet_r18"
-    out: str = "runs/train"
-    iters: int | None = None  # None: the dataset's default
-    batch_size: int | None = None
-    crop_size: tuple[int, int] | None = None
-    scale_range: tuple[float, float] | None = None  # random rescale before cropping
-    export_size: tuple[int, int] | None = None  # the input size written into the checkpoint's spec
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    poly_power: float = 0.9
-    warmup_iters: int = 0
-    aux_weight: float = 0.4
-    # Supervised loss (distill.losses.recipe): "ce" (segkd's plain cross-entropy) or "ohem"
-    # (the DDRNet/PIDNet authors' OHEM recipe, docs/notes/authors.md). The four below only
-    # apply to "ohem": its threshold, pixels always kept per process batch, a named set of
-    # class weights ("cityscapes" or None) and the upsampling's align_corners.
-    loss: str = "ce"
-    ohem_threshold: float = 0.9
-    ohem_min_kept: int = 131072
-    class_weights: str | None = None
-    ohem_align: bool = False
-    eval_interval: int | None = None  # None: 4 evaluations per run
-    val_images: int | None = None  # val images (spread evenly) every evaluation scores; None: all
-    log_interval: int = 10
-    num_workers: int | None = None  # None: from the CPUs this process may use (loader.py)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # only takes effect on CUDA
-    amp_dtype: str = "float16"  # float16 (with GradScaler) | bfloat16 (GPUs that have it)
-    max_skips: int = 20  # fp16 AMP: consecutive non-finite steps GradScaler may skip
-    # Seconds a rank waits for the others in one collective before it stops with an error
-    # naming itself (torch's defaults: 10 min NCCL, 30 min gloo): long enough for rank 0's
-    # checkpoint writes and readout fit while the others wait, short enough that a dead
-    # rank does not hold 8 GPUs for half an hour.
-    dist_timeout: float = 900.0
-    channels_last: bool = True  # only takes effect on CUDA
-    sync_bn: bool = False  # only under torchrun with more than one process
-    deep_stem: bool = False
-    backbone_weights: str | None = None
-    resume: bool = False
-    role: str = "model"  # written into the checkpoint: teacher / student / model
+    """A training run's settings; None: the dataset's default (distill/data/spec.py).
+    Defaults, command-line help and the reasons for them: core/schema/train.py."""
+
+    data: str = _D["data"]
+    model: str = _D["model"]
+    out: str = _D["out"]
+    iters: int | None = _D["iters"]
+    batch_size: int | None = _D["batch_size"]
+    crop_size: tuple[int, int] | None = _D["crop_size"]
+    scale_range: tuple[float, float] | None = _D["scale_range"]  # random rescale before cropping
+    export_size: tuple[int, int] | None = _D["export_size"]  # written into the checkpoint's spec
+    lr: float | None = _D["lr"]
+    momentum: float = _D["momentum"]
+    weight_decay: float | None = _D["weight_decay"]
+    poly_power: float = _D["poly_power"]
+    warmup_iters: int = _D["warmup_iters"]
+    aux_weight: float = _D["aux_weight"]
+    # Supervised loss (distill.losses.recipe): "ce" or the DDRNet/PIDNet authors' "ohem";
+    # the four after it only apply to "ohem".
+    loss: str = _D["loss"]
+    ohem_threshold: float = _D["ohem_threshold"]
+    ohem_min_kept: int = _D["ohem_min_kept"]
+    class_weights: str | None = _D["class_weights"]
+    ohem_align: bool = _D["ohem_align"]
+    eval_interval: int | None = _D["eval_interval"]  # None: 4 evaluations per run
+    val_images: int | None = _D["val_images"]  # spread evenly over the split; None: all
+    log_interval: int = _D["log_interval"]
+    num_workers: int | None = _D["num_workers"]  # None: from the CPUs this process may use
+    seed: int = _D["seed"]
+    device: str = _D["device"]  # auto | cpu | cuda | cuda:N
+    amp: bool = _D["amp"]  # only takes effect on CUDA
+    amp_dtype: str = _D["amp_dtype"]
+    max_skips: int = _D["max_skips"]
+    dist_timeout: float = _D["dist_timeout"]
+    channels_last: bool = _D["channels_last"]  # only takes effect on CUDA
+    sync_bn: bool = _D["sync_bn"]  # only under torchrun with more than one process
+    deep_stem: bool = _D["deep_stem"]
+    backbone_weights: str | None = _D["backbone_weights"]
+    resume: bool = _D["resume"]
+    role: str = _D["role"]  # written into the checkpoint: teacher / student / model
     extra: dict[str, Any] = field(default_factory=dict)  # stage-specific settings (distill)
 
     def resolved(self, defaults: dict[str, Any]) -> TrainConfig:
@@ -69,7 +65,7 @@ class TrainConfig:
         if cfg.export_size is None:
             cfg.export_size = defaults.get("eval_size") or cfg.crop_size
         cfg.crop_size = tuple(cfg.crop_size)  # type: ignore[assignment]
-        cfg.scale_range = tuple(cfg.scale_range or (0.5, 2.0))  # type: ignore[assignment]
+        cfg.scale_range = tuple(cfg.scale_range)  # type: ignore[assignment]
         cfg.export_size = tuple(cfg.export_size)  # type: ignore[assignment]
         cfg.validate()
         return cfg
@@ -88,7 +84,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise SegkdError(f"{name} must be a finite number >= 0, got {v}")
-        if self.amp_dtype not in ("float16", "bfloat16"):
+        if self.amp_dtype not in AMP_DTYPES:
             raise SegkdError(f"--amp-dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
         positive("max_skips")
         positive("dist_timeout")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from core.atomic_io import sha256_of, write_bytes_atomic
 from core.errors import SegkdError
-from core.numbers import finite
+from core.schema.tensorrt import TrtOptions
 from runtime.backends.tensorrt_io import engine_io, manifest_entry
 from runtime.gpu import GpuIdentity, gpu_identity, gpu_unavailable_reason, import_cudart
 from runtime.jetson_release import l4t_release
@@ -42,44 +41,6 @@ _UPGRADE = (
     "install JetPack 6.1 or newer on a Jetson Orin (TensorRT 10.3), or TensorRT >= 10.3 "
     "on a desktop (pip install tensorrt)"
 )
-WORKSPACE_CAP_GIB = 4.0  # the default's ceiling; never more than half the free memory
-
-
-@dataclass(frozen=True)
-class TrtOptions:
-    workspace_gib: float | None = (
-        None  # builder scratch limit; None = half the free memory, <= 4 GiB
-    )
-    optimization_level: int = 3  # 0..5; higher searches longer for faster tactics
-    cache_dir: Path | None = None  # engine + timing cache folder; None = ~/.cache/segkd/tensorrt
-    use_cache: bool = True
-    timing_cache: bool = True
-    weak_typing: bool = False  # TensorRT 10.x only: let the builder pick fp16/int8 per layer
-    max_batch: int = 1  # dynamic exports: optimisation profile upper batch
-    profile_min_size: tuple[int, int] | None = None  # dynamic exports; None = half the size
-    profile_max_size: tuple[int, int] | None = None  # dynamic exports; None = the export size
-    verbose: bool = False
-    dla_core: int | None = None  # Jetson DLA core to build for (GPU fallback); None = GPU
-
-    def __post_init__(self) -> None:
-        if self.workspace_gib is not None:
-            finite("--trt-workspace", self.workspace_gib, low=0.0, low_open=True)
-        if self.dla_core is not None and (isinstance(self.dla_core, bool) or self.dla_core < 0):
-            raise SegkdError(f"--dla-core must be an integer >= 0, got {self.dla_core!r}")
-
-    def workspace_bytes(self, free_bytes: int) -> int:
-        """The given limit, else min(4 GiB, half the free device memory): an 8 GB Orin Nano
-        shares its memory with the CPU, and a 4 GiB default left the camera and the host
-        pipeline short."""
-        if self.workspace_gib is not None:
-            return int(self.workspace_gib * 2**30)
-        return int(min(WORKSPACE_CAP_GIB * 2**30, free_bytes // 2))
-
-    def resolved_cache_dir(self) -> Path:
-        if self.cache_dir is not None:
-            return Path(self.cache_dir)
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        return base / "segkd" / "tensorrt"
 
 
 def tensorrt_version_tuple(version: str) -> tuple[int, int]:

@@ -1,0 +1,31 @@
+"""Options of `segkd qat` (and the pipeline's qat section, where steps 0 means off)."""
+
+from __future__ import annotations
+
+from core.options import Option, OptionSet
+from core.schema.export import EXPORT
+
+QAT = OptionSet([
+    Option("input_size", str | None, None,
+           "deploy HxW the INT8 file will have (default: the checkpoint's)", config=False),
+    Option("data", str | None, None, "dataset SPEC (default: the checkpoint's)", config=False),
+    Option("steps", int, 200, "fine-tuning steps"),
+    Option("batch_size", int, 2, "images per step"),
+    Option("train_images", int, 64, "train-split images QAT draws from"),
+    Option("calib_images", int, EXPORT.default("calib_images"),
+           "images of the initial calibration", config=False),
+    Option("int8_method", str, EXPORT.default("int8_method"),
+           "initial calibration: minmax, entropy, percentile", config=False),
+    # Conv weights and biases: SGD with momentum, preconditioned as the unfolded network
+    # (distill.qat.train.precondition_folded). Adam's per-weight normalised steps drifted
+    # small channels and lowered agreement; so did plain SGD on folded kernels
+    # (docs/notes/qat.md).
+    Option("lr", float, 1e-4, "SGD learning rate of the Conv weights"),
+    # Activation log-scales (Adam, LSQ gradient): ~0.1 % a step.
+    Option("scale_lr", float, 1e-3, "Adam learning rate of the activation scales"),
+    Option("learn_scales", bool, True,
+           "learn the activation scales (LSQ) or keep the calibrated ones"),
+    Option("temperature", float, 1.0, "KD temperature against the fp32 student", cli=False,
+           config=False),
+    Option("seed", int, 0, "seed of the image draw and the batches", config=False),
+])  # fmt: skip
