@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from core.errors import SegkdError
+from core.schema.bench import BENCH
 from runtime.jetson_facts import clocks_warning, power_meter, read_jetson_facts
 from runtime.machine import cpu_info, describe_cpu
 from runtime.segmenter import Segmenter
@@ -133,8 +134,8 @@ def benchmark(
     frames: Sequence[np.ndarray] | None = None,
     *,
     frame_size: tuple[int, int] = (1024, 2048),
-    iters: int = 50,
-    warmup: int = 10,
+    iters: int = BENCH.default("iters"),
+    warmup: int = BENCH.default("warmup"),
     batch: int = 1,
     on_iteration: Callable[[int, int], None] | None = None,
     device_root: Path | str = "/",

@@ -27,6 +27,7 @@ from core.atomic_io import write_json_atomic
 from core.errors import SegkdError
 from core.labels import LabelSpec
 from core.preprocess import PreprocessSpec
+from core.schema.tolerances import Tolerances
 from runtime.backends.tensorrt_builder import (
     EngineBuild,
     TrtOptions,
@@ -38,8 +39,8 @@ from runtime.reference_set import REFERENCE_FILE, read_reference_set, score_on_r
 
 log = logging.getLogger(__name__)
 
-# export.json's tolerances when an older export recorded none (export.api.Tolerances).
-DEFAULT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.90}
+# export.json's tolerances when an older export recorded none: today's defaults.
+DEFAULT_TOLERANCES = Tolerances()
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,9 @@ def plan_builds(
                 layout=str(pre.get("layout", "NCHW")),
                 output_kind=str(src.get("output") or opts.get("output") or "labels"),
                 min_agreement=float(
-                    tolerances.get(f"{precision}_min_agreement", DEFAULT_MIN_AGREEMENT[precision])
+                    tolerances.get(
+                        f"{precision}_min_agreement", DEFAULT_TOLERANCES.min_agreement(precision)
+                    )
                 ),
                 static_check="recorded at export" if src.get("tensorrt_check") else "not recorded",
             )
