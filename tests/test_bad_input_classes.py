@@ -637,3 +637,115 @@ def test_zoo_inputs_are_named_as_given(
     for args, needles in cases:
         assert_one_error(segkd_here(*args), *needles)
     assert not (tmp_path / "d").exists()
+
+
+# -- class 10 (labels): a label value outside 0..255 is named as what it is -------------
+def label_layouts(root: Path) -> dict[str, tuple[str, Path]]:
+    """One tiny dataset per reader (Cityscapes, VOC, ADE20K, folder), 8x10 pixels or more:
+    kind -> (its --data spec, the mask file a bad value is written into)."""
+    image = np.zeros((8, 10, 3), np.uint8)
+    mask = np.zeros((8, 10), np.uint8)
+    cs, voc, ade = root / "cs", root / "VOC2012", root / "ade"
+    files = {
+        cs / "leftImg8bit/val/aachen/a_000000_000001_leftImg8bit.png": image,
+        cs / "gtFine/val/aachen/a_000000_000001_gtFine_labelIds.png": mask + 7,
+        voc / "JPEGImages/v1.jpg": image,
+        voc / "SegmentationClass/v1.png": mask,
+        ade / "images/validation/ade1.jpg": image,
+        ade / "annotations/validation/ade1.png": mask + 1,
+    }
+    for path, values in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), values)
+    (voc / "ImageSets/Segmentation").mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/val.txt").write_text("v1\n")
+    folder = make_folder(root / "folder", splits=True)  # val: im4, im5
+    return {
+        "cityscapes": (
+            f"cityscapes:{cs}",
+            cs / "gtFine/val/aachen/a_000000_000001_gtFine_labelIds.png",
+        ),
+        "voc": (f"voc:{voc}", voc / "SegmentationClass/v1.png"),
+        "ade20k": (f"ade20k:{ade}", ade / "annotations/validation/ade1.png"),
+        "folder": (f"folder:{folder}", folder / "masks" / "im4.png"),
+    }
+
+
+def label_image(values: list[float], mode: str, shape: tuple[int, int]) -> Any:
+    """A label image of `mode` whose first pixels hold `values` (the rest 0)."""
+    from PIL import Image
+
+    dtype = {"I": np.int32, "I;16": np.uint16, "F": np.float32, "P": np.uint8, "L": np.uint8}
+    arr = np.zeros(shape, dtype[mode])
+    arr.flat[: len(values)] = values
+    im = Image.fromarray(arr, mode=None if mode == "I;16" else mode)
+    if mode == "P":  # a full palette: without one Pillow renumbers the indices it saves
+        im.putpalette([c for i in range(256) for c in (i, 255 - i, i // 2)])
+    return im
+
+
+# values written, image mode, what the error must say. PNG holds 8/16-bit; 32-bit integer
+# and float masks are TIFF files (Pillow reads them whatever the name says).
+BAD_LABELS: list[tuple[list[float], str, tuple[str, ...]]] = [
+    ([-5, 250], "I", ("-5..250", "[-5]", "outside 0..255")),
+    ([-5, 3], "I", ("-5..3", "[-5]")),
+    ([-(2**31), 2**31 - 1], "I", ("[-2147483648, 2147483647]",)),
+    (list(range(-30, 0)), "I", ("-30..", "and 20 more")),
+    ([300, 2], "I;16", ("0..300", "[300]")),
+    ([65531], "I;16", ("0..65531", "[65531]")),  # a -5 stored unsigned
+    ([0.5, 2.25], "F", ("not whole numbers", "[0.5, 2.25]")),
+    ([float("nan")], "F", ("NaN",)),
+    ([float("inf")], "F", ("infinite",)),
+    ([-1.0, 2.0], "F", ("-1..2", "[-1]")),
+    ([256.0], "F", ("[256]",)),
+]
+
+
+def test_label_values_are_named_as_what_they_are(tmp_path: Path) -> None:
+    """Every reader (Cityscapes, VOC, ADE20K, folder) goes through one label reader: a
+    value outside 0..255 is named with the file, the values' range and the offending
+    values, never as 'values up to 250'. A value in 0..255 that is no class (a palette or
+    16-bit index >= the class count) names the values and the allowed ones."""
+    from core.errors import SegkdError
+    from distill.data import build_dataset
+
+    layouts = label_layouts(tmp_path)
+    failures = []
+    for kind, (spec, mask) in layouts.items():
+        shape = np.asarray(cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)).shape[:2]
+        split = "val"
+        rows_here = [*BAD_LABELS, ([200], "P", ("[200]", "neither a class")),
+                     ([254], "L", ("[254]", "neither a class")),
+                     ([200], "I;16", ("[200]", "neither a class"))]  # fmt: skip
+        for values, mode, needles in rows_here:
+            label_image(values, mode, shape).save(mask, format="TIFF" if mode in "IF" else "PNG")
+            try:
+                build_dataset(spec, split)[0]
+                failures.append(f"{kind} {mode} {values}: accepted")
+            except SegkdError as e:
+                line = str(e)
+                missing = [n for n in (str(mask), *needles) if n not in line]
+                if missing or "up to" in line:
+                    failures.append(f"{kind} {mode} {values}: {missing} not in {line}")
+        # Whole numbers in range are read as they are, whatever the bit depth.
+        ok = {"cityscapes": 7, "voc": 1, "ade20k": 1, "folder": 1}[kind]
+        for mode in ("I", "I;16", "F", "L"):
+            label_image([ok], mode, shape).save(mask, format="TIFF" if mode in "IF" else "PNG")
+            assert build_dataset(spec, split)[0][1].dtype == np.uint8, (kind, mode)
+    assert not failures, "\n".join(failures)
+
+
+def test_a_bad_label_value_is_one_line_from_the_command(
+    segkd_here: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The same through `segkd eval` and `segkd train`: one `error:` line naming the mask."""
+    data = make_folder(tmp_path / "ds", splits=True)
+    mask = data / "masks" / "im4.png"  # in the val split
+    label_image([-5, 250], "I", (rows.H, rows.W)).save(mask, format="TIFF")
+    r = segkd_here("eval", models["tiny"], "--data", f"folder:{data}")
+    assert "up to" not in assert_one_error(r, mask, "-5..250", "[-5]")
+    for i in range(4):  # the train split: whichever the first batch draws is bad
+        label_image([0.5], "F", (rows.H, rows.W)).save(data / "masks" / f"im{i}.png", "TIFF")
+    r = segkd_here("train", "--data", f"folder:{data}", "--iters", "1", "--batch-size", "2",
+                   "--crop-size", "32x32", "--num-workers", "0", "--out", tmp_path / "run")  # fmt: skip
+    assert_one_error(r, data / "masks" / "im", "not whole numbers", "[0.5]", only=False)
