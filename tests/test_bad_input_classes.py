@@ -749,3 +749,130 @@ def test_a_bad_label_value_is_one_line_from_the_command(
     r = segkd_here("train", "--data", f"folder:{data}", "--iters", "1", "--batch-size", "2",
                    "--crop-size", "32x32", "--num-workers", "0", "--out", tmp_path / "run")  # fmt: skip
     assert_one_error(r, data / "masks" / "im", "not whole numbers", "[0.5]", only=False)
+
+
+# -- class 13 (readout): a stored readout with the right hash but bad contents ----------
+def readout_corruptions(good: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """name -> (what the sidecar holds besides teacher_sha256, a word the warning says).
+    `good` is a real fitted entry: {"readout": {...}, "report": {...}, "iters": n}."""
+    import copy
+
+    import torch
+
+    def edited(change: Any) -> dict[str, Any]:
+        entry = copy.deepcopy(good)
+        change(entry["readout"], entry)
+        return entry
+
+    def non_finite(value: float) -> Any:
+        def change(r: dict[str, Any], _e: Any) -> None:
+            r["state_dict"]["body.2.weight"] = torch.full_like(r["state_dict"]["body.2.weight"],
+                                                               value)  # fmt: skip
+
+        return change
+
+    return {
+        "no readout": ({"report": {}}, "no 'readout'"),
+        "readout not a dict": ({"readout": [1, 2]}, "no 'readout'"),
+        "no state_dict": (edited(lambda r, e: r.pop("state_dict")), "incomplete"),
+        "no kinds": (edited(lambda r, e: r.pop("kinds")), "incomplete"),
+        "unknown kind": (edited(lambda r, e: r.update(kinds=["z", "y"])), "unknown position"),
+        "targets vs kinds": (edited(lambda r, e: r.update(kinds=["x"])), "do not fit"),
+        "hidden vs weights": (edited(lambda r, e: r.update(hidden=7)), "expected a tensor"),
+        "another width": (edited(lambda r, e: r.update(in_channels=r["in_channels"] + 1)),
+                          "feature channels"),
+        "forged width": (edited(lambda r, e: r.update(in_channels=10**12)), "feature channels"),
+        "NaN weights": (edited(non_finite(float("nan"))), "NaN/inf"),
+        "inf weights": (edited(non_finite(float("inf"))), "NaN/inf"),
+        "int weights": (edited(lambda r, e: r["state_dict"].update(
+            {"body.0.bias": torch.zeros(r["hidden"], dtype=torch.int64)})), "non-float"),
+        "a list, not a tensor": (edited(lambda r, e: r["state_dict"].update(
+            {"body.0.bias": [0.0] * r["hidden"]})), "expected a tensor"),
+        "truncated weight": (edited(lambda r, e: r["state_dict"].update(
+            {"body.2.bias": r["state_dict"]["body.2.bias"][:1]})), "expected a tensor"),
+        "extra entry": (edited(lambda r, e: r["state_dict"].update(extra=torch.ones(1))),
+                        "unexpected"),
+        "bad report": (edited(lambda r, e: e.update(report=["corr"])), "report"),
+    }  # fmt: skip
+
+
+def test_a_bad_readout_with_the_right_hash_is_named_and_refitted(
+    models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sidecar's teacher_sha256 matches, its contents do not serve: each corruption is
+    named in one warning (the sidecar's path and what is wrong) and None returned, so the
+    caller refits; never a traceback, never a readout loaded half-way. The same for a bad
+    readout embedded in the checkpoint. Then one real `segkd distill --losses pid` over a
+    NaN sidecar: the warning, a refit, exit 0, a sound sidecar in its place."""
+    import logging
+
+    import torch
+
+    from core.atomic_io import sha256_of
+    from distill.checkpoint import atomic_torch_save, load_checkpoint, load_model
+    from distill.losses.pid import PositionReadout
+    from distill.teacher import cached_readout, sidecar_path
+
+    teacher = shutil.copy(models["three"], tmp_path / "teacher.pt")
+    teacher = Path(teacher)
+    side, width = sidecar_path(teacher), 24
+    readout = PositionReadout(width, 2, 8, ("x", "y"))
+    good = {"readout": readout.to_checkpoint(), "report": {"corr": 0.9}, "iters": 1}
+    stamp = {"teacher_sha256": sha256_of(teacher)}
+    caplog.set_level(logging.WARNING, logger="distill.teacher")
+    atomic_torch_save({**good, **stamp}, side)
+    found = cached_readout(teacher, {}, width)
+    assert found is not None and found[1] == {"corr": 0.9} and not caplog.records
+    cases = readout_corruptions(good)
+    failures = []
+    for name, (entry, needle) in cases.items():
+        caplog.clear()
+        atomic_torch_save({**entry, **stamp}, side)
+        got = cached_readout(teacher, {}, width)
+        lines = [r.getMessage() for r in caplog.records]
+        if (
+            got is not None
+            or len(lines) != 1
+            or str(side) not in lines[0]
+            or needle not in lines[0]
+        ):
+            failures.append(f"{name}: returned {type(got).__name__}, warned {lines}")
+        caplog.clear()
+        embedded = cached_readout(teacher, {"position_readout": entry}, width)  # no sidecar use
+        lines = [r.getMessage() for r in caplog.records if str(teacher) in r.getMessage()]
+        if embedded is not None and name != "bad report":
+            failures.append(f"embedded {name}: used")
+        if not any("embedded" in line for line in lines):
+            failures.append(f"embedded {name}: not named ({lines})")
+    for raw, needle in ((b"", "cannot be read"), (b"not a tensor file\n", "cannot be read"),
+                        (side.read_bytes()[:200], "cannot be read")):  # fmt: skip
+        caplog.clear()
+        side.write_bytes(raw)
+        assert cached_readout(teacher, {}, width) is None
+        assert any(str(side) in r.getMessage() and needle in r.getMessage() for r in caplog.records)
+    assert not failures, "\n".join(failures)
+    assert len(cases) >= 15
+
+    # The path users take: the NaN sidecar beside a real teacher is named, refitted, replaced.
+    feat = int(load_model(teacher)[0].feat_channels)
+    real = PositionReadout(feat, 2, 64, ("x", "y")).to_checkpoint()
+    real["state_dict"] = {
+        k: torch.full_like(v, float("nan")) for k, v in real["state_dict"].items()
+    }
+    atomic_torch_save({"readout": real, "report": {}, **stamp}, side)
+    data = make_folder(tmp_path / "ds", splits=True)  # the teacher's 3 classes
+    (data / "classes.txt").write_text("road\ncar\nsky\n")
+    for mask in (data / "masks").iterdir():
+        values = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
+        rows.write_mask(mask, np.where(values == 3, 2, values))
+    r = segkd("distill", "--teacher", teacher, "--data", f"folder:{data}",
+                   "--iters", "1", "--batch-size", "2", "--crop-size", "32x32", "--losses", "pid",
+                   "--readout-iters", "2", "--num-workers", "0", "--out", tmp_path / "d",
+                   timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    warned = [line for line in r.stderr.splitlines() if str(side) in line]
+    assert len(warned) == 1 and "refitting" in warned[0], r.stderr[-3000:]
+    again = cached_readout(teacher, load_checkpoint(teacher), feat)
+    assert again is not None
+    assert all(torch.isfinite(t).all() for t in again[0].state_dict().values())
