@@ -876,3 +876,154 @@ def test_a_bad_readout_with_the_right_hash_is_named_and_refitted(
     again = cached_readout(teacher, load_checkpoint(teacher), feat)
     assert again is not None
     assert all(torch.isfinite(t).all() for t in again[0].state_dict().values())
+
+
+# -- class 11: an output that cannot be written is named as the user spelled it ---------
+@contextlib.contextmanager
+def read_only_filesystem(path: Path, fill_in: Any) -> Iterator[Path]:
+    """A tmpfs at `path`, filled by `fill_in(path)`, then remounted read-only: a read-only
+    target for root too (file modes do not stop root). Skips where mount is not allowed."""
+    with small_filesystem(path, 0) as fs:
+        fill_in(fs)
+        r = subprocess.run(["mount", "-o", "remount,ro", str(fs)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot remount a tmpfs read-only here: {r.stderr.strip()}")
+        yield fs
+
+
+def earlier_outputs(models: dict[str, Path], workspace: Path) -> Any:
+    """What a read-only folder holds: an earlier --json, video, demo run, export folder."""
+
+    def fill_in(fs: Path) -> None:
+        (fs / "r.json").write_text('{"miou": 0.5}\n')
+        shutil.copy(workspace / "in.mp4", fs / "o.mp4")
+        shutil.copytree(workspace / "ex", fs / "ex")
+        ok = segkd("demo", workspace / "ds/images", "--model", models["tiny"], "--out",
+                   fs / "frames", "--max-frames", "2")  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+
+    return fill_in
+
+
+def test_an_output_that_cannot_be_written_names_the_users_path(
+    segkd_here: Run, models: dict[str, Path], workspace: Path
+) -> None:
+    """A read-only file system under every output of every command, spelled absolute,
+    relative, through a symlink, with `.`, a trailing slash, below missing folders: exit 2
+    before any work, one `error:` line naming the option and the path as typed (never a
+    hidden temporary), every earlier output byte-identical, nothing written beside."""
+    ro = workspace.parent / "ro"
+    (workspace / "rolink").symlink_to(ro, target_is_directory=True)
+    syn = ("--data", "synthetic:size=64x128,train=2,val=1")
+    with read_only_filesystem(ro, earlier_outputs(models, workspace)):
+        spots = [f"{ro}/r.json", f"{ro}/new.json", "rolink/r.json", f"{ro}/./r.json",
+                 "../ro/a/b/r.json"]  # fmt: skip
+        cases: list[tuple[tuple[str, ...], str, str]] = [
+            *((("eval", "ex", "--data", "folder:ds", "--json", s), "--json", s) for s in spots),
+            *(
+                (("eval", "ex", "--data", "folder:ds", "--save-predictions", s), "--save-predictions", s)
+                for s in (f"{ro}/preds", f"{ro}/", "rolink/p/q")
+            ),
+            *((("models", "--json", s), "--json", s) for s in spots),
+            *((("bench", "ex", "--iters", "1", "--json", s), "--json", s) for s in spots[:3]),
+            (("demo", "in.mp4", "--model", "ex", "--out", f"{ro}/o.mp4"), "--out", f"{ro}/o.mp4"),
+            (("demo", "in.mp4", "--model", "ex", "--out", "rolink/n.mp4"), "--out", "rolink/n.mp4"),
+            (("demo", "in.mp4", "--model", "ex", "--out", "o.mp4", "--json", f"{ro}/s.json"),
+             "--json", f"{ro}/s.json"),
+            *(
+                (("demo", "ds/images", "--model", "ex", "--out", s), "--out", s)
+                for s in (f"{ro}/frames", f"{ro}/frames/", "rolink/new")
+            ),
+            *(
+                (("export", "student.pt", *EXPORT_FAST, "--out", s), "--out", s)
+                for s in (f"{ro}/ex", "rolink/ex/", f"{ro}/e2")
+            ),
+            (("export", "student.pt", *EXPORT_FAST, "--out", "e3", "--json", f"{ro}/r.json"),
+             "--json", f"{ro}/r.json"),
+            (("train", *syn, *TRAIN[2:], "--out", f"{ro}/run"), "--out", f"{ro}/run"),
+            (("distill", "--teacher", "student.pt", *syn, *TRAIN[2:], "--out", "rolink/d"),
+             "--out", "rolink/d"),
+            (("pipeline", *syn, "--out", f"{ro}/p"), "--out", f"{ro}/p"),
+            (("qat", "student.pt", "--out", f"{ro}/q"), "--out", f"{ro}/q"),
+        ]  # fmt: skip
+        before, ro_before = tree_hashes(workspace), tree_hashes(ro)
+        names = sorted(os.listdir(workspace))
+        failures = []
+        for args, option, spelled in cases:
+            r = segkd_here(*args)
+            try:
+                # as typed, up to what pathlib normalises (a "/./", a trailing slash)
+                line = assert_one_error(r, f"{option} {Path(spelled)} ", "read-only file system")
+                assert ".tmp" not in line and "staging" not in line, line
+            except AssertionError as e:
+                failures.append(f"{' '.join(args)}: {e}")
+            assert tree_hashes(workspace) == before and sorted(os.listdir(workspace)) == names
+        assert tree_hashes(ro) == ro_before
+    assert not failures, "\n".join(failures)
+    assert len(cases) >= 30
+
+
+def test_the_atomic_writer_names_the_users_file_when_its_folder_is_read_only(
+    tmp_path: Path,
+) -> None:
+    """Below the guard: every writer (JSON, bytes, checkpoints through atomic_output)
+    names the target, not the hidden temporary it could not create."""
+    from core.atomic_io import write_bytes_atomic, write_json_atomic
+
+    with read_only_filesystem(tmp_path / "ro", lambda fs: (fs / "old.json").write_text("{}")) as fs:
+        for target in (fs / "old.json", fs / "new.json", fs / "sub" / "x.json"):
+            for write in (
+                lambda p: write_json_atomic({}, p),
+                lambda p: write_bytes_atomic(p, b"x"),
+            ):
+                with pytest.raises(OSError) as info:
+                    write(target)
+                assert info.value.filename in (str(target), str(fs / "sub")), info.value
+        assert (fs / "old.json").read_text() == "{}"
+        assert sorted(os.listdir(fs)) == ["old.json"]
+
+
+def test_an_output_this_user_may_not_write_is_one_line(models: dict[str, Path], data: Path) -> None:
+    """The same as an ordinary user (uid 65534 through setpriv) facing a folder of mode
+    0555, where file modes do stop the write: one line, 'not writable by this user'."""
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("switching to an unprivileged user needs root and setpriv")
+    base = Path(tempfile.mkdtemp(prefix="segkd-nobody-"))  # /tmp: every user may enter
+    try:
+        base.chmod(0o755)
+        shutil.copy(models["tiny"], base / "tiny.onnx")
+        shutil.copytree(data, base / "ds")
+        write_video(base / "in.mp4", 3, "mp4v")
+        locked = base / "locked"
+        locked.mkdir()
+        (locked / "r.json").write_text("{}\n")
+        locked.chmod(0o555)
+        env = {**os.environ, "PYTHONPATH": str(rows.REPO), "HOME": str(base),
+               "OMP_NUM_THREADS": "1"}  # fmt: skip
+        user = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        probe = subprocess.run([*user, sys.executable, "-c", "import cli"], cwd=rows.REPO,
+                               env=env, capture_output=True, text=True)  # fmt: skip
+        if probe.returncode != 0:
+            pytest.skip(f"the project cannot run as uid 65534 here: {probe.stderr[-300:]}")
+        cases = [
+            (("models", "--json", locked / "r.json"), "--json"),
+            (("eval", base / "tiny.onnx", "--data", f"folder:{base / 'ds'}", "--json",
+              locked / "new.json"), "--json"),
+            (("demo", base / "in.mp4", "--model", base / "tiny.onnx", "--out",
+              locked / "o.mp4"), "--out"),
+            (("bench", base / "tiny.onnx", "--iters", "1", "--json", locked / "sub/b.json"),
+             "--json"),
+        ]  # fmt: skip
+        for args, option in cases:
+            r = subprocess.run([*user, sys.executable, "cli.py", *map(str, args)], cwd=rows.REPO,
+                               env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+            line = assert_one_error(r, f"{option} {args[-1]} ", "not writable by this user")
+            assert ".tmp" not in line
+        assert (
+            sorted(os.listdir(locked)) == ["r.json"] and (locked / "r.json").read_text() == "{}\n"
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
