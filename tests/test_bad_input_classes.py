@@ -1027,3 +1027,98 @@ def test_an_output_this_user_may_not_write_is_one_line(models: dict[str, Path], 
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- class 6: a demo whose writer fails, or that is interrupted, always ends --------------
+def frame_folder(folder: Path, n: int, size: tuple[int, int] = (480, 640)) -> Path:
+    """n frames of `size` (HxW): each plainly filled, so they are quick to write, yet large
+    enough that a run lasts a few seconds (overlay, JPEG encode)."""
+    folder.mkdir()
+    for i in range(n):
+        frame = np.full((*size, 3), (i * 7) % 256, np.uint8)
+        cv2.putText(frame, str(i), (40, 200), cv2.FONT_HERSHEY_SIMPLEX, 4, (255, 255, 255), 8)
+        cv2.imwrite(str(folder / f"f{i:04d}.png"), frame)
+    return folder
+
+
+def interrupt_mid_run(args: tuple[Any, ...], watch: Path, signals: int = 1) -> tuple[int, str]:
+    """Start `segkd ARGS`, wait until its hidden temporary output appears in `watch` (the run
+    is writing), send a real SIGINT (`signals` times, 50 ms apart); (exit status, stderr)."""
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(rows.REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "cli.py", *map(str, args)], cwd=rows.REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    end = time.monotonic() + 120
+    while not any(".tmp" in name for name in os.listdir(watch)):
+        assert proc.poll() is None, f"ended before it was interrupted: {proc.stderr.read()}"
+        assert time.monotonic() < end, "the run never started writing"
+        time.sleep(0.02)
+    time.sleep(0.2)
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    try:
+        _out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("Ctrl-C did not end the demo within 120 s") from None
+    return proc.returncode, err
+
+
+def test_a_demo_that_cannot_write_ends_in_one_line_and_ctrl_c_always_works(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """`segkd demo FOLDER --out OUTFOLDER` that cannot write (a folder named like a frame,
+    a read-only folder, a full disk mid-run, a file-size limit at the first frame) ends
+    with exit 2 and one `error:` line naming --out, within the timeout (it used to block
+    in the writer queue); a real SIGINT mid-run (once, twice; image folder and video)
+    ends it with 130. Every earlier output is byte-identical and no hidden temporary is
+    left."""
+    tiny = models["tiny"]
+    src = frame_folder(tmp_path / "src", 600)
+    demo = ("demo", src, "--model", tiny, "--out")
+
+    # refused before the model loads: a folder named like a frame; a read-only folder
+    taken = tmp_path / "taken"
+    (taken / "f0000.jpg").mkdir(parents=True)
+    (taken / "f0000.jpg" / "mine.txt").write_text("mine")
+    before = tree_hashes(taken)
+    assert_one_error(segkd(*demo, taken, timeout=120), "--out", taken)
+    assert tree_hashes(taken) == before and not hidden_left(tmp_path)
+
+    def earlier_run(fs: Path) -> None:
+        ok = segkd(*demo, fs / "run", "--max-frames", "3")
+        assert ok.returncode == 0, ok.stderr
+
+    with read_only_filesystem(tmp_path / "ro", earlier_run) as ro:
+        before = tree_hashes(ro)
+        r = segkd(*demo, ro / "run", timeout=120)
+        assert_one_error(r, f"--out {ro / 'run'} ", "read-only")
+        assert tree_hashes(ro) == before
+
+    # the writer fails mid-run: a disk with room for a few frames; a file-size limit
+    with small_filesystem(tmp_path / "full", 0) as fs:
+        earlier_run(fs)
+        before = tree_hashes(fs / "run")
+        fill(fs, 100)
+        r = segkd(*demo, fs / "run", timeout=120)
+        assert_one_error(r, "--out", fs / "run", only=False)
+        assert tree_hashes(fs / "run") == before and not hidden_left(fs)
+    out = tmp_path / "run"
+    earlier_run(tmp_path)
+    before = tree_hashes(out)
+    r = segkd_limited(*demo, out, fsize=4000)
+    assert_one_error(r, "--out", out, only=False)
+    assert tree_hashes(out) == before and not hidden_left(tmp_path)
+
+    # Ctrl-C mid-run, once or twice, into a folder and into a video
+    video = write_video(tmp_path / "o.mp4", 3, "mp4v")
+    video_before = sha256(video)
+    for target, signals in ((out, 1), (out, 2), (video, 1)):
+        code, err = interrupt_mid_run((*demo, target), tmp_path, signals)
+        assert code == 130, err[-2000:]
+        assert "Traceback" not in err, err[-2000:]
+        assert rows.shown_lines(err)[-1].startswith("interrupted:"), err[-2000:]
+        assert tree_hashes(out) == before and sha256(video) == video_before
+        assert not hidden_left(tmp_path), sorted(os.listdir(tmp_path))
