@@ -1122,3 +1122,32 @@ def test_a_demo_that_cannot_write_ends_in_one_line_and_ctrl_c_always_works(
         assert rows.shown_lines(err)[-1].startswith("interrupted:"), err[-2000:]
         assert tree_hashes(out) == before and sha256(video) == video_before
         assert not hidden_left(tmp_path), sorted(os.listdir(tmp_path))
+
+
+def test_a_full_disk_names_the_users_path_not_a_hidden_one(
+    segkd_here: Run, models: dict[str, Path], workspace: Path
+) -> None:
+    """Class 11 on a real full tmpfs (writes fail mid-way, after the guard): export's
+    staging folder, the atomic JSON writer's temporary file: the line names --out/--json
+    as given (and the artifact's own name), never `.NAME.export-staging-*` or `.NAME.*.tmp`;
+    the earlier export and JSON stay byte-identical and nothing hidden is left."""
+    with small_filesystem(workspace.parent / "full", 0) as fs:
+        shutil.copytree(workspace / "ex", fs / "ex")
+        (fs / "r.json").write_text('{"miou": 0.5}\n')
+        before = tree_hashes(fs)
+        fill(fs, 0)
+        cases = [
+            (("export", "student.pt", *EXPORT_FAST, "--out", fs / "ex"), "--out", fs / "ex"),
+            (("export", "student.pt", *EXPORT_FAST, "--out", fs / "new"), "--out", fs / "new"),
+            (("eval", "ex", "--data", "folder:ds", "--json", fs / "r.json"), "", fs / "r.json"),
+            (("models", "--json", fs / "m.json"), "", fs / "m.json"),
+        ]
+        for args, option, path in cases:
+            line = assert_one_error(segkd_here(*args), option, path, only=False)
+            assert "staging" not in line and ".tmp" not in line, line
+            (fs / "filler").unlink()
+            assert {k: v for k, v in tree_hashes(fs).items() if k != "filler"} == before
+            assert (
+                not [n for n in os.listdir(fs) if n.startswith(".")] and not (fs / "new").exists()
+            )
+            fill(fs, 0)
