@@ -1151,3 +1151,74 @@ def test_a_full_disk_names_the_users_path_not_a_hidden_one(
                 not [n for n in os.listdir(fs) if n.startswith(".")] and not (fs / "new").exists()
             )
             fill(fs, 0)
+
+
+def test_the_reference_sets_masks_and_hash_are_checked_where_they_are_read(
+    tmp_path: Path,
+) -> None:
+    """The runtime's own label reader (reference.npz, what `segkd build` gates engines on,
+    without the dataset): a file whose sha256 differs from export.json's, a mask that is not
+    H x W uint8 or holds values outside 0..255, arrays that disagree, a class id the model
+    does not have: one SegkdError naming the file (or the mask), never numpy's or the
+    confusion matrix's ValueError."""
+    from core.errors import SegkdError
+    from core.preprocess import Letterbox, PreprocessSpec
+    from runtime.reference_set import (
+        ReferenceSample,
+        read_reference_set,
+        score_on_reference,
+        write_reference_set,
+    )
+
+    box = Letterbox(scale=1.0, top=0, left=0, height=8, width=10)
+    sample = ReferenceSample(np.zeros((8, 10, 3), np.uint8), np.zeros((8, 10), np.uint8),
+                             np.full((8, 10), 3, np.uint8), box)  # fmt: skip
+    good = write_reference_set(tmp_path / "reference.npz", [sample, sample])
+    facts = {"sha256": sha256(good)}
+    assert len(read_reference_set(good, facts)) == 2
+    with np.load(good) as z:
+        arrays = {k: z[k] for k in z.files}
+
+    def variant(**changes: Any) -> Path:
+        path = tmp_path / f"bad{len(list(tmp_path.glob('bad*.npz')))}.npz"
+        np.savez(path, **{k: v for k, v in {**arrays, **changes}.items() if v is not None})
+        return path
+
+    mask = arrays["mask0"]
+    cases: list[tuple[Path, dict[str, Any] | None, tuple[str, ...]]] = [
+        (good, {"sha256": "0" * 64}, ("sha256 differs",)),
+        (
+            variant(mask0=np.where(mask == 3, -5, 0).astype(np.int32)),
+            None,
+            ("mask0", "int32", "values -5.."),
+        ),
+        (variant(mask1=(mask.astype(np.uint16) * 100)), None, ("mask1", "0..300")),
+        (variant(mask0=mask.astype(np.float32)), None, ("mask0", "float32")),
+        (variant(mask0=mask[None]), None, ("mask0", "(1, 8, 10)")),
+        (variant(mask5=mask), None, ("mask5", "no image")),
+        (variant(labels=arrays["labels"][:1]), None, ("labels",)),
+        (variant(images=arrays["images"].astype(np.float32)), None, ("images", "float32")),
+        (variant(boxes=np.full((2, 5), np.nan)), None, ("letterboxes",)),
+        (variant(boxes=None), None, ("cannot read", "boxes")),
+    ]
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:100])
+    (tmp_path / "text.npz").write_text("not an npz\n")
+    cases += [(tmp_path / "cut.npz", None, ("cannot read",)),
+              (tmp_path / "text.npz", None, ("cannot read",))]  # fmt: skip
+    failures = []
+    for path, given, needles in cases:
+        try:
+            read_reference_set(path, given)
+            failures.append(f"{needles}: accepted")
+        except SegkdError as e:
+            if not all(n in str(e) for n in (str(path), *needles)):
+                failures.append(f"{needles} not in {e}")
+    assert not failures, "\n".join(failures)
+    # values in 0..255 but no class of a 3-class model: named before any scoring
+    pre = PreprocessSpec(input_size=(8, 10))
+    with pytest.raises(SegkdError, match=r"mask0 holds \[3\], neither classes of 3"):
+        score_on_reference(lambda x: np.zeros((1, 8, 10), np.uint8),
+                           read_reference_set(good), pre, "labels", 3, 255)  # fmt: skip
+    score = score_on_reference(lambda x: np.zeros((1, 8, 10), np.uint8),
+                               read_reference_set(good), pre, "labels", 4, 255)  # fmt: skip
+    assert score.pixel_agreement == 1.0
