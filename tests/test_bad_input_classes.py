@@ -1222,3 +1222,35 @@ def test_the_reference_sets_masks_and_hash_are_checked_where_they_are_read(
     score = score_on_reference(lambda x: np.zeros((1, 8, 10), np.uint8),
                                read_reference_set(good), pre, "labels", 4, 255)  # fmt: skip
     assert score.pixel_agreement == 1.0
+
+
+def test_a_bad_pipeline_step_record_is_named_and_the_step_runs_again(tmp_path: Path) -> None:
+    """The pipeline's other hash-keyed record (.steps/NAME.json: the step's key and its
+    outputs' sha256): one that is not a record (a list, outputs not a map, bad UTF-8, cut
+    JSON, 100,000 levels deep) is named in one log line and the step runs again; a sound
+    record with a matching key still skips it."""
+    from pipeline.steps import Step, StepRunner
+
+    lines: list[str] = []
+    runner = StepRunner(tmp_path / "p", log=lines.append)
+    out = tmp_path / "p" / "result.txt"
+    step = Step("make", lambda: out.write_text("result\n"), [out], settings={"a": 1})
+    assert runner.run(step) and not runner.run(step)  # ran, then up to date
+    stamp = tmp_path / "p" / ".steps" / "make.json"
+    good = json.loads(stamp.read_text())
+    bad: dict[str, bytes] = {
+        "a list": b"[1, 2]",
+        "a string": b'"key"',
+        "outputs a list": json.dumps({**good, "outputs": [str(out)]}).encode(),
+        "no outputs": json.dumps({"key": good["key"]}).encode(),
+        "bad UTF-8": b'{"key": "\xff\xfe"}',
+        "cut JSON": stamp.read_bytes()[:20],
+        "deep": b"[" * 100_000 + b"]" * 100_000,
+    }
+    for name, content in bad.items():
+        stamp.write_bytes(content)
+        lines.clear()
+        assert runner.run(step), name
+        named = [line for line in lines if str(stamp) in line]
+        assert len(named) == 1 and "running again" in named[0], (name, lines)
+        assert not runner.run(step), name  # the rewritten record is sound again
