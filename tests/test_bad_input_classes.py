@@ -945,6 +945,8 @@ def test_an_output_that_cannot_be_written_names_the_users_path(
              "--out", "rolink/d"),
             (("pipeline", *syn, "--out", f"{ro}/p"), "--out", f"{ro}/p"),
             (("qat", "student.pt", "--out", f"{ro}/q"), "--out", f"{ro}/q"),
+            (("build", f"{ro}/ex"), "FOLDER", f"{ro}/ex"),  # engines are written into it
+            (("build", "rolink/ex/"), "FOLDER", "rolink/ex/"),
         ]  # fmt: skip
         before, ro_before = tree_hashes(workspace), tree_hashes(ro)
         names = sorted(os.listdir(workspace))
@@ -960,7 +962,7 @@ def test_an_output_that_cannot_be_written_names_the_users_path(
             assert tree_hashes(workspace) == before and sorted(os.listdir(workspace)) == names
         assert tree_hashes(ro) == ro_before
     assert not failures, "\n".join(failures)
-    assert len(cases) >= 30
+    assert len(cases) >= 32
 
 
 def test_the_atomic_writer_names_the_users_file_when_its_folder_is_read_only(
