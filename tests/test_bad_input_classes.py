@@ -1256,3 +1256,34 @@ def test_a_bad_pipeline_step_record_is_named_and_the_step_runs_again(tmp_path: P
         named = [line for line in lines if str(stamp) in line]
         assert len(named) == 1 and "running again" in named[0], (name, lines)
         assert not runner.run(step), name  # the rewritten record is sound again
+
+
+def test_a_model_sidecar_with_the_right_hash_but_bad_contents_is_one_line(
+    segkd_here: Run, models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """`<model>.json` records the model's sha256, so a matching hash says nothing about the
+    rest: labels or preprocessing of the wrong type or out of range (a NaN mean used to be
+    accepted and scored) are refused in one line naming the sidecar."""
+    from tests.runtime.rt_models import segkd_meta
+
+    model = Path(shutil.copy(models["tiny"], tmp_path / "m.onnx"))
+    side = tmp_path / "m.onnx.json"
+    base = {**segkd_meta("logits"), "sha256": sha256(model)}
+    pre = base["preprocess"]
+    bad = {
+        "labels a list": {**base, "labels": [1, 2]},
+        "no labels": {k: v for k, v in base.items() if k != "labels"},
+        "preprocess a string": {**base, "preprocess": "x"},
+        "negative size": {**base, "preprocess": {**pre, "input_size": [-1, 5]}},
+        "NaN mean": {**base, "preprocess": {**pre, "mean": [float("nan")] * 3}},
+        "inf std": {**base, "preprocess": {**pre, "std": [float("inf")] * 3}},
+        "NaN std": {**base, "preprocess": {**pre, "std": [1.0, float("nan"), 1.0]}},
+        "names a string": {**base, "labels": {**base["labels"], "names": "road"}},
+        "a list": [1],
+    }
+    for name, content in bad.items():
+        side.write_text(json.dumps(content))
+        line = assert_one_error(segkd_here("eval", model, "--data", f"folder:{data}"), side)
+        assert "Traceback" not in line, name
+    side.write_text(json.dumps(base))
+    assert segkd_here("eval", model, "--data", f"folder:{data}").returncode == 0
