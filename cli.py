@@ -430,6 +430,7 @@ def build(
 
     opts = TrtOptions(**BUILD_TRT.to_library(o))
     wanted = [p.strip() for p in precision.split(",") if p.strip()] if precision else None
+    guard_outputs([Output("FOLDER", folder, "folder")], {})  # engines land in it: writable?
     report = build_folder(
         folder, wanted, opts, say=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False)
     )

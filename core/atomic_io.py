@@ -23,8 +23,11 @@ def atomic_output(path: str | Path, mode: str = "wb", fsync: bool = True) -> Ite
     """Open a temporary sibling of `path` for writing; it replaces `path` on a clean exit.
     fsync=False for many small files (image frames) where a crash may lose the newest."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a read-only or full folder: name the user's file, not the temporary
+        raise OSError(e.errno, e.strerror, str(path)) from e
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files

@@ -61,6 +61,8 @@ class PreprocessSpec:
             raise ValueError(f"color_order must be RGB or BGR, got {self.color_order!r}")
         if self.resize not in ("stretch", "letterbox"):
             raise ValueError(f"resize must be stretch or letterbox, got {self.resize!r}")
+        if not all(np.isfinite(v) for v in (*self.mean, *self.std)):  # NaN passes `<= 0`
+            raise ValueError(f"mean and std must be finite, got mean {self.mean} std {self.std}")
         if any(s <= 0 for s in self.std):
             raise ValueError("std must be positive")
         if self.dtype not in INPUT_DTYPES:

@@ -321,6 +321,8 @@ def export_checkpoint(
         path = out / EXPORT_JSON
     except OSError as e:  # a full disk, a read-only or vanished folder: the user's to fix
         where = f" ({e.filename})" if e.filename else ""
+        if e.filename and Path(str(e.filename)).is_relative_to(staging):  # hidden: its file name
+            where = f" (writing {Path(str(e.filename)).name})"
         kept = "the earlier export there is unchanged" if out.exists() else "nothing was written"
         raise SegkdError(
             f"--out {out}: cannot write the export: {e.strerror or e}{where}; {kept}"

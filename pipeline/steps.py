@@ -57,12 +57,16 @@ class StepRunner:
         if not stamp.is_file():
             return False
         try:
-            saved = json.loads(stamp.read_text())
-        except (OSError, json.JSONDecodeError):
+            saved = json.loads(stamp.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
+            self.log(f"[{step.name}] {stamp} cannot be read ({type(e).__name__}); running again")
+            return False
+        outputs = saved.get("outputs") if isinstance(saved, dict) else None
+        if not isinstance(outputs, dict):
+            self.log(f"[{step.name}] {stamp} is not a step record; running again")
             return False
         if saved.get("key") != key:
             return False
-        outputs = saved.get("outputs", {})
         return all(
             p.is_file() and outputs.get(str(p)) == sha256_file(p) for p in step.output_paths()
         )

@@ -234,7 +234,7 @@ def build_folder(
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise SegkdError(f"cannot build TensorRT engines here: {reason}")
-    refs = read_reference_set(ref_path)
+    refs = read_reference_set(ref_path, export.get("reference"))
     staged: list[tuple[Path, Path, dict[str, Any]]] = []
     try:
         for step in plan:

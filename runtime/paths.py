@@ -157,6 +157,31 @@ def guard_outputs(
             if other.kind != "file" and _within(out, Path(str(other.path))):
                 raise _refuse(o.option, o.path, f"is inside {other.option} {other.path}",
                               "which this run writes: choose a path outside it")  # fmt: skip
+        problem = _unwritable(o)
+        if problem:
+            raise _refuse(o.option, o.path, f"cannot be written: {problem}",
+                          "choose a writable place")  # fmt: skip
+
+
+def _unwritable(o: Output) -> str | None:
+    """Why `o` cannot be written here (a read-only file system, a folder this user may not
+    write), or None; checked before the command runs, so no result is computed only to be
+    lost, and the error names the user's path, not a temporary one. A file or a replaced
+    folder is written as a hidden sibling and renamed (its folder must take new names); a
+    folder written into takes its files; a missing folder is made in its first existing
+    ancestor."""
+    out = Path(os.path.abspath(os.path.expanduser(str(o.path))))
+    where = out if o.kind == "folder" and out.is_dir() else out.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        return f"{where} is not a folder"
+    if os.access(where, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return None
+    read_only = hasattr(os, "statvfs") and bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+    return (
+        f"{where} is {'on a read-only file system' if read_only else 'not writable by this user'}"
+    )
 
 
 def _writes_over(folder: Output, src: Path) -> bool:

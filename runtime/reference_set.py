@@ -13,14 +13,15 @@ images to what their content allows (4 Cityscapes frames at 512x1024: ~4 MiB).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.atomic_io import write_bytes_atomic
+from core.atomic_io import sha256_of, write_bytes_atomic
 from core.errors import SegkdError
 from core.metrics import ConfusionMatrix
 from core.preprocess import Letterbox, PreprocessSpec
@@ -58,19 +59,56 @@ def write_reference_set(path: Path, samples: Sequence[ReferenceSample]) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-def read_reference_set(path: Path) -> list[ReferenceSample]:
+def read_reference_set(path: Path, facts: Mapping[str, Any] | None = None) -> list[ReferenceSample]:
+    """The samples of a reference.npz; SegkdError naming the file if it differs from the
+    sha256 export.json records for it (`facts`, its "reference" entry) or if its arrays
+    are not what `write_reference_set` writes (a mask of another type, values outside
+    0..255, counts or shapes that disagree)."""
+    expected = (facts or {}).get("sha256")
+    if isinstance(expected, str) and sha256_of(path) != expected.lower():
+        raise SegkdError(
+            f"{path}: sha256 differs from the one export.json records; the file is corrupt "
+            "or was changed: copy the export folder again"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels, boxes = z["images"], z["labels"], z["boxes"]
             masks = {k: z[k] for k in z.files if k.startswith("mask")}
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SegkdError(f"cannot read the reference set {path}: {e}") from None
+    problem = _shape_problem(images, labels, boxes, masks)
+    if problem:
+        raise SegkdError(f"{path}: {problem}; re-export the folder")
     out = []
     for i in range(len(images)):
         s, top, left, h, w = boxes[i]
         box = Letterbox(scale=float(s), top=int(top), left=int(left), height=int(h), width=int(w))
         out.append(ReferenceSample(images[i], labels[i], masks.get(f"mask{i}"), box))
     return out
+
+
+def _shape_problem(
+    images: np.ndarray, labels: np.ndarray, boxes: np.ndarray, masks: dict[str, np.ndarray]
+) -> str | None:
+    """What in a reference set's arrays `write_reference_set` would never write, or None."""
+    n = len(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        return f"images are {images.dtype} {images.shape}, not N x H x W x 3 uint8"
+    if labels.dtype != np.uint8 or labels.shape != images.shape[:3]:
+        return f"labels are {labels.dtype} {labels.shape}, not {images.shape[:3]} uint8"
+    if boxes.shape != (n, 5) or not np.isfinite(boxes).all():
+        return f"letterboxes are {boxes.shape} (or not finite), not {n} x 5"
+    for key, mask in sorted(masks.items()):
+        if key not in {f"mask{i}" for i in range(n)}:
+            return f"{key} belongs to no image (it holds {n})"
+        if mask.ndim != 2 or mask.dtype.kind not in "ui":
+            return f"{key} is {mask.dtype} {mask.shape}; a mask is H x W class ids"
+        if mask.size and (mask.min() < 0 or mask.max() > 255 or mask.dtype != np.uint8):
+            return (
+                f"{key} is {mask.dtype} with values {int(mask.min())}..{int(mask.max())}; "
+                "a mask holds uint8 class ids 0..255"
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -98,6 +136,15 @@ def score_on_reference(
     The input is made by the runtime's own PreprocessSpec.to_input from the stored
     resized image: the same bytes `segkd export` verified with.
     """
+    for i, s in enumerate(samples):
+        if s.mask is None:
+            continue
+        bad = np.unique(s.mask[(s.mask >= num_classes) & (s.mask != ignore_index)])
+        if bad.size:
+            raise SegkdError(
+                f"the reference set's mask{i} holds {bad[:10].tolist()}, neither classes of "
+                f"{num_classes} nor ignore ({ignore_index}); re-export the folder"
+            )
     same = total = 0
     vs_ref = ConfusionMatrix(num_classes, ignore_index)
     with_gt = all(s.mask is not None for s in samples)

@@ -111,16 +111,17 @@ def read_label_png(path: Path) -> np.ndarray:
     """A label image -> HxW uint8 of the raw values it stores.
 
     Read with Pillow, never cv2: a palettised PNG (VOC) holds class indices that cv2
-    would expand into palette colours.
+    would expand into palette colours. 16/32-bit and float images are accepted when every
+    value is a whole number in 0..255; otherwise the error names what the file holds.
     """
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
+            if im.mode not in ("P", "L", "1", "F") and not im.mode.startswith("I"):
                 raise SegkdError(
                     f"{path}: label image is {im.mode}; expected one channel of class ids "
                     "(grayscale or palettised PNG)"
                 )
-            raw = np.asarray(im)
+            mode, raw = im.mode, np.asarray(im)
     except FileNotFoundError:
         raise SegkdError(f"{path}: label file does not exist") from None
     except Image.DecompressionBombError as exc:  # a huge (or forged) size in the header
@@ -131,10 +132,45 @@ def read_label_png(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SegkdError(f"{path}: cannot be read as a label image ({exc})") from None
     if raw.dtype != np.uint8:
-        if raw.size and (raw.min() < 0 or raw.max() > 255):
-            raise SegkdError(f"{path}: label values up to {raw.max()} do not fit 0..255")
+        check_label_values(raw, f"{path}: label image ({mode}, {raw.dtype})")
         raw = raw.astype(np.uint8)
     return raw
+
+
+def check_label_values(raw: np.ndarray, what: str) -> None:
+    """SegkdError naming `what`, the values' range and the offending ones, unless every
+    value is a whole number in 0..255 (what a uint8 class-id map can hold)."""
+    if not raw.size:
+        return
+    if raw.dtype.kind == "f":
+        finite = np.isfinite(raw)
+        if not finite.all():
+            raise SegkdError(f"{what} holds NaN or infinite values; class ids are whole numbers")
+        frac = raw[raw != np.round(raw)]
+        if frac.size:
+            raise SegkdError(
+                f"{what} holds values that are not whole numbers ({_listed(np.unique(frac))}); "
+                "class ids are whole numbers 0..255"
+            )
+    lo, hi = raw.min(), raw.max()
+    if lo < 0 or hi > 255:
+        values = np.unique(raw)
+        bad = values[(values < 0) | (values > 255)]
+        raise SegkdError(
+            f"{what} holds values {_number(lo)}..{_number(hi)}; {_listed(bad)} are outside "
+            "0..255 (class ids 0..K-1, 255 = ignore)"
+        )
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{float(v):g}"
+
+
+def _listed(values: Sequence[float] | np.ndarray, most: int = 10) -> str:
+    """[4, 200] as given, or the first `most` and how many more."""
+    shown = ", ".join(_number(v) for v in values[:most])
+    more = len(values) - most
+    return f"[{shown}]" + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass(frozen=True)
@@ -158,7 +194,7 @@ class LabelMapping:
             bad = [int(v) for v in np.unique(raw) if not self.valid[v]]
             allowed = np.flatnonzero(self.valid)
             raise SegkdError(
-                f"{path}: label values {bad[:10]} are neither a class nor ignore "
+                f"{path}: label values {_listed(bad)} are neither a class nor ignore "
                 f"(allowed: {_ranges(allowed)})"
             )
         return cv2.LUT(raw, self.lut)

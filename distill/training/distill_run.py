@@ -66,14 +66,14 @@ def ensure_teacher_readout(
     ctx: DistContext,
 ) -> tuple[PositionReadout, dict[str, float]]:
     """The teacher's position readout: cached with the teacher, fitted once by rank 0."""
-    found = cached_readout(teacher_path, ckpt)
+    found = cached_readout(teacher_path, ckpt, int(teacher.feat_channels))
     if found is None:
         with fail_together(ctx):  # the others wait here; a failed fit stops them too
             if ctx.is_main:
                 entry = fit_readout_entry(teacher.to(device), readout_batches(cfg), iters, device)
                 store_readout_sidecar(teacher_path, entry)
-        found = cached_readout(teacher_path, ckpt)
-        assert found is not None  # just written by rank 0
+        found = cached_readout(teacher_path, {})  # the sidecar rank 0 just wrote
+        assert found is not None
     return found
 
 
