@@ -129,14 +129,12 @@ class DDRNet(SegmentationNet):
         return out
 
 
-@register_model("realtime")
-def ddrnet23_slim(
-    num_classes: int, *, aux: bool = True, deep_stem: bool = False, backbone_weights=None
-) -> DDRNet:
-    """DDRNet-23-slim at the published widths: planes 32, DAPPM branches 128, head 64;
-    `backbone_weights`: the authors' ImageNet file (DDRNet23s_imagenet.pth)."""
+@register_model("realtime", weights=load_realtime_imagenet)
+def ddrnet23_slim(num_classes: int, *, aux: bool = True, deep_stem: bool = False) -> DDRNet:
+    """DDRNet-23-slim at the published widths: planes 32, DAPPM branches 128, head 64
+    (ImageNet weights: the authors' DDRNet23s_imagenet.pth, load_realtime_imagenet)."""
     refuse_deep_stem("ddrnet23_slim", deep_stem)
-    model = DDRNet(
+    return DDRNet(
         "ddrnet23_slim",
         num_classes,
         planes=32,
@@ -145,6 +143,3 @@ def ddrnet23_slim(
         aux=aux,
         model_kwargs={"aux": aux},
     )
-    if backbone_weights:
-        model.backbone_report = load_realtime_imagenet(model, backbone_weights)
-    return model

@@ -27,6 +27,7 @@ from distill.models.layers import conv_bn_relu, kaiming_init, resize_to
 from distill.models.pooling import AdaptiveAvgPool2dMatmul
 from distill.models.registry import register_model
 from distill.models.segmentor import Segmentor, build_segmentor
+from distill.models.weights import load_backbone_weights
 
 ASPP_RATES: tuple[int, ...] = (12, 24, 36)
 ASPP_CHANNELS = 256
@@ -89,16 +90,16 @@ class DeepLabV3Head(nn.Module):
         return self.classifier(self.dropout(feat)), feat
 
 
-@register_model("resnet")
+@register_model("resnet", weights=load_backbone_weights)
 def deeplabv3_r18(num_classes: int, **kwargs) -> Segmentor:
     return build_segmentor("deeplabv3_r18", 18, num_classes, DeepLabV3Head, **kwargs)
 
 
-@register_model("resnet")
+@register_model("resnet", weights=load_backbone_weights)
 def deeplabv3_r50(num_classes: int, **kwargs) -> Segmentor:
     return build_segmentor("deeplabv3_r50", 50, num_classes, DeepLabV3Head, **kwargs)
 
 
-@register_model("resnet")
+@register_model("resnet", weights=load_backbone_weights)
 def deeplabv3_r101(num_classes: int, **kwargs) -> Segmentor:
     return build_segmentor("deeplabv3_r101", 101, num_classes, DeepLabV3Head, **kwargs)

@@ -182,14 +182,12 @@ class PIDNet(SegmentationNet):
         return out
 
 
-@register_model("realtime")
-def pidnet_s(
-    num_classes: int, *, aux: bool = True, deep_stem: bool = False, backbone_weights=None
-) -> PIDNet:
-    """PIDNet-S at the published widths: (m, n, C) = (2, 3, 32), PAPPM 96, heads 128;
-    `backbone_weights`: the authors' ImageNet file (PIDNet_S_ImageNet.pth.tar)."""
+@register_model("realtime", weights=load_realtime_imagenet)
+def pidnet_s(num_classes: int, *, aux: bool = True, deep_stem: bool = False) -> PIDNet:
+    """PIDNet-S at the published widths: (m, n, C) = (2, 3, 32), PAPPM 96, heads 128
+    (ImageNet weights: the authors' PIDNet_S_ImageNet.pth.tar, load_realtime_imagenet)."""
     refuse_deep_stem("pidnet_s", deep_stem)
-    model = PIDNet(
+    return PIDNet(
         "pidnet_s",
         num_classes,
         m=2,
@@ -200,6 +198,3 @@ def pidnet_s(
         aux=aux,
         model_kwargs={"aux": aux},
     )
-    if backbone_weights:
-        model.backbone_report = load_realtime_imagenet(model, backbone_weights)
-    return model

@@ -29,6 +29,7 @@ from distill.models.layers import conv_bn_relu, kaiming_init, resize_to
 from distill.models.pooling import AdaptiveAvgPool2dMatmul
 from distill.models.registry import register_model
 from distill.models.segmentor import Segmentor, build_segmentor
+from distill.models.weights import load_backbone_weights
 
 PSP_BINS: tuple[int, ...] = (1, 2, 3, 6)
 
@@ -81,16 +82,16 @@ class PSPHead(nn.Module):
         return self.classifier(self.dropout(feat)), feat
 
 
-@register_model("resnet")
+@register_model("resnet", weights=load_backbone_weights)
 def pspnet_r18(num_classes: int, **kwargs) -> Segmentor:
     return build_segmentor("pspnet_r18", 18, num_classes, PSPHead, **kwargs)
 
 
-@register_model("resnet")
+@register_model("resnet", weights=load_backbone_weights)
 def pspnet_r50(num_classes: int, **kwargs) -> Segmentor:
     return build_segmentor("pspnet_r50", 50, num_classes, PSPHead, **kwargs)
 
 
-@register_model("resnet")
+@register_model("resnet", weights=load_backbone_weights)
 def pspnet_r101(num_classes: int, **kwargs) -> Segmentor:
     return build_segmentor("pspnet_r101", 101, num_classes, PSPHead, **kwargs)

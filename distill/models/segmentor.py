@@ -13,7 +13,6 @@ from torch import nn
 
 from distill.models.layers import conv_bn_relu, kaiming_init
 from distill.models.resnet import DilatedResNet
-from distill.models.weights import load_backbone_weights
 
 
 class SegmentationNet(nn.Module, ABC):
@@ -122,12 +121,11 @@ def build_segmentor(
     *,
     aux: bool = True,
     deep_stem: bool = False,
-    backbone_weights: str | None = None,
 ) -> Segmentor:
     """segkd's dilated ResNet-`depth` with `head(in_channels, num_classes)` and the FCN aux
-    head; `backbone_weights` is a local torchvision-format (or deep-base) ImageNet file."""
+    head (its ImageNet weights: distill.models.weights.load_backbone_weights)."""
     backbone = DilatedResNet(depth, deep_stem=deep_stem)
-    model = Segmentor(
+    return Segmentor(
         arch,
         num_classes,
         backbone,
@@ -135,6 +133,3 @@ def build_segmentor(
         FCNHead(backbone.layer3_channels, num_classes) if aux else None,
         model_kwargs={"aux": aux, "deep_stem": deep_stem},
     )
-    if backbone_weights:
-        model.backbone_report = load_backbone_weights(backbone, backbone_weights)
-    return model

@@ -41,7 +41,8 @@ def test_unknown_names_and_options_are_errors() -> None:
     with pytest.raises(TypeError):  # a checkpoint's model_kwargs the builder lacks
         build_model("pspnet_r18", 3, width=2)
     with pytest.raises(ValueError, match="registered twice"):
-        register_model("resnet")(model_entry("pspnet_r18").builder)
+        entry = model_entry("pspnet_r18")
+        register_model("resnet", weights=entry.weights)(entry.builder)
 
 
 def test_one_unwrap_rule() -> None:
