@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from distill.models.registry import available_models, build_model
+
 
 def count_params(model: nn.Module, with_aux: bool = True) -> int:
     """All parameters, training-only heads (aux, boundary) included unless `with_aux` is
@@ -52,11 +54,9 @@ def model_table(
     the torchvision stem is about 0.15 M parameters and 15 GMAC lighter. `deep_stem`
     applies to the ResNets only: the real-time networks have their own stem.
     """
-    from distill.models.registry import available_models, build_model, resnet_models
-
     rows = []
     for arch in available_models():
-        stem = {"deep_stem": deep_stem} if arch in resnet_models() else {}
+        stem = {"deep_stem": deep_stem} if arch in available_models("resnet") else {}
         with torch.device("meta"):  # no weights allocated or initialised
             model = build_model(arch, num_classes, **stem)
         params, macs = count_params(model), count_macs(model, input_size)

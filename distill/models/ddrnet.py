@@ -24,18 +24,17 @@ from torch import nn
 
 from distill.models.dualres import (
     PYRAMID_KERNELS,
-    BasicBlock,
-    Bottleneck,
     SegHead,
-    conv_bn,
     pooled_branch,
     pre_act_conv,
-    resize_to,
+    refuse_deep_stem,
     stage,
     stem,
 )
-from distill.models.heads import kaiming_init
+from distill.models.layers import conv_bn, kaiming_init, resize_to
+from distill.models.registry import register_model
 from distill.models.segmentor import SegmentationNet
+from distill.models.weights import load_realtime_imagenet
 
 
 class DAPPM(nn.Module):
@@ -81,14 +80,14 @@ class DDRNet(SegmentationNet):
         super().__init__(arch, num_classes, head_planes, model_kwargs)
         high = planes * 2  # the 1/8 branch's width
         self.conv1 = stem(planes)
-        self.layer1 = stage(BasicBlock, planes, planes, 2)
-        self.layer2 = stage(BasicBlock, planes, planes * 2, 2, stride=2)
-        self.layer3 = stage(BasicBlock, planes * 2, planes * 4, 2, stride=2)
-        self.layer4 = stage(BasicBlock, planes * 4, planes * 8, 2, stride=2)
-        self.layer5 = stage(Bottleneck, planes * 8, planes * 8, 1, stride=2)
-        self.layer3_ = stage(BasicBlock, planes * 2, high, 2)
-        self.layer4_ = stage(BasicBlock, high, high, 2)
-        self.layer5_ = stage(Bottleneck, high, high, 1)
+        self.layer1 = stage("basic", planes, planes, 2)
+        self.layer2 = stage("basic", planes, planes * 2, 2, stride=2)
+        self.layer3 = stage("basic", planes * 2, planes * 4, 2, stride=2)
+        self.layer4 = stage("basic", planes * 4, planes * 8, 2, stride=2)
+        self.layer5 = stage("bottleneck", planes * 8, planes * 8, 1, stride=2)
+        self.layer3_ = stage("basic", planes * 2, high, 2)
+        self.layer4_ = stage("basic", high, high, 2)
+        self.layer5_ = stage("bottleneck", high, high, 1)
         self.compression3 = conv_bn(planes * 4, high)
         self.compression4 = conv_bn(planes * 8, high)
         self.down3 = conv_bn(high, planes * 4, 3, stride=2)
@@ -128,3 +127,19 @@ class DDRNet(SegmentationNet):
         if with_aux and self.seghead_extra is not None:
             out["aux"] = self.seghead_extra(after_stage3)[0]
         return out
+
+
+@register_model("realtime", weights=load_realtime_imagenet)
+def ddrnet23_slim(num_classes: int, *, aux: bool = True, deep_stem: bool = False) -> DDRNet:
+    """DDRNet-23-slim at the published widths: planes 32, DAPPM branches 128, head 64
+    (ImageNet weights: the authors' DDRNet23s_imagenet.pth, load_realtime_imagenet)."""
+    refuse_deep_stem("ddrnet23_slim", deep_stem)
+    return DDRNet(
+        "ddrnet23_slim",
+        num_classes,
+        planes=32,
+        spp_planes=128,
+        head_planes=64,
+        aux=aux,
+        model_kwargs={"aux": aux},
+    )

@@ -1,16 +1,16 @@
-"""Building blocks shared by the two-branch real-time networks (DDRNet, PIDNet).
+"""Pieces shared by the two-branch real-time networks (DDRNet, PIDNet).
 
 Both papers build on the same pieces, described here from the papers and the
 authors' public model definitions (ydhongHIT/DDRNet, XuJiacong/PIDNet):
 - a stem of two stride-2 3x3 convs (with bias) + BN + ReLU, to 1/4;
-- ResNet basic blocks (expansion 1) and bottlenecks whose expansion is 2, not 4;
-  the last block of a stage ends without ReLU (fusion adds to it first), and a
+- ResNet basic blocks and bottlenecks (`distill.models.resnet`) whose expansion is 2,
+  not 4; the last block of a stage ends without ReLU (fusion adds to it first), and a
   bottleneck stage's first block has none either;
 - pre-activation convs (BN -> ReLU -> conv) in the context modules and heads;
 - the segmentation head: BN -> ReLU -> 3x3 conv -> BN -> ReLU -> 1x1 classifier.
 Module and index names follow the authors' layout (`conv1.0`, `layer3_.1.bn2`,
 `final_layer.conv2`, `spp.scale1.3`), so their published ImageNet state dicts load by
-name (`distill.models.realtime_weights`).
+name (`distill.models.weights.load_realtime_imagenet`).
 
 Every resize takes its target size from the tensor it is added to. That keeps the
 networks correct at any input size (odd sizes round up through the stride-2 convs on
@@ -19,23 +19,14 @@ both branches alike); a static-size export folds those sizes into constants.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SegkdError
+from distill.models.resnet import BasicBlock, Bottleneck, shortcut
 
-def resize_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of `x` to `like`'s spatial size (align_corners=False, as the authors)."""
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1) -> nn.Sequential:
-    """conv (no bias) + BN, no activation: fusion paths (`compression3`, `down3`, `diff3`)."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout)
-    )
+BOTTLENECK_EXPANSION = 2  # the papers' bottleneck widens by 2 (ResNet's by 4)
 
 
 def pre_act_conv(cin: int, cout: int, kernel: int = 1, groups: int = 1) -> nn.Sequential:
@@ -78,81 +69,24 @@ def stem(cout: int) -> nn.Sequential:
     )
 
 
-class BasicBlock(nn.Module):
-    expansion: ClassVar[int] = 1
-    first_relu: ClassVar[bool] = True  # a stage's first block ends with ReLU
-
-    def __init__(
-        self,
-        cin: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        relu: bool = True,
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-        self.relu = relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out)) + identity
-        return F.relu(out) if self.relu else out
+def block(kind: str, cin: int, planes: int, stride: int = 1, relu: bool | None = None):
+    """One block ("basic" or "bottleneck"), with a 1x1 conv + BN shortcut when its shape
+    changes; `relu` None is the kind's default ending (basic: ReLU, bottleneck: none)."""
+    if kind == "basic":
+        down = shortcut(cin, planes, stride)
+        return BasicBlock(cin, planes, stride, downsample=down, out_relu=relu is not False)
+    down = shortcut(cin, planes * BOTTLENECK_EXPANSION, stride)
+    return Bottleneck(
+        cin, planes, stride, downsample=down, out_relu=bool(relu), expansion=BOTTLENECK_EXPANSION
+    )
 
 
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride) -> 1x1 to 2 x planes."""
-
-    expansion: ClassVar[int] = 2
-    first_relu: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        cin: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        relu: bool = False,
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.downsample = downsample
-        self.relu = relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out)) + identity
-        return F.relu(out) if self.relu else out
-
-
-Block = type[BasicBlock] | type[Bottleneck]
-
-
-def first_block(block: Block, cin: int, planes: int, stride: int = 1, relu: bool | None = None):
-    """A stage's first block, with a 1x1 conv + BN shortcut when shape changes."""
-    cout = planes * block.expansion
-    downsample = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else None
-    return block(cin, planes, stride, downsample, block.first_relu if relu is None else relu)
-
-
-def stage(block: Block, cin: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-    """`blocks` blocks; the first keeps the block type's default ending, middle ones end
-    with ReLU and the last (if not also the first) ends without."""
-    layers: list[nn.Module] = [first_block(block, cin, planes, stride)]
-    cout = planes * block.expansion
-    layers += [block(cout, planes, relu=i < blocks - 1) for i in range(1, blocks)]
+def stage(kind: str, cin: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    """`blocks` blocks; the first keeps the kind's default ending, middle ones end with
+    ReLU and the last (if not also the first) ends without."""
+    layers: list[nn.Module] = [block(kind, cin, planes, stride)]
+    cout = planes * (1 if kind == "basic" else BOTTLENECK_EXPANSION)
+    layers += [block(kind, cout, planes, relu=i < blocks - 1) for i in range(1, blocks)]
     return nn.Sequential(*layers)
 
 
@@ -173,3 +107,9 @@ class SegHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = F.relu(self.bn2(self.conv1(F.relu(self.bn1(x)))))
         return self.conv2(feat), feat
+
+
+def refuse_deep_stem(arch: str, deep_stem: bool) -> None:
+    """`--deep-stem` chooses a ResNet stem; these networks have their own."""
+    if deep_stem:
+        raise SegkdError(f"--deep-stem is for the ResNet models; {arch} has its own stem")

@@ -32,19 +32,18 @@ from torch import nn
 
 from distill.models.dualres import (
     PYRAMID_KERNELS,
-    BasicBlock,
-    Bottleneck,
     SegHead,
-    conv_bn,
-    first_block,
+    block,
     pooled_branch,
     pre_act_conv,
-    resize_to,
+    refuse_deep_stem,
     stage,
     stem,
 )
-from distill.models.heads import kaiming_init
+from distill.models.layers import conv_bn, kaiming_init, resize_to
+from distill.models.registry import register_model
 from distill.models.segmentor import SegmentationNet
+from distill.models.weights import load_realtime_imagenet
 
 
 class PAPPM(nn.Module):
@@ -120,23 +119,23 @@ class PIDNet(SegmentationNet):
         super().__init__(arch, num_classes, head_planes, model_kwargs)
         p2 = planes * 2  # P and D width at 1/8
         self.conv1 = stem(planes)
-        self.layer1 = stage(BasicBlock, planes, planes, m)
-        self.layer2 = stage(BasicBlock, planes, p2, m, stride=2)
-        self.layer3 = stage(BasicBlock, p2, planes * 4, n, stride=2)
-        self.layer4 = stage(BasicBlock, planes * 4, planes * 8, n, stride=2)
-        self.layer5 = stage(Bottleneck, planes * 8, planes * 8, 2, stride=2)
+        self.layer1 = stage("basic", planes, planes, m)
+        self.layer2 = stage("basic", planes, p2, m, stride=2)
+        self.layer3 = stage("basic", p2, planes * 4, n, stride=2)
+        self.layer4 = stage("basic", planes * 4, planes * 8, n, stride=2)
+        self.layer5 = stage("bottleneck", planes * 8, planes * 8, 2, stride=2)
         # P branch
         self.compression3 = conv_bn(planes * 4, p2)
         self.compression4 = conv_bn(planes * 8, p2)
         self.pag3 = PagFM(p2, planes)
         self.pag4 = PagFM(p2, planes)
-        self.layer3_ = stage(BasicBlock, p2, p2, m)
-        self.layer4_ = stage(BasicBlock, p2, p2, m)
-        self.layer5_ = stage(Bottleneck, p2, p2, 1)
+        self.layer3_ = stage("basic", p2, p2, m)
+        self.layer4_ = stage("basic", p2, p2, m)
+        self.layer5_ = stage("bottleneck", p2, p2, 1)
         # D branch
-        self.layer3_d = first_block(BasicBlock, p2, planes, relu=False)
-        self.layer4_d = stage(Bottleneck, planes, planes, 1)
-        self.layer5_d = stage(Bottleneck, p2, p2, 1)
+        self.layer3_d = block("basic", p2, planes, relu=False)
+        self.layer4_d = stage("bottleneck", planes, planes, 1)
+        self.layer5_d = stage("bottleneck", p2, p2, 1)
         self.diff3 = conv_bn(planes * 4, planes, 3)
         self.diff4 = conv_bn(planes * 8, p2, 3)
         self.spp = PAPPM(planes * 16, ppm_planes, planes * 4)
@@ -181,3 +180,21 @@ class PIDNet(SegmentationNet):
             if self.seghead_d is not None:
                 out["boundary"] = self.seghead_d(d_stage4)[0]
         return out
+
+
+@register_model("realtime", weights=load_realtime_imagenet)
+def pidnet_s(num_classes: int, *, aux: bool = True, deep_stem: bool = False) -> PIDNet:
+    """PIDNet-S at the published widths: (m, n, C) = (2, 3, 32), PAPPM 96, heads 128
+    (ImageNet weights: the authors' PIDNet_S_ImageNet.pth.tar, load_realtime_imagenet)."""
+    refuse_deep_stem("pidnet_s", deep_stem)
+    return PIDNet(
+        "pidnet_s",
+        num_classes,
+        m=2,
+        n=3,
+        planes=32,
+        ppm_planes=96,
+        head_planes=128,
+        aux=aux,
+        model_kwargs={"aux": aux},
+    )

@@ -1,70 +1,82 @@
-"""Dilated ResNet-18/50/101 backbones at output stride 8.
+"""The one ResNet block family: basic blocks, bottlenecks and the dilated ResNet trunk.
+
+Every ResNet in segkd is built from these, with switches for what its source does:
+- the dilated trunks of PSPNet / DeepLabV3 (segkd's own, torchvision's
+  replace_stride_with_dilation, CIRKD's ResNetV1b, mmsegmentation's ResNetV1c);
+- the real-time two-branch networks (DDRNet, PIDNet: `distill.models.dualres`), whose
+  bottlenecks expand by 2, not 4, and whose blocks may end without ReLU (a fusion adds
+  to them first).
 
 Parameter names follow torchvision (conv1, bn1, layer1..layer4, downsample.0/1), so a
-torchvision ImageNet state dict loads straight into the plain-stem variant.
+torchvision ImageNet state dict loads straight into the plain-stem trunk.
 
-Dilation follows the standard dilated-ResNet code (PSPNet/semseg, encoding, CIRKD):
-layer3 and layer4 keep stride 1 and use dilation 2 and 4, and the first block of each
-dilated stage uses the previous stage's dilation (1 for layer3, 2 for layer4) in its
-strided 3x3 position, which avoids gridding at the stage boundary.
+Dilation (output stride 8, the standard dilated-ResNet code: PSPNet/semseg, encoding,
+CIRKD, torchvision, mmseg "d8"): layer3 and layer4 keep stride 1 and use dilation 2 and 4,
+and the first block of each dilated stage uses half of it (1 in layer3, 2 in layer4) in
+its strided 3x3 position, which avoids gridding at the stage boundary (mmseg calls this
+contract_dilation). A basic block dilates its second conv with the stage's dilation
+(torchvision, CIRKD) unless `basic_conv2_dilated` is off (mmseg: conv2 is a plain 3x3).
 
-The optional deep stem replaces the 7x7 conv with three 3x3 convs (3->64 stride 2,
-64->64, 64->128) named conv1/bn1, conv2/bn2, conv3/bn3 like the semseg/CIRKD "deep
-base" ImageNet checkpoints, which therefore load into it. A torchvision checkpoint
-does not fit that stem (conv1 has another shape, conv2/conv3 do not exist, layer1
-starts from 128 channels); `distill.models.registry.load_backbone_weights` reports
-exactly which keys were skipped.
+The deep stem replaces the 7x7 conv with three 3x3 convs (3 -> w/2 stride 2, w/2 -> w/2,
+w/2 -> w) named conv1/bn1..conv3/bn3: w = 128 is the semseg/CIRKD "deep base" whose
+ImageNet files load into it; mmseg's ResNetV1c is w = 64 (its `stem.N` keys are mapped in
+`distill.models.weights`). A torchvision checkpoint does not fit that stem;
+`distill.models.weights.load_backbone_weights` reports exactly which keys were skipped.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from distill.models.layers import conv_bn, kaiming_init
+
+# depth -> (block kind, blocks per stage)
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
 }
 
 
-def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+def conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False)
 
 
 class BasicBlock(nn.Module):
-    expansion: ClassVar[int] = 1
+    """Two 3x3 convs; the stride sits on conv1, `dilation` is (conv1's, conv2's)."""
 
     def __init__(
         self,
         inplanes: int,
         planes: int,
         stride: int = 1,
-        dilation: int = 1,
-        first_dilation: int = 1,
+        dilation: tuple[int, int] = (1, 1),
         downsample: nn.Module | None = None,
+        out_relu: bool = True,
     ) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(inplanes, planes, stride, first_dilation)
+        self.expansion = 1
+        self.conv1 = conv3x3(inplanes, planes, stride, dilation[0])
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes, 1, dilation)
+        self.conv2 = conv3x3(planes, planes, 1, dilation[1])
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
+        self.out_relu = out_relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) + identity
+        return F.relu(out) if self.out_relu else out
 
 
 class Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
-
-    expansion: ClassVar[int] = 4
+    """1x1 -> 3x3 (stride, dilation: ResNet v1.5) -> 1x1 to `expansion` x planes."""
 
     def __init__(
         self,
@@ -72,105 +84,118 @@ class Bottleneck(nn.Module):
         planes: int,
         stride: int = 1,
         dilation: int = 1,
-        first_dilation: int = 1,
         downsample: nn.Module | None = None,
+        out_relu: bool = True,
+        expansion: int = 4,
     ) -> None:
         super().__init__()
+        self.expansion = expansion
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride, first_dilation)
+        self.conv2 = conv3x3(planes, planes, stride, dilation)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(planes, planes * expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * expansion)
         self.downsample = downsample
-        del dilation  # a bottleneck has one 3x3 conv: only first_dilation is used
+        self.out_relu = out_relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out)) + identity
+        return F.relu(out) if self.out_relu else out
+
+
+def shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
+    """The 1x1 conv + BN projection when a block changes shape, else None (identity)."""
+    return conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+
+def block_dilations(
+    n: int, dilation: int, contract: bool = True, multi_grid: Sequence[int] | None = None
+) -> list[int]:
+    """Each block's dilation in a stage of `n`: multi_grid replaces the stage's dilation
+    block by block; otherwise contract halves the first block's when the stage is dilated."""
+    if multi_grid is not None:
+        if len(multi_grid) != n:
+            raise ValueError(f"multi_grid {tuple(multi_grid)} for a stage of {n} blocks")
+        return list(multi_grid)
+    first = dilation // 2 if dilation > 1 and contract else dilation
+    return [first] + [dilation] * (n - 1)
 
 
 class DilatedResNet(nn.Module):
-    """ResNet trunk without avgpool/fc; `forward` returns (layer3, layer4) features at 1/8."""
+    """ResNet trunk without avgpool/fc; `forward` returns (layer3, layer4) features.
 
-    def __init__(self, depth: int, deep_stem: bool = False) -> None:
+    Defaults: output stride 8 (strides 1, 2, 1, 1; dilations 1, 1, 2, 4). `deep_stem`
+    chooses the three-conv stem of width `stem_channels` (128 unless given; 64 for the
+    7x7 stem). `multi_grid` applies to the last stage only.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        deep_stem: bool = False,
+        *,
+        stem_channels: int | None = None,
+        strides: Sequence[int] = (1, 2, 1, 1),
+        dilations: Sequence[int] = (1, 1, 2, 4),
+        contract_dilation: bool = True,
+        multi_grid: Sequence[int] | None = None,
+        basic_conv2_dilated: bool = True,
+    ) -> None:
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(DEPTHS)}")
         kind, blocks = DEPTHS[depth]
-        block: type[BasicBlock] | type[Bottleneck] = BasicBlock if kind == "basic" else Bottleneck
-        self.depth = depth
-        self.deep_stem = deep_stem
+        self.depth, self.deep_stem = depth, deep_stem
+        width = stem_channels or (128 if deep_stem else 64)
         if deep_stem:
-            self.conv1 = _conv3x3(3, 64, stride=2)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.conv2 = _conv3x3(64, 64)
-            self.bn2 = nn.BatchNorm2d(64)
-            self.conv3 = _conv3x3(64, 128)
-            self.bn3 = nn.BatchNorm2d(128)
-            self.inplanes = 128
+            self.conv1 = conv3x3(3, width // 2, stride=2)
+            self.bn1 = nn.BatchNorm2d(width // 2)
+            self.conv2 = conv3x3(width // 2, width // 2)
+            self.bn2 = nn.BatchNorm2d(width // 2)
+            self.conv3 = conv3x3(width // 2, width)
+            self.bn3 = nn.BatchNorm2d(width)
         else:
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.inplanes = 64
-        self.relu = nn.ReLU(inplace=True)
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(block, 64, blocks[0])
-        self.layer2 = self._make_layer(block, 128, blocks[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, blocks[2], dilation=2, prev_dilation=1)
-        self.layer4 = self._make_layer(block, 512, blocks[3], dilation=4, prev_dilation=2)
-        self.layer3_channels = 256 * block.expansion
-        self.out_channels = 512 * block.expansion
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def _make_layer(
-        self,
-        block: type[BasicBlock] | type[Bottleneck],
-        planes: int,
-        blocks: int,
-        stride: int = 1,
-        dilation: int = 1,
-        prev_dilation: int = 1,
-    ) -> nn.Sequential:
-        out = planes * block.expansion
-        downsample = None
-        if stride != 1 or self.inplanes != out:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+        inplanes, channels = width, []
+        for i, (n, stride, dilation) in enumerate(zip(blocks, strides, dilations, strict=True)):
+            per_block = block_dilations(
+                n, dilation, contract_dilation, multi_grid if i == 3 else None
             )
-        layers = [
-            block(
-                self.inplanes,
-                planes,
-                stride,
-                dilation=dilation,
-                first_dilation=prev_dilation,
-                downsample=downsample,
-            )
-        ]
-        self.inplanes = out
-        layers += [
-            block(out, planes, dilation=dilation, first_dilation=dilation) for _ in range(1, blocks)
-        ]
-        return nn.Sequential(*layers)
+            conv2 = dilation if basic_conv2_dilated else 1
+            layer = _stage(kind, inplanes, 64 * 2**i, stride, per_block, conv2)
+            self.add_module(f"layer{i + 1}", layer)
+            inplanes = layer[0].expansion * 64 * 2**i
+            channels.append(inplanes)
+        self.layer3_channels, self.out_channels = channels[2], channels[3]
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)))
         if self.deep_stem:
-            x = self.relu(self.bn1(self.conv1(x)))
-            x = self.relu(self.bn2(self.conv2(x)))
-            x = self.relu(self.bn3(self.conv3(x)))
-        else:
-            x = self.relu(self.bn1(self.conv1(x)))
+            x = F.relu(self.bn2(self.conv2(x)))
+            x = F.relu(self.bn3(self.conv3(x)))
         x = self.layer2(self.layer1(self.maxpool(x)))
         c3 = self.layer3(x)
-        c4 = self.layer4(c3)
-        return c3, c4
+        return c3, self.layer4(c3)
+
+
+def _stage(
+    kind: str, inplanes: int, planes: int, stride: int, dilations: list[int], conv2: int
+) -> nn.Sequential:
+    """One trunk stage: the first block strides (and projects), each block its dilation."""
+    out = planes * (1 if kind == "basic" else 4)
+    layers: list[nn.Module] = []
+    for j, d in enumerate(dilations):
+        cin, s = (inplanes, stride) if j == 0 else (out, 1)
+        down = shortcut(cin, out, s) if j == 0 else None
+        if kind == "basic":
+            layers.append(BasicBlock(cin, planes, s, (d, conv2), down))
+        else:
+            layers.append(Bottleneck(cin, planes, s, d, down))
+    return nn.Sequential(*layers)

@@ -1,8 +1,9 @@
 """What every model-zoo teacher shares: the wrapper segkd drives, strict loading, class sets.
 
-A rebuilt network keeps the source's own module names, so the source's state dict loads
-into it key for key (after removing the wrappers the source adds), and a partial load is
-an error naming the missing and unexpected keys.
+A zoo network is segkd's own (distill.models) wherever it computes the same thing, its
+file's keys renamed onto it by a key map (distill.models.weights); what segkd has no
+module for is rebuilt under the source's own names. Either way the state dict loads key
+for key, strictly: a partial load is an error naming the missing and unexpected keys.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from core.errors import SegkdError
 from core.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LabelSpec
 from core.preprocess import PreprocessSpec
+from distill.models.weights import KeyMap, remap_keys
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,22 @@ class TestMode:
         if self.mode == "slide":
             out.update(crop=list(self.crop or ()), stride=list(self.stride or ()))
         return out
+
+
+class SourceNet(nn.Module):
+    """A zoo network run as its source runs it: `forward(x, with_aux)` returns (logits,
+    feat, aux) at the network's output stride (aux None without an auxiliary head or
+    when not asked). `model` is anything with segkd's `extract(x, with_aux)` dict."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x: torch.Tensor, with_aux: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        out = self.model.extract(x, with_aux=with_aux)
+        return out["logits"], out["feat"], out.get("aux")
 
 
 class ZooTeacher(nn.Module):
@@ -115,15 +133,26 @@ class ZooTeacher(nn.Module):
         }
 
 
-def load_strict(net: nn.Module, state: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
-    """load_state_dict(strict) with one error line naming missing/unexpected/misshapen keys."""
+def load_strict(
+    net: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    what: str,
+    keymap: KeyMap = (),
+) -> None:
+    """Rename the file's keys by `keymap` (distill.models.weights), then
+    load_state_dict(strict) with one error line naming missing/unexpected/misshapen keys
+    as the file names them."""
+    mapped = remap_keys(state, keymap)
+    file_name = dict(zip(mapped, state, strict=True))
     own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    as_in_file = _file_names(file_name)
+    missing = [as_in_file(k) for k in own if k not in mapped]
+    unexpected = [file_name[k] for k in mapped if k not in own]
     misshapen = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        f"{file_name[k]} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}"
         for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        if k in mapped and tuple(mapped[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or misshapen:
         parts = []
@@ -133,7 +162,20 @@ def load_strict(net: nn.Module, state: Mapping[str, torch.Tensor], path: Path, w
         if misshapen:
             parts.append(f"{len(misshapen)} keys of another shape ({_few(misshapen)})")
         raise SegkdError(f"{path}: weights do not fit {what}: {'; '.join(parts)}")
-    net.load_state_dict(dict(state), strict=True)
+    net.load_state_dict(mapped, strict=True)
+
+
+def _file_names(file_name: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    """segkd key -> the file's name for it. A key the file lacks is named after a tensor
+    of the same module that the file has (the maps keep the tensor's own name), else as
+    segkd names it."""
+    modules = {k.rpartition(".")[0]: v.rpartition(".")[0] for k, v in file_name.items()}
+
+    def name(key: str) -> str:
+        module, _, leaf = key.rpartition(".")
+        return f"{modules[module]}.{leaf}" if module in modules else key
+
+    return name
 
 
 def _few(keys: Sequence[str], n: int = 4) -> str:

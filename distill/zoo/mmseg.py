@@ -16,6 +16,13 @@ decode_heads/{psp,aspp,fcn}_head.py, configs/_base_/models/{pspnet,deeplabv3,fcn
   3x3 bottleneck over the 5 x 512 concatenation.
 - FCNHead: num_convs 3x3 ConvModules, optionally conv_cat over [input, convs(input)];
   the aux head is FCNHead(1024 -> 256, num_convs=1, concat_input=False) on layer3.
+segkd's own modules wherever the network is the same (keys renamed by
+distill.models.weights.MMSEG_*): the trunk is segkd's DilatedResNet with mmseg's switches
+(stem width, strides, dilations, contract_dilation, multi_grid, a plain conv2 in basic
+blocks), PSPHead is segkd's (bins of `channels`, the config's align_corners), the one-conv
+auxiliary FCNHead is segkd's. Rebuilt here under mmseg's names: ASPPHead (no 1x1
+projection after the concatenation, pooling branch first: another network than segkd's
+DeepLabV3Head) and the multi-conv / conv_cat / dilated FCNHead.
 - Input: RGB, mean (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375) in 0..255 units;
   logits upsampled to the image with align_corners=False.
 """
@@ -34,10 +41,21 @@ from torch import nn
 
 from core.errors import SegkdError
 from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from distill.models.layers import resize_to
 from distill.models.pooling import AdaptiveAvgPool2dMatmul
-from distill.models.resnet import Bottleneck
+from distill.models.pspnet import PSPHead
+from distill.models.resnet import DilatedResNet
+from distill.models.segmentor import FCNHead, Segmentor
+from distill.models.weights import (
+    MMSEG_BACKBONE,
+    MMSEG_PSP_HEAD,
+    KeyMap,
+    mmseg_fcn,
+    renamed_prefix,
+)
 from distill.zoo.base import (
     SourceConvention,
+    SourceNet,
     TestMode,
     ZooTeacher,
     count_blocks,
@@ -72,117 +90,12 @@ class ConvModule(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def _bn_relu_conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    ]
-
-
-class BasicBlock(nn.Module):
-    """mmseg's BasicBlock: the dilation (and stride) sit on conv1 only; conv2 is a plain
-    3x3 (padding 1), unlike torchvision's and CIRKD's, which dilate both."""
-
-    expansion = 1
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        first_dilation: int = 1,
-        downsample: nn.Module | None = None,
-    ) -> None:
-        super().__init__()
-        d = first_dilation
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, d, dilation=d, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + identity)
-
-
-BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-
-
-def block_dilations(
-    n: int, dilation: int, contract: bool, multi_grid: Sequence[int] | None
-) -> list[int]:
-    """Each block's dilation in one stage, as mmseg's ResLayer sets them: multi_grid
-    replaces the stage's dilation block by block; otherwise contract_dilation halves the
-    first block's when the stage is dilated."""
-    if multi_grid is not None:
-        if len(multi_grid) != n:
-            raise SegkdError(f"multi_grid {tuple(multi_grid)} for a stage of {n} blocks")
-        return list(multi_grid)
-    first = dilation // 2 if dilation > 1 and contract else dilation
-    return [first] + [dilation] * (n - 1)
-
-
-class MMSegResNet(nn.Module):
-    """ResNetV1c (deep stem) or ResNet (7x7 stem) with the config's strides and dilations
-    (d8 by default); returns (c3, c4). multi_grid applies to the last stage only."""
-
-    def __init__(
-        self,
-        depth: int,
-        deep_stem: bool = True,
-        stem_channels: int = 64,
-        strides: Sequence[int] = (1, 2, 1, 1),
-        dilations: Sequence[int] = (1, 1, 2, 4),
-        contract_dilation: bool = True,
-        multi_grid: Sequence[int] | None = None,
-    ) -> None:
-        super().__init__()
-        blocks = BLOCKS[depth]
-        block: type[BasicBlock] | type[Bottleneck] = BasicBlock if depth == 18 else Bottleneck
-        self.deep_stem = deep_stem
-        if deep_stem:
-            half = stem_channels // 2
-            self.stem = nn.Sequential(
-                *_bn_relu_conv(3, half, 2),
-                *_bn_relu_conv(half, half),
-                *_bn_relu_conv(half, stem_channels),
-            )
-        else:
-            self.conv1 = nn.Conv2d(3, stem_channels, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(stem_channels)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes = stem_channels
-        for i, (n, stride, dilation) in enumerate(zip(blocks, strides, dilations, strict=True)):
-            planes = 64 * 2**i
-            grid = multi_grid if i == len(blocks) - 1 else None
-            per_block = block_dilations(n, dilation, contract_dilation, grid)
-            out = planes * block.expansion
-            down = None
-            if stride != 1 or inplanes != out:
-                down = nn.Sequential(
-                    nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
-                )
-            layer = [block(inplanes, planes, stride, first_dilation=per_block[0], downsample=down)]
-            layer += [block(out, planes, first_dilation=d) for d in per_block[1:]]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
-            inplanes = out
-        self.out_channels = inplanes
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.stem(x) if self.deep_stem else F.relu(self.bn1(self.conv1(x)))
-        x = self.layer2(self.layer1(self.maxpool(x)))
-        c3 = self.layer3(x)
-        return c3, self.layer4(c3)
-
-
 class DecodeHead(nn.Module):
     """BaseDecodeHead's classifier: Dropout2d(0.1) -> 1x1 conv_seg (with bias)."""
 
     def __init__(self, channels: int, num_classes: int) -> None:
         super().__init__()
+        self.channels = channels
         self.dropout = nn.Dropout2d(0.1)
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
@@ -190,32 +103,7 @@ class DecodeHead(nn.Module):
         return self.conv_seg(self.dropout(feat)), feat
 
 
-class PSPHead(DecodeHead):
-    def __init__(
-        self,
-        cin: int,
-        channels: int,
-        num_classes: int,
-        scales: Sequence[int],
-        align_corners: bool = False,
-    ) -> None:
-        super().__init__(channels, num_classes)
-        self.align_corners = align_corners
-        self.psp_modules = nn.ModuleList(
-            nn.Sequential(AdaptiveAvgPool2dMatmul(s), ConvModule(cin, channels, 1)) for s in scales
-        )
-        self.bottleneck = ConvModule(cin + len(scales) * channels, channels, 3)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        size = x.shape[-2:]
-        outs = [x] + [
-            F.interpolate(m(x), size=size, mode="bilinear", align_corners=self.align_corners)
-            for m in self.psp_modules
-        ]
-        return self.classify(self.bottleneck(torch.cat(outs, dim=1)))
-
-
-class ASPPHead(DecodeHead):
+class MMSegASPPHead(DecodeHead):
     def __init__(
         self,
         cin: int,
@@ -233,14 +121,12 @@ class ASPPHead(DecodeHead):
         self.bottleneck = ConvModule((len(dilations) + 1) * channels, channels, 3)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = F.interpolate(
-            self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners
-        )
+        pooled = resize_to(self.image_pool(x), x, self.align_corners)
         outs = [pooled] + [m(x) for m in self.aspp_modules]
         return self.classify(self.bottleneck(torch.cat(outs, dim=1)))
 
 
-class FCNHead(DecodeHead):
+class MMSegFCNHead(DecodeHead):
     def __init__(
         self,
         cin: int,
@@ -268,24 +154,6 @@ class FCNHead(DecodeHead):
         return self.classify(out)
 
 
-class EncoderDecoder(nn.Module):
-    def __init__(self, backbone: MMSegResNet, decode_head: nn.Module, aux: nn.Module | None):
-        super().__init__()
-        self.backbone = backbone
-        self.decode_head = decode_head
-        if aux is not None:
-            self.auxiliary_head = aux
-
-    def forward(
-        self, x: torch.Tensor, with_aux: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        c3, c4 = self.backbone(x)
-        logits, feat = self.decode_head(c4)
-        aux_head = getattr(self, "auxiliary_head", None)
-        aux = aux_head(c3)[0] if aux_head is not None and with_aux else None
-        return logits, feat, aux
-
-
 def looks_like(state: Mapping[str, Any]) -> bool:
     return any(k.startswith("decode_head.") for k in state) and any(
         k.startswith("backbone.") for k in state
@@ -299,8 +167,86 @@ def head_kind(state: Mapping[str, Any]) -> str:
     return "unknown"
 
 
-def _fcn_layout(state: Mapping[str, Any], prefix: str) -> tuple[int, bool]:
-    return count_blocks(state, f"{prefix}convs."), f"{prefix}conv_cat.conv.weight" in state
+def mmseg_backbone(
+    state: Mapping[str, torch.Tensor], settings: MMSegSettings, depth: int, path: Path
+) -> DilatedResNet:
+    """ResNetV1c (deep stem) or ResNet (7x7 stem) with the config's strides and dilations."""
+    deep_stem = "backbone.stem.0.weight" in state
+    stem = tensor(state, "backbone.stem.6.weight" if deep_stem else "backbone.conv1.weight", path)
+    try:
+        return DilatedResNet(
+            depth,
+            deep_stem,
+            stem_channels=int(stem.shape[0]),
+            strides=settings.strides,
+            dilations=settings.dilations,
+            contract_dilation=settings.contract_dilation,
+            multi_grid=settings.multi_grid,
+            basic_conv2_dilated=False,
+        )
+    except ValueError as e:  # a multi_grid that does not fit the last stage
+        raise SegkdError(f"{path}: {e}") from None
+
+
+def decode_head(
+    kind: str, state: Mapping[str, torch.Tensor], settings: MMSegSettings, cin: int, path: Path
+) -> tuple[nn.Module, KeyMap]:
+    """The decode head the keys and the config describe, and its key map."""
+    num_classes, channels = (
+        int(s) for s in tensor(state, "decode_head.conv_seg.weight", path).shape[:2]
+    )
+    if settings.num_classes is not None and settings.num_classes != num_classes:
+        raise SegkdError(
+            f"{path}: {settings.origin} says num_classes={settings.num_classes}, "
+            f"its classifier has {num_classes}"
+        )
+    align = settings.align_corners
+    if kind == "psp":
+        _branches_agree(state, "psp_modules", settings.pool_scales, "pool_scales", settings, path)
+        head = PSPHead(cin, num_classes, settings.pool_scales, channels, channels, align)
+        return head, MMSEG_PSP_HEAD
+    if kind == "aspp":
+        dilations = settings.aspp_dilations
+        _branches_agree(state, "aspp_modules", dilations, "dilations", settings, path)
+        head = MMSegASPPHead(cin, channels, num_classes, dilations, align)
+        return head, renamed_prefix("decode_head", "head")
+    if kind == "fcn":
+        return fcn_head(state, "decode_head", "head", cin, settings.fcn_dilation)
+    raise SegkdError(
+        f"{path}: an mmsegmentation decode head other than PSPHead, ASPPHead or FCNHead "
+        f"(keys like {next(k for k in state if k.startswith('decode_head.'))!r})"
+    )
+
+
+def _branches_agree(
+    state: Mapping[str, Any],
+    module: str,
+    values: Sequence[int],
+    setting: str,
+    settings: MMSegSettings,
+    path: Path,
+) -> None:
+    n = count_blocks(state, f"decode_head.{module}.")
+    if n != len(values):
+        head = "PSPHead with" if module == "psp_modules" else "ASPPHead with"
+        noun = "pooling branches" if module == "psp_modules" else "branches"
+        raise SegkdError(
+            f"{path}: {head} {n} {noun}, {settings.origin} says {setting}={tuple(values)}"
+        )
+
+
+def fcn_head(
+    state: Mapping[str, torch.Tensor], source: str, target: str, cin: int, dilation: int
+) -> tuple[nn.Module, KeyMap]:
+    """mmseg's FCNHead at `source`: segkd's FCNHead when it is one undilated 3x3 conv (the
+    auxiliary head), else rebuilt (num_convs convs, conv_cat over the input, dilation)."""
+    num_classes, channels = (int(s) for s in state[f"{source}.conv_seg.weight"].shape[:2])
+    num_convs = count_blocks(state, f"{source}.convs.")
+    concat = f"{source}.conv_cat.conv.weight" in state
+    if num_convs == 1 and not concat and dilation == 1:
+        return FCNHead(cin, num_classes, channels), mmseg_fcn(source, target)
+    head = MMSegFCNHead(cin, channels, num_classes, num_convs, concat, dilation)
+    return head, renamed_prefix(source, target)
 
 
 def build(
@@ -317,7 +263,6 @@ def build(
             path,
             "; ".join(settings.unchecked),
         )
-    deep_stem = "backbone.stem.0.weight" in state
     depth = resnet_depth(state, "backbone.", path, (18, 50, 101, 152))
     kind = head_kind(state)
     if name is not None and not name_is_config:  # e.g. mmseg:pspnet_r101:FILE
@@ -326,74 +271,27 @@ def build(
             raise SegkdError(
                 f"{path}: named {name!r}, but its keys hold a {kind} head on ResNet-{depth}"
             )
-    _agree(settings, kind, depth, deep_stem, path)
-    stem_channels = int(
-        tensor(
-            state, "backbone.stem.6.weight" if deep_stem else "backbone.conv1.weight", path
-        ).shape[0]
-    )
-    backbone = MMSegResNet(
-        depth,
-        deep_stem=deep_stem,
-        stem_channels=stem_channels,
-        strides=settings.strides,
-        dilations=settings.dilations,
-        contract_dilation=settings.contract_dilation,
-        multi_grid=settings.multi_grid,
-    )
-    num_classes, channels = (
-        int(s) for s in tensor(state, "decode_head.conv_seg.weight", path).shape[:2]
-    )
-    if settings.num_classes is not None and settings.num_classes != num_classes:
-        raise SegkdError(
-            f"{path}: {settings.origin} says num_classes={settings.num_classes}, "
-            f"its classifier has {num_classes}"
-        )
-    cin = backbone.out_channels
-    align = settings.align_corners
-    head: nn.Module
-    if kind == "psp":
-        n = count_blocks(state, "decode_head.psp_modules.")
-        if n != len(settings.pool_scales):
-            raise SegkdError(
-                f"{path}: PSPHead with {n} pooling branches, {settings.origin} says "
-                f"pool_scales={settings.pool_scales}"
-            )
-        head = PSPHead(cin, channels, num_classes, settings.pool_scales, align)
-    elif kind == "aspp":
-        n = count_blocks(state, "decode_head.aspp_modules.")
-        if n != len(settings.aspp_dilations):
-            raise SegkdError(
-                f"{path}: ASPPHead with {n} branches, {settings.origin} says "
-                f"dilations={settings.aspp_dilations}"
-            )
-        head = ASPPHead(cin, channels, num_classes, settings.aspp_dilations, align)
-    elif kind == "fcn":
-        layout = _fcn_layout(state, "decode_head.")
-        head = FCNHead(cin, channels, num_classes, *layout, dilation=settings.fcn_dilation)
-    else:
-        raise SegkdError(
-            f"{path}: an mmsegmentation decode head other than PSPHead, ASPPHead or FCNHead "
-            f"(keys like {next(k for k in state if k.startswith('decode_head.'))!r})"
-        )
-    aux = None
+    _agree(settings, kind, depth, "backbone.stem.0.weight" in state, path)
+    backbone = mmseg_backbone(state, settings, depth, path)
+    head, head_keys = decode_head(kind, state, settings, backbone.out_channels, path)
+    aux, aux_keys = None, ()
     if "auxiliary_head.conv_seg.weight" in state:
-        aux_k, aux_ch = (int(s) for s in state["auxiliary_head.conv_seg.weight"].shape[:2])
-        aux_layout = _fcn_layout(state, "auxiliary_head.")
-        aux = FCNHead(cin // 2, aux_ch, aux_k, *aux_layout, dilation=settings.aux_dilation)
-    net = EncoderDecoder(backbone, head, aux)
+        cin = backbone.layer3_channels
+        aux, aux_keys = fcn_head(state, "auxiliary_head", "aux_head", cin, settings.aux_dilation)
     arch = f"mmseg_{ARCH_NAMES[kind]}_r{depth}"
-    load_strict(net, state, path, f"mmsegmentation {arch}")
+    num_classes = int(tensor(state, "decode_head.conv_seg.weight", path).shape[0])
+    net = Segmentor(arch, num_classes, backbone, head, aux)
+    load_strict(net, state, path, f"mmsegmentation {arch}", MMSEG_BACKBONE + head_keys + aux_keys)
     net.eval()
     return ZooTeacher(
-        net,
+        SourceNet(net),
         source="mmseg",
         arch=arch,
-        num_classes=num_classes,
-        feat_channels=channels,
-        convention=replace(CONVENTION, align_corners=align),
-        labels=labels_for(num_classes, _class_names(meta), path),
-        input_size=settings.input_size(num_classes),
+        num_classes=net.num_classes,
+        feat_channels=net.feat_channels,
+        convention=replace(CONVENTION, align_corners=settings.align_corners),
+        labels=labels_for(net.num_classes, _class_names(meta), path),
+        input_size=settings.input_size(net.num_classes),
         test_mode=_test_mode(settings),
         settings_origin=settings.origin,
     )

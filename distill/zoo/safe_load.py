@@ -2,7 +2,8 @@
 
 mmsegmentation checkpoints are {'meta': {...}, 'state_dict': {...}} (meta holds versions,
 the config text, CLASSES/PALETTE; newer ones numpy scalars such as the seed); CIRKD and
-torchvision files are bare state dicts, CIRKD's sometimes with DDP's 'module.' prefix.
+torchvision files are bare state dicts, CIRKD's sometimes with DDP's 'module.' prefix
+(the one unwrap rule for all of them: distill.models.weights.unwrap_state_dict).
 The only non-builtin types allowed are numpy's scalar/array reconstructors and dtypes
 (under numpy 2's names and the numpy 1.x names older files carry) and inert stand-ins for
 training state outside the weights (distill.zoo.inert): data, not code. Anything else is
@@ -19,6 +20,7 @@ import torch
 
 from core.errors import SegkdError
 from distill.finite_weights import refuse_non_finite
+from distill.models.weights import WRAPPER_KEYS, unwrap_state_dict
 from distill.weights_only import load_plain_data
 from distill.zoo.inert import training_state_globals
 
@@ -63,22 +65,18 @@ def read_weights_file(path: Path) -> Any:
 
 
 def split_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict with DDP's 'module.' prefix removed, meta dict or {})."""
-    meta: dict[str, Any] = {}
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
+    """(state dict, meta dict or {}) by segkd's one unwrap rule
+    (distill.models.weights.unwrap_state_dict), checked to be named tensors, all finite."""
+    state, meta = unwrap_state_dict(obj)
+    if not isinstance(state, dict) or not state:
         raise SegkdError(f"{path}: not a state dict (expected a mapping of names to tensors)")
-    if "state_dict" in obj or "meta" in obj:  # a checkpoint wrapper without usable weights
+    if any(k in state for k in (*WRAPPER_KEYS, "meta")):  # a wrapper without usable weights
         raise SegkdError(
-            f"{path}: has {', '.join(repr(k) for k in list(obj)[:4])} but no 'state_dict' "
+            f"{path}: has {', '.join(repr(k) for k in list(state)[:4])} but no 'state_dict' "
             "of tensors: not a complete model-zoo checkpoint"
         )
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise SegkdError(f"{path}: entry {bad[0]!r} of the state dict is not a tensor")
-    refuse_non_finite(obj, path)
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj), meta
+    refuse_non_finite(state, path)
+    return dict(state), meta

@@ -3,6 +3,10 @@ on MobileNetV3-Large.
 
 Facts from pytorch/vision (torchvision/models/segmentation/{deeplabv3,fcn,lraspp,_utils}.py,
 models/resnet.py, models/mobilenetv3.py, ops/misc.py, transforms/_presets.py):
+- segkd modules wherever the network is the same (keys renamed by
+  distill.models.weights.TORCHVISION_*): the ResNet trunk, DeepLabHead (= segkd's
+  DeepLabV3Head at 256, minus a dropout), FCNHead (= segkd's FCNHead). Rebuilt here: the
+  MobileNetV3-Large trunk and the LR-ASPP head, which segkd has no module for.
 - ResNet backbones use the 7x7 stem with replace_stride_with_dilation=[False, True, True]:
   layer3/layer4 at stride 1, dilation 2/4, the first block of each at the previous
   dilation: distill.models.resnet.DilatedResNet(deep_stem=False), same parameter names.
@@ -33,10 +37,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import SegkdError
+from distill.models.deeplabv3 import DeepLabV3Head
+from distill.models.layers import conv_bn_relu
 from distill.models.pooling import AdaptiveAvgPool2dMatmul
 from distill.models.resnet import DilatedResNet
+from distill.models.segmentor import FCNHead, Segmentor
+from distill.models.weights import TORCHVISION_DEEPLABV3, TORCHVISION_FCN, KeyMap
 from distill.zoo.base import (
     SourceConvention,
+    SourceNet,
     ZooTeacher,
     labels_for,
     load_strict,
@@ -181,72 +190,13 @@ class MobileNetBackbone(nn.Module):
         return low, x
 
 
-class ResNetBackbone(DilatedResNet):
-    """torchvision ResNet with replace_stride_with_dilation=[False, True, True]: (layer3, layer4)."""
-
-
-def _cbr(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> list[nn.Module]:
-    pad = 0 if kernel == 1 else dilation
-    return [
-        nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(),
-    ]
-
-
-class ASPPPooling(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(AdaptiveAvgPool2dMatmul(1), *_cbr(cin, cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        return F.interpolate(super().forward(x), size=size, mode="bilinear", align_corners=False)
-
-
-class ASPP(nn.Module):
-    def __init__(self, cin: int, rates: tuple[int, ...] = (12, 24, 36), cout: int = 256) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList(
-            [nn.Sequential(*_cbr(cin, cout))]
-            + [nn.Sequential(*_cbr(cin, cout, 3, r)) for r in rates]
-            + [ASPPPooling(cin, cout)]
-        )
-        self.project = nn.Sequential(*_cbr(len(self.convs) * cout, cout), nn.Dropout(0.5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(torch.cat([c(x) for c in self.convs], dim=1))
-
-
-class DeepLabHead(nn.Sequential):
-    channels = 256
-
-    def __init__(self, cin: int, num_classes: int) -> None:
-        super().__init__(ASPP(cin), *_cbr(256, 256, 3), nn.Conv2d(256, num_classes, 1))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        feat = self[3](self[2](self[1](self[0](x))))
-        return self[4](feat), feat
-
-
-class FCNHead(nn.Sequential):
-    def __init__(self, cin: int, num_classes: int) -> None:
-        super().__init__(
-            *_cbr(cin, cin // 4, 3), nn.Dropout(0.1), nn.Conv2d(cin // 4, num_classes, 1)
-        )
-        self.channels = cin // 4
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        feat = self[2](self[1](self[0](x)))
-        return self[4](self[3](feat)), feat
-
-
 class LRASPPHead(nn.Module):
     channels = 128
 
     def __init__(self, low_channels: int, high_channels: int, num_classes: int) -> None:
         super().__init__()
         inter = self.channels
-        self.cbr = nn.Sequential(*_cbr(high_channels, inter))
+        self.cbr = conv_bn_relu(high_channels, inter)
         self.scale = nn.Sequential(
             AdaptiveAvgPool2dMatmul(1), nn.Conv2d(high_channels, inter, 1, bias=False), nn.Sigmoid()
         )
@@ -259,37 +209,38 @@ class LRASPPHead(nn.Module):
         return self.low_classifier(low) + self.high_classifier(feat), feat
 
 
-class SimpleSegmentationModel(nn.Module):
-    def __init__(self, name: str, num_classes: int, aux: bool) -> None:
-        super().__init__()
-        head, _, backbone = name.partition("_")
-        self.head_kind = head
-        if backbone.startswith("resnet"):
-            self.backbone: nn.Module = ResNetBackbone(int(backbone[len("resnet") :]))
-            low_channels, high_channels = 1024, 2048
-        else:
-            self.backbone = MobileNetBackbone()
-            low_channels, high_channels = 40, 960
-        if head == "lraspp":
-            self.classifier: nn.Module = LRASPPHead(low_channels, high_channels, num_classes)
-        elif head == "deeplabv3":
-            self.classifier = DeepLabHead(high_channels, num_classes)
-        else:
-            self.classifier = FCNHead(high_channels, num_classes)
-        if aux:
-            self.aux_classifier = FCNHead(low_channels, num_classes)
+class LRASPPNet(nn.Module):
+    """lraspp_mobilenet_v3_large: its head reads the low and the high feature, so it is
+    not a segkd Segmentor (whose head reads the last feature); no auxiliary head."""
 
-    def forward(
-        self, x: torch.Tensor, with_aux: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        low, high = self.backbone(x)
-        if self.head_kind == "lraspp":
-            logits, feat = self.classifier(low, high)
-        else:
-            logits, feat = self.classifier(high)
-        aux_head = getattr(self, "aux_classifier", None)
-        aux = aux_head(low)[0] if aux_head is not None and with_aux else None
-        return logits, feat, aux
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = MobileNetBackbone()
+        self.classifier = LRASPPHead(40, 960, num_classes)
+        self.feat_channels = LRASPPHead.channels
+
+    def extract(self, x: torch.Tensor, with_aux: bool = False) -> dict[str, torch.Tensor]:
+        logits, feat = self.classifier(*self.backbone(x))
+        return {"logits": logits, "feat": feat}
+
+
+def torchvision_network(name: str, num_classes: int, aux: bool) -> tuple[nn.Module, KeyMap]:
+    """(the network `name` builds, the key map of its file onto it). DeepLabV3 and FCN are
+    segkd's Segmentor with its DeepLabV3Head / FCNHead (and FCN aux head), on segkd's
+    7x7-stem DilatedResNet or the rebuilt MobileNetV3; LR-ASPP is rebuilt whole."""
+    head, _, backbone_name = name.partition("_")
+    if head == "lraspp":
+        return LRASPPNet(num_classes), ()
+    backbone: nn.Module
+    if backbone_name.startswith("resnet"):
+        backbone = DilatedResNet(int(backbone_name[len("resnet") :]))
+        low, high = backbone.layer3_channels, backbone.out_channels
+    else:
+        backbone, low, high = MobileNetBackbone(), 40, 960
+    decode = DeepLabV3Head(high, num_classes) if head == "deeplabv3" else FCNHead(high, num_classes)
+    aux_head = FCNHead(low, num_classes) if aux else None
+    net = Segmentor(f"torchvision_{name}", num_classes, backbone, decode, aux_head)
+    return net, TORCHVISION_DEEPLABV3 if head == "deeplabv3" else TORCHVISION_FCN
 
 
 def looks_like(state: Mapping[str, Any]) -> bool:
@@ -332,15 +283,15 @@ def build(
     num_classes = int(
         tensor(state, key.get(found.split("_")[0], "classifier.4.weight"), path).shape[0]
     )
-    net = SimpleSegmentationModel(found, num_classes, aux="aux_classifier.0.weight" in state)
-    load_strict(net, state, path, f"torchvision {found}")
+    net, keymap = torchvision_network(found, num_classes, aux="aux_classifier.0.weight" in state)
+    load_strict(net, state, path, f"torchvision {found}", keymap)
     net.eval()
     return ZooTeacher(
-        net,
+        SourceNet(net),
         source="torchvision",
         arch=f"torchvision_{found}",
         num_classes=num_classes,
-        feat_channels=int(net.classifier.channels),
+        feat_channels=int(net.feat_channels),
         convention=CONVENTION,
         labels=labels_for(num_classes, None, path),
         input_size=(520, 520),

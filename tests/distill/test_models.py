@@ -22,7 +22,6 @@ from distill.models import (
     load_backbone_weights,
     model_table,
 )
-from distill.models.registry import resnet_models
 from distill.models.resnet import DilatedResNet
 
 K = 5  # classes in the small test models
@@ -78,7 +77,8 @@ def test_matmul_pooling_is_stateless() -> None:
 # ---------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("arch", resnet_models())  # the real-time ones: test_realtime_models
+# the real-time ones: test_realtime_models
+@pytest.mark.parametrize("arch", available_models("resnet"))
 def test_every_arch_shapes_at_output_stride_8(arch: str) -> None:
     model = build_model(arch, K)
     assert isinstance(model, Segmentor) and model.arch == arch and model.num_classes == K
@@ -205,7 +205,7 @@ def test_model_table_rows() -> None:
     assert by_arch["pspnet_r101"]["feat_channels"] == 512
     assert by_arch["deeplabv3_r18"]["feat_channels"] == 256
     assert by_arch["pspnet_r18"]["params_m"] < by_arch["pspnet_r50"]["params_m"]
-    assert all(r["gmacs"] > 50 for r in rows if r["arch"] in resnet_models())
+    assert all(r["gmacs"] > 50 for r in rows if r["arch"] in available_models("resnet"))
     assert all(r["deploy_gmacs"] < r["gmacs"] for r in rows)  # aux heads are training-only
 
 
@@ -281,7 +281,7 @@ def _torchvision_resnet18_file(tmp_path):
 
 def test_backbone_weights_load_and_report_fc_ignored(tmp_path, caplog) -> None:
     path, state = _torchvision_resnet18_file(tmp_path)
-    with caplog.at_level(logging.INFO, logger="distill.models.registry"):
+    with caplog.at_level(logging.INFO, logger="distill.models.weights"):
         model = build_model("pspnet_r18", K, backbone_weights=str(path))
     report = model.backbone_report
     assert report is not None
@@ -299,7 +299,7 @@ def test_backbone_weights_load_and_report_fc_ignored(tmp_path, caplog) -> None:
 def test_deep_stem_reports_stem_keys(tmp_path, caplog) -> None:
     path, _ = _torchvision_resnet18_file(tmp_path)
     model = build_model("deeplabv3_r18", K, deep_stem=True)
-    with caplog.at_level(logging.WARNING, logger="distill.models.registry"):
+    with caplog.at_level(logging.WARNING, logger="distill.models.weights"):
         report = load_backbone_weights(model, path)
     assert "conv1.weight" in report["mismatched"]  # 7x7 in the file, 3x3 in the stem
     for key in ("conv1.weight", "conv2.weight", "bn2.weight", "conv3.weight", "bn3.running_mean"):

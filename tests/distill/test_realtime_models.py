@@ -17,12 +17,12 @@ from distill.losses import SegmentationLoss, fit_position_readout, pixel_kd_loss
 from distill.losses.boundary import boundary_aware_labels, boundary_bce, boundary_targets
 from distill.losses.cwd import channel_wise_loss
 from distill.models import build_model, count_macs, count_params, model_table
-from distill.models.registry import REALTIME
+from distill.models.registry import available_models
 from tools.golden.formula import parse_layout, state_dict
 
 K = 5
 GOLDEN = Path(__file__).parent / "golden"
-ARCHS = sorted(REALTIME)
+ARCHS = sorted(available_models("realtime"))
 # Published at 1024x2048, inference graph (no training heads): params, G(M)ACs.
 PUBLISHED = {"ddrnet23_slim": (5.7e6, 36.3e9), "pidnet_s": (7.6e6, 47.6e9)}
 
