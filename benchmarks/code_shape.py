@@ -66,7 +66,10 @@ def import_graph(root: Path, lazy: bool) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                # `from pkg import mod, mod2` depends on those modules, not on pkg's own code.
+                own = [] if all(t in mods for t in subs) else [node.module]
+                targets = own + subs
             for t in targets:
                 # `from pkg import mod` names a module; `from mod import name` its module.
                 while t and t not in mods:
