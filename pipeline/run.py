@@ -13,6 +13,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -509,77 +510,92 @@ def _miou(ev: dict[str, Any]) -> float:
     return float(ev["miou"])
 
 
-def run_pipeline(
-    cfg: dict[str, Any], out: Path, log: Callable[[str], None] = print
-) -> dict[str, Any] | None:
-    """Run (or resume) the whole pipeline; returns the report dict (also written to out/).
-    Under torchrun, ranks other than 0 return None after the training stages."""
-    from pipeline.report import write_report
+@dataclass
+class PipelineRun:
+    """What the pipeline's stages share: each stage reads what the earlier ones left here."""
 
-    started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    check_stages(cfg, out)
-    ctx = join(cfg)
-    try:
-        p = Pipeline(cfg, out, log, ctx)
-        teacher_ckpt, teacher_trained = p.teacher()
-        seeds = student_seeds(cfg)
-        runs_by_seed = [
-            (seed, p.baseline(seed, i == 0), p.student(teacher_ckpt, seed, i == 0))
-            for i, seed in enumerate(seeds)
-        ]
-    except BaseException:
-        from distill.training.distributed import shutdown
+    cfg: dict[str, Any]
+    out: Path
+    log: Callable[[str], None]
+    started: str
+    p: Pipeline
+    teacher: str | Path = ""  # a checkpoint path or a given zoo SPEC
+    teacher_trained: bool = False
+    # (seed, baseline checkpoint or None, distilled checkpoint); the first is exported
+    seeds: list[tuple[int, Path | None, Path]] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)  # the export's export.json
+    qat: dict[str, Any] | None = None
+    ev_teacher: dict[str, Any] = field(default_factory=dict)
+    # (seed, baseline eval or None, distilled eval), in the order of `seeds`
+    per_seed: list[tuple[int, dict[str, Any] | None, dict[str, Any]]] = field(default_factory=list)
+    # (name, key, file, backend, export.json entry or None for the torch student)
+    runs: list[tuple[str, str, Path, str, dict[str, Any] | None]] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # the report's rows
 
-        shutdown(ctx)
-        raise
-    if not leave(ctx):
-        return None  # a rank other than 0: its part (training) is done
-    p.alone()
-    _, baseline_ckpt, student_ckpt = runs_by_seed[0]
-    manifest = p.export(student_ckpt)
-    qat = p.qat(student_ckpt, manifest) if int(cfg["qat"]["steps"]) > 0 else None
+    @property
+    def student(self) -> Path:
+        return self.seeds[0][2]
 
-    # Every model is scored on the same val images, so the numbers compare.
-    ev_teacher = p.evaluate("teacher (torch)", "teacher", teacher_ckpt, "torch")
-    per_seed = []
-    for i, (seed, base_ckpt, dist_ckpt) in enumerate(runs_by_seed):
+    @property
+    def baseline(self) -> Path | None:
+        return self.seeds[0][1]
+
+    @property
+    def ev_student(self) -> dict[str, Any]:
+        return self.per_seed[0][2]
+
+
+def train_models(r: PipelineRun) -> None:
+    """Teacher, then per seed the student alone (baseline) and the distilled student."""
+    r.teacher, r.teacher_trained = r.p.teacher()
+    r.seeds = [
+        (seed, r.p.baseline(seed, i == 0), r.p.student(r.teacher, seed, i == 0))
+        for i, seed in enumerate(student_seeds(r.cfg))
+    ]
+
+
+def export_student(r: PipelineRun) -> None:
+    """The first seed's distilled student: export, then QAT beside PTQ when asked."""
+    r.manifest = r.p.export(r.student)
+    r.qat = r.p.qat(r.student, r.manifest) if int(r.cfg["qat"]["steps"]) > 0 else None
+
+
+def score_torch_models(r: PipelineRun) -> None:
+    """Every model is scored on the same val images, so the numbers compare."""
+    r.ev_teacher = r.p.evaluate("teacher (torch)", "teacher", r.teacher, "torch")
+    for i, (seed, base_ckpt, dist_ckpt) in enumerate(r.seeds):
         tag = "" if i == 0 else f" seed {seed}"
+        base_key, dist_key = _seeded("baseline", seed, i == 0), _seeded("torch-fp32", seed, i == 0)
         ev_b = (
-            p.evaluate(
-                f"baseline (torch){tag}", _seeded("baseline", seed, i == 0), base_ckpt, "torch"
-            )
+            r.p.evaluate(f"baseline (torch){tag}", base_key, base_ckpt, "torch")
             if base_ckpt
             else None
         )
-        ev_d = p.evaluate(
-            f"torch fp32{tag}", _seeded("torch-fp32", seed, i == 0), dist_ckpt, "torch"
-        )
-        per_seed.append((seed, ev_b, ev_d))
-    _, ev_baseline, ev_student = per_seed[0]
+        ev_d = r.p.evaluate(f"torch fp32{tag}", dist_key, dist_ckpt, "torch")
+        r.per_seed.append((seed, ev_b, ev_d))
 
-    runs: list[tuple[str, str, Path, str, dict[str, Any] | None]] = [
-        ("torch fp32", "torch-fp32", student_ckpt, "torch", None)
-    ]
-    for entry in manifest["artifacts"]:
+
+def score_artifacts(r: PipelineRun) -> None:
+    """The torch student and every exported artifact: mIoU, drop and speed, one row each."""
+    r.runs = [("torch fp32", "torch-fp32", r.student, "torch", None)]
+    for entry in r.manifest["artifacts"]:
         name, key = artifact_name(entry)
         backend = "tensorrt" if entry["file"].endswith(".engine") else "onnxruntime"
-        runs.append((name, key, out / "export" / entry["file"], backend, entry))
-
-    artifacts = []
-    for name, key, path, backend, entry in runs:
-        ev = ev_student if key == "torch-fp32" else p.evaluate(name, key, path, backend)
-        bench = p.bench(name, key, path, backend)
+        r.runs.append((name, key, r.out / "export" / entry["file"], backend, entry))
+    for name, key, path, backend, entry in r.runs:
+        ev = r.ev_student if key == "torch-fp32" else r.p.evaluate(name, key, path, backend)
+        bench = r.p.bench(name, key, path, backend)
         e2e = bench["end_to_end"]
-        artifacts.append(
+        r.artifacts.append(
             {
                 "name": name,
-                "file": str(path.relative_to(out)),
+                "file": str(path.relative_to(r.out)),
                 "backend": backend,
                 "precision": (entry or {}).get("precision", "fp32"),
                 "device": f"{bench['device']} ({bench['provider']})",
                 "size_mb": path.stat().st_size / 1e6,
                 "miou": _miou(ev),
-                "drop_vs_torch": 100 * (_miou(ev_student) - _miou(ev)),
+                "drop_vs_torch": 100 * (_miou(r.ev_student) - _miou(ev)),
                 "pixel_agreement": (
                     (entry or {}).get("agreement") or (entry or {}).get("parity") or {}
                 ).get("pixel_agreement"),
@@ -592,30 +608,39 @@ def run_pipeline(
             }
         )
 
-    max_drop = cfg["eval"]["max_drop"]
-    failing = [
-        a["name"] for a in artifacts if max_drop is not None and a["drop_vs_torch"] > max_drop
-    ]
-    example_models: dict[str, tuple[str | Path, str]] = {"teacher": (teacher_ckpt, "torch")}
-    if baseline_ckpt:
-        example_models["student alone"] = (baseline_ckpt, "torch")
-    example_models["distilled"] = (student_ckpt, "torch")
-    int8 = [r for r in runs if r[4] and r[4].get("precision") == "int8"]
-    if int8:
-        example_models[int8[0][0]] = (int8[0][2], int8[0][3])
 
+def write_pipeline_report(r: PipelineRun) -> dict[str, Any]:
+    """report.json / report.md; SegkdError when an artifact lost more than eval.max_drop."""
+    from pipeline.report import write_report
+
+    max_drop = r.cfg["eval"]["max_drop"]
+    failing = [
+        a["name"] for a in r.artifacts if max_drop is not None and a["drop_vs_torch"] > max_drop
+    ]
+    report = _report(r, max_drop, failing)
+    paths = write_report(report, r.out)
+    r.log(f"report: {paths['markdown']}")
+    if failing:
+        raise SegkdError(
+            f"--max-drop {max_drop}: {', '.join(failing)} lost more mIoU than allowed "
+            f"(see {paths['markdown']})"
+        )
+    return report
+
+
+def _report(r: PipelineRun, max_drop: float | None, failing: list[str]) -> dict[str, Any]:
     from core.labels import LabelSpec
 
-    labels = LabelSpec.from_dict(manifest["labels"])
-    teacher = p.model_facts(teacher_ckpt, ev_teacher, teacher_trained)
-    student = p.model_facts(student_ckpt, ev_student, True)
-    baseline = (
-        p.model_facts(baseline_ckpt, ev_baseline, True) if baseline_ckpt and ev_baseline else None
-    )
-    report = {
-        "title": f"segkd pipeline: {teacher['arch']}{'' if teacher_trained else ' (given)'} -> "
+    cfg, p = r.cfg, r.p
+    labels = LabelSpec.from_dict(r.manifest["labels"])
+    teacher = p.model_facts(r.teacher, r.ev_teacher, r.teacher_trained)
+    student = p.model_facts(r.student, r.ev_student, True)
+    ev_baseline = r.per_seed[0][1]
+    baseline = p.model_facts(r.baseline, ev_baseline, True) if r.baseline and ev_baseline else None
+    return {
+        "title": f"segkd pipeline: {teacher['arch']}{'' if r.teacher_trained else ' (given)'} -> "
         f"{cfg['student']['model']} on {cfg['data']}",
-        "created": started,
+        "created": r.started,
         "machine": machine_info(),
         "data": cfg["data"],
         "class_names": list(labels.names),
@@ -623,33 +648,78 @@ def run_pipeline(
         "teacher": teacher,
         "student": student,
         "baseline": baseline,
-        "distillation": {
-            **seed_gain(
-                [seed for seed, _, _ in per_seed],
-                [_miou(ev_b) for _, ev_b, _ in per_seed if ev_b is not None] or None,
-                [_miou(ev_d) for _, _, ev_d in per_seed],
-            ),
-            "position_information": _position_info(student.get("position")),
-            # Which loss trained the baseline and the distilled student (report: one line).
-            "supervised_loss": {
-                k: cfg["student"][k]
-                for k in ("loss", "ohem_threshold", "ohem_min_kept", "class_weights")
-            },
-        },
-        "artifacts": artifacts,
-        "qat": qat,
+        "distillation": _distillation(r, student),
+        "artifacts": r.artifacts,
+        "qat": r.qat,
         "max_drop": max_drop,
         "gate_passed": None if max_drop is None else not failing,
         "steps": p.runner.record,
         "skipped": p.skipped,
-        "examples": p.examples(example_models),
+        "examples": p.examples(_example_models(r)),
         "config": cfg,
     }
-    paths = write_report(report, out)
-    log(f"report: {paths['markdown']}")
-    if failing:
-        raise SegkdError(
-            f"--max-drop {max_drop}: {', '.join(failing)} lost more mIoU than allowed "
-            f"(see {paths['markdown']})"
-        )
-    return report
+
+
+def _distillation(r: PipelineRun, student: dict[str, Any]) -> dict[str, Any]:
+    """The gain over the student alone across seeds, position information, the loss."""
+    return {
+        **seed_gain(
+            [seed for seed, _, _ in r.per_seed],
+            [_miou(ev_b) for _, ev_b, _ in r.per_seed if ev_b is not None] or None,
+            [_miou(ev_d) for _, _, ev_d in r.per_seed],
+        ),
+        "position_information": _position_info(student.get("position")),
+        # Which loss trained the baseline and the distilled student (report: one line).
+        "supervised_loss": {
+            k: r.cfg["student"][k]
+            for k in ("loss", "ohem_threshold", "ohem_min_kept", "class_weights")
+        },
+    }
+
+
+def _example_models(r: PipelineRun) -> dict[str, tuple[str | Path, str]]:
+    """The models whose labels the report shows on example images: teacher, student alone,
+    distilled, and the first INT8 artifact."""
+    models: dict[str, tuple[str | Path, str]] = {"teacher": (r.teacher, "torch")}
+    if r.baseline:
+        models["student alone"] = (r.baseline, "torch")
+    models["distilled"] = (r.student, "torch")
+    int8 = [run for run in r.runs if run[4] and run[4].get("precision") == "int8"]
+    if int8:
+        models[int8[0][0]] = (int8[0][2], int8[0][3])
+    return models
+
+
+# The pipeline, in order. The training stages run on every rank (pipeline/ranks.py); the
+# rest on rank 0 alone. Each stage's steps skip themselves when up to date (steps.py).
+TRAINING: tuple[Callable[[PipelineRun], None], ...] = (train_models,)
+AFTER_TRAINING: tuple[Callable[[PipelineRun], None], ...] = (
+    export_student,
+    score_torch_models,
+    score_artifacts,
+)
+
+
+def run_pipeline(
+    cfg: dict[str, Any], out: Path, log: Callable[[str], None] = print
+) -> dict[str, Any] | None:
+    """Run (or resume) the whole pipeline; returns the report dict (also written to out/).
+    Under torchrun, ranks other than 0 return None after the training stages."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    check_stages(cfg, out)
+    ctx = join(cfg)
+    try:
+        r = PipelineRun(cfg, out, log, started, Pipeline(cfg, out, log, ctx))
+        for stage in TRAINING:
+            stage(r)
+    except BaseException:
+        from distill.training.distributed import shutdown
+
+        shutdown(ctx)
+        raise
+    if not leave(ctx):
+        return None  # a rank other than 0: its part (training) is done
+    r.p.alone()
+    for stage in AFTER_TRAINING:
+        stage(r)
+    return write_pipeline_report(r)

@@ -20,7 +20,7 @@ x = vx + u * f / z, y = horizon + f * (1 - h) / z, with `f` the focal length in 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -196,50 +196,86 @@ def _segments(rng: np.random.Generator, z0: float, z1: float, length: tuple[floa
     return np.asarray(edges)
 
 
+@dataclass
+class _Canvas:
+    """The static scene's per-pixel buffers and the ground's coordinates, which its layers
+    (sky, skyline, ground, paint, facades, shadow, fence) draw into in turn."""
+
+    rows: np.ndarray  # pixel-centre row, (h, 1)
+    xs: np.ndarray  # pixel-centre column, (w,)
+    g0: int  # first row wholly below the horizon
+    z: np.ndarray  # depth of each ground row, (h - g0, 1)
+    u: np.ndarray  # lateral position of each ground pixel, (h - g0, w)
+    shade: np.ndarray  # multiplicative shading, (h, w)
+    mat: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))  # materials
+
+
+def _canvas(v: _View) -> _Canvas:
+    h, w = v.mask.shape
+    rows = np.arange(h, dtype=np.float32)[:, None] + 0.5
+    xs = np.arange(w, dtype=np.float32) + 0.5
+    g0 = min(int(np.floor(v.horizon)) + 1, h)
+    z = v.f / (rows[g0:] - v.horizon)
+    u = (xs[None, :] - v.vx) * (z / v.f)
+    return _Canvas(rows, xs, g0, z, u, np.ones((h, w), dtype=np.float32))
+
+
 def _draw_static(
     rng: np.random.Generator, v: _View, st: _Street, noise_lf: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fill v.mask; return the material map and a multiplicative shading map."""
-    h, w = v.mask.shape
-    f, hor, vx = v.f, v.horizon, v.vx
-    rows = np.arange(h, dtype=np.float32)[:, None] + 0.5
-    xs = np.arange(w, dtype=np.float32) + 0.5
-    mask = v.mask
-    shade = np.ones((h, w), dtype=np.float32)
+    """Fill v.mask; return the material map and a multiplicative shading map.
 
-    # Sky: gradient bands by row, cloud level from smooth noise.
-    band = np.minimum(rows * (_SKY_ROWS / max(hor, 1.0)), _SKY_ROWS - 1).astype(np.uint8)
+    The layers draw from `rng` in this order; the order is part of the dataset's content."""
+    c = _canvas(v)
+    _sky(rng, v, c, noise_lf)
+    _skyline(rng, v, c)
+    _ground(rng, v, st, c, noise_lf)
+    _lane_paint(rng, v, st, c)
+    heights_by_side = _facades(rng, v, st, c, noise_lf)
+    _cast_shadow(rng, st, c, heights_by_side)
+    _fence(rng, v, st, c)
+    return c.mat, c.shade
+
+
+def _sky(rng: np.random.Generator, v: _View, c: _Canvas, noise_lf: np.ndarray) -> None:
+    """Sky: gradient bands by row, cloud level from smooth noise."""
+    band = np.minimum(c.rows * (_SKY_ROWS / max(v.horizon, 1.0)), _SKY_ROWS - 1).astype(np.uint8)
     cloud = np.maximum(noise_lf * rng.uniform(0.5, 1.5), 0.0)
     cloud = np.minimum(cloud, _SKY_CLOUDS - 1, out=cloud).astype(np.uint8)
-    mat = (_M_SKY + band * _SKY_CLOUDS) + cloud
-    mask[:] = SKY
+    c.mat = (_M_SKY + band * _SKY_CLOUDS) + cloud
+    v.mask[:] = SKY
 
-    # Distant skyline or tree line, hazy, just above the horizon.
-    g0 = min(int(np.floor(hor)) + 1, h)  # first row wholly below the horizon
+
+def _skyline(rng: np.random.Generator, v: _View, c: _Canvas) -> None:
+    """Distant skyline or tree line, hazy, just above the horizon."""
     if rng.random() < 0.7:
+        h, w = v.mask.shape
         edges = np.sort(rng.uniform(0, w, int(rng.integers(4, 14))))
-        top = hor - rng.uniform(0.01, 0.09, len(edges) + 1)[np.searchsorted(edges, xs)] * h
+        top = v.horizon - rng.uniform(0.01, 0.09, len(edges) + 1)[np.searchsorted(edges, c.xs)] * h
         far = rng.random() < 0.3
         y0 = max(int(top.min()), 0)
-        sel = rows[y0:g0] >= top[None, :]
-        np.copyto(mask[y0:g0], np.uint8(VEGETATION if far else BUILDING), where=sel)
-        np.copyto(mat[y0:g0], np.uint8(_M_HAZE + far), where=sel)
+        sel = c.rows[y0 : c.g0] >= top[None, :]
+        np.copyto(v.mask[y0 : c.g0], np.uint8(VEGETATION if far else BUILDING), where=sel)
+        np.copyto(c.mat[y0 : c.g0], np.uint8(_M_HAZE + far), where=sel)
 
-    # Ground: class by lateral position u at depth z.
-    z = f / (rows[g0:] - hor)
-    u = (xs[None, :] - vx) * (z / f)
-    ground = mask[g0:]
+
+def _ground(
+    rng: np.random.Generator, v: _View, st: _Street, c: _Canvas, noise_lf: np.ndarray
+) -> None:
+    """Ground: class by lateral position u at depth z; earth patches, paving tiles, kerbs."""
+    z, u = c.z, c.u
+    ground = v.mask[c.g0 :]
     ground[:] = ROAD
     ground[u < st.road_l] = SIDEWALK
     ground[u < st.side_l] = TERRAIN if st.terrain_l else SIDEWALK
     ground[u > st.road_r] = SIDEWALK
     ground[u > st.side_r] = TERRAIN if st.terrain_r else SIDEWALK
-    gmat = mat[g0:]
+    gmat = c.mat[c.g0 :]
     gmat[:] = ground
-    dirt = np.maximum(noise_lf[g0:] * 2.0 + 1.0, 0.0)
+    dirt = np.maximum(noise_lf[c.g0 :] * 2.0 + 1.0, 0.0)
     dirt = np.minimum(dirt, 3.0, out=dirt).astype(np.uint8)
     np.copyto(gmat, dirt + np.uint8(_M_DIRT - 1), where=(ground == TERRAIN) & (dirt > 0))
-    gshade = shade[g0:]
+    gshade = c.shade[c.g0 :]
     fade = np.minimum(1.0, 6.0 / z)  # fine ground detail fades with distance (no aliasing)
     inside = (u > st.line_l) & (u < st.line_r)
     pavement = (ground == SIDEWALK) & inside
@@ -247,17 +283,27 @@ def _draw_static(
     grid = (np.abs(_frac(u / tile) - 0.5) > 0.45) | (np.abs(_frac(z / tile) - 0.5) > 0.45)
     gshade -= (pavement & grid) * (0.18 * fade)
     gshade += (pavement & ((np.abs(u - st.road_l) < 0.1) | (np.abs(u - st.road_r) < 0.1))) * 0.25
-    # Lane paint: dashed separators, solid edge lines, sometimes a zebra crossing.
-    on_road = ground == ROAD
+
+
+def _lane_paint(rng: np.random.Generator, v: _View, st: _Street, c: _Canvas) -> None:
+    """Lane paint: dashed separators, solid edge lines, sometimes a zebra crossing."""
+    z, u = c.z, c.u
+    on_road = v.mask[c.g0 :] == ROAD
     dashed = (z / rng.uniform(2.5, 5.0)) % 1.0 < 0.45
     paint = (np.abs(u - st.road_l - 0.25) < 0.06) | (np.abs(u - st.road_r + 0.25) < 0.06)
     for i in range(1, st.n_lanes):
         paint |= dashed & (np.abs(u - (st.road_l + i * st.lane_w)) < 0.07)
     if rng.random() < 0.35:
         paint |= (np.abs(z - rng.uniform(4.0, 14.0)) < 1.2) & (_frac(u / 0.45) < 0.5)
-    np.copyto(gmat, np.uint8(_M_PAINT), where=paint & on_road)
+    np.copyto(c.mat[c.g0 :], np.uint8(_M_PAINT), where=paint & on_road)
 
-    # Facades (or a hedge / tree wall) along both building lines, one height per segment.
+
+def _facades(
+    rng: np.random.Generator, v: _View, st: _Street, c: _Canvas, noise_lf: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Facades (or a hedge / tree wall) along both building lines, one height per segment.
+    Returns each side's (segment edges, heights) for the shadows they cast."""
+    w, f, hor, vx, rows = len(c.xs), v.f, v.horizon, v.vx, c.rows
     fz = np.ones(w, dtype=np.float32)  # depth of the facade seen in each column
     ftop = np.full(w, np.inf, dtype=np.float32)
     fbase = np.full(w, -np.inf, dtype=np.float32)
@@ -271,8 +317,8 @@ def _draw_static(
     heights_by_side = {}
     for side, line in (("l", st.line_l), ("r", st.line_r)):
         cls = BUILDING if rng.random() < 0.8 else VEGETATION
-        sel = (xs < vx) if side == "l" else (xs > vx)
-        zc = np.where(sel, line * f / np.where(sel, xs - vx, 1.0), np.inf)
+        sel = (c.xs < vx) if side == "l" else (c.xs > vx)
+        zc = np.where(sel, line * f / np.where(sel, c.xs - vx, 1.0), np.inf)
         edges = _segments(rng, 0.5, z_end, (3.0, 12.0) if cls == BUILDING else (2.0, 6.0))
         n = len(edges)
         if cls == BUILDING:
@@ -295,8 +341,8 @@ def _draw_static(
     # Ragged top for hedges and tree walls.
     ftop -= (fcls == VEGETATION) * np.abs(noise_lf[0] * 0.6 + 0.4) * (0.6 * f / fz)
     fmask = (rows >= ftop[None, :]) & (rows < fbase[None, :])
-    np.copyto(mask, fcls[None, :], where=fmask)
-    np.copyto(mat, fmat[None, :], where=fmask)
+    np.copyto(v.mask, fcls[None, :], where=fmask)
+    np.copyto(c.mat, fmat[None, :], where=fmask)
     hgt = 1.0 - (rows - hor) * (fz / f)[None, :]  # height on the facade
     win = (
         fmask
@@ -305,31 +351,42 @@ def _draw_static(
         & (_frac(hgt / floor_h[None, :]) > 0.35)
         & ((fcls == BUILDING) & ((fz / win_w) % 1.0 > 0.3))[None, :]
     )
-    np.copyto(mat, wmat[None, :], where=win)
+    np.copyto(c.mat, wmat[None, :], where=win)
+    return heights_by_side
 
-    # Cast shadow of the sunny side's facades on the ground (their own face is in shade too).
+
+def _cast_shadow(
+    rng: np.random.Generator,
+    st: _Street,
+    c: _Canvas,
+    heights_by_side: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Cast shadow of the sunny side's facades on the ground (their own face is in shade too)."""
     sun_left = rng.random() < 0.5
     edges, hb = heights_by_side["l" if sun_left else "r"]
-    length = 0.5 * hb[np.clip(np.searchsorted(edges, z[:, 0]) - 1, 0, len(hb) - 1)][:, None]
-    dark = (u < st.line_l + length) if sun_left else (u > st.line_r - length)
-    gshade *= np.where(dark, np.float32(rng.uniform(0.45, 0.7)), np.float32(1.0))
+    length = 0.5 * hb[np.clip(np.searchsorted(edges, c.z[:, 0]) - 1, 0, len(hb) - 1)][:, None]
+    dark = (c.u < st.line_l + length) if sun_left else (c.u > st.line_r - length)
+    c.shade[c.g0 :] *= np.where(dark, np.float32(rng.uniform(0.45, 0.7)), np.float32(1.0))
 
-    # A fence in front of part of one building line.
-    if rng.random() < 0.55:
-        left = rng.random() < 0.5
-        line = st.line_l + 0.05 if left else st.line_r - 0.05
-        sel = (xs < vx - 1) if left else (xs > vx + 1)
-        zc = line * f / np.where(sel, xs - vx, 1.0)
-        za = rng.uniform(1.0, 10.0)
-        sel &= (zc >= za) & (zc < za + rng.uniform(6.0, 40.0))
-        zs = np.where(sel, zc, 1.0)
-        top = np.where(sel, hor + f * (1 - rng.uniform(0.45, 0.9)) / zs, np.inf)
-        fence = (rows >= top[None, :]) & (rows < np.where(sel, hor + f / zs, -np.inf)[None, :])
-        mask[fence] = FENCE
-        mat[fence] = FENCE
-        slats = (zc / rng.uniform(0.15, 0.4)) % 1.0 < 0.3
-        shade -= (fence & slats[None, :]) * np.float32(0.25)
-    return mat, shade
+
+def _fence(rng: np.random.Generator, v: _View, st: _Street, c: _Canvas) -> None:
+    """A fence in front of part of one building line."""
+    if rng.random() >= 0.55:
+        return
+    f, hor, vx, xs = v.f, v.horizon, v.vx, c.xs
+    left = rng.random() < 0.5
+    line = st.line_l + 0.05 if left else st.line_r - 0.05
+    sel = (xs < vx - 1) if left else (xs > vx + 1)
+    zc = line * f / np.where(sel, xs - vx, 1.0)
+    za = rng.uniform(1.0, 10.0)
+    sel &= (zc >= za) & (zc < za + rng.uniform(6.0, 40.0))
+    zs = np.where(sel, zc, 1.0)
+    top = np.where(sel, hor + f * (1 - rng.uniform(0.45, 0.9)) / zs, np.inf)
+    fence = (c.rows >= top[None, :]) & (c.rows < np.where(sel, hor + f / zs, -np.inf)[None, :])
+    v.mask[fence] = FENCE
+    c.mat[fence] = FENCE
+    slats = (zc / rng.uniform(0.15, 0.4)) % 1.0 < 0.3
+    c.shade -= (fence & slats[None, :]) * np.float32(0.25)
 
 
 def _palette(rng: np.random.Generator) -> np.ndarray:

@@ -6,13 +6,19 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import SegkdError
+from core.preprocess import PreprocessSpec
 from distill.qat.checkpoint import qat_state
 from distill.qat.graph_module import QuantGraph
-from distill.qat.structure import build_structure
+from distill.qat.structure import Structure, build_structure
 from distill.qat.train import QatOptions, train_qat
+
+if TYPE_CHECKING:
+    import torch
+
+    from export.calibration import SampledSplit
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +45,14 @@ def run_qat(
     calibration) and out_dir/qat.json; returns the latter's content.
     """
     from core.atomic_io import write_json_atomic
-    from distill.checkpoint import atomic_torch_save, checkpoint_specs, load_model
+    from distill.checkpoint import atomic_torch_save
     from export.calibration import SampledSplit, SampleReader, prepare
     from export.onnx_fp32 import INPUT_NAME, export_fp32
 
     say = progress or log.info
     opts = opts or QatOptions()
-    for name, n in (("--calib-images", calib_images), ("--train-images", train_images),
-                    ("--steps", opts.steps), ("--batch-size", opts.batch_size)):  # fmt: skip
-        if not isinstance(n, int) or n < 1:
-            raise SegkdError(f"{name} must be a positive integer, got {n!r}")
-    model, ckpt = load_model(ckpt_path)
-    if "qat" in ckpt:
-        raise SegkdError(f"{ckpt_path} is already a QAT checkpoint; give the fp32 student")
-    _, pre = checkpoint_specs(ckpt)
+    _check_counts(calib_images, train_images, opts)
+    model, ckpt, pre = _load_student(ckpt_path)
     size = tuple(input_size or pre.input_size)
     pre = pre.with_input_size(size)
     data_spec = data or str((ckpt.get("config") or {}).get("data") or "synthetic")
@@ -73,11 +73,7 @@ def run_qat(
     images = [p.x for p in prepare(list(train_split), pre)]
     graph = QuantGraph(structure.graph, structure.placement, structure.scales)
 
-    def tick(step: int, loss: float) -> None:
-        if step == 1 or step % max(1, opts.steps // 10) == 0 or step == opts.steps:
-            say(f"QAT step {step}/{opts.steps}: KD loss {loss:.4g}")
-
-    training = train_qat(graph, images, opts, tick)
+    training = train_qat(graph, images, opts, _ticker(opts.steps, say))
     training.update(
         options=opts.to_dict(),
         train_images=train_split.describe(),
@@ -89,22 +85,14 @@ def run_qat(
         placement=structure.placement,
         scales=graph.learned_scales() if opts.learn_scales else structure.scales,
         ranges=structure.ranges,
-        export={
-            "input_size": list(size),
-            "input_dtype": "float32",
-            "output": "labels",
-            "calibration_method": method,
-            "calibration": calib.describe(),
-        },
+        export=_export_facts(size, method, calib),
         training=training,
     )
     summary = {
         "checkpoint": str(Path(ckpt_path).resolve()),
         "arch": ckpt["arch"],
         "input_size": list(size),
-        "activation_points": len(structure.placement.activations),
-        "scale_groups": len(structure.scales),
-        "weight_convs": len(structure.placement.weights),
+        **_counts(structure),
         "training": training,
         "total_seconds": time.perf_counter() - started,
     }
@@ -112,3 +100,51 @@ def run_qat(
     atomic_torch_save({**ckpt, "qat": qat}, out / QAT_FILE)
     write_json_atomic(summary, out / QAT_JSON)
     return summary
+
+
+def _check_counts(calib_images: int, train_images: int, opts: QatOptions) -> None:
+    for name, n in (("--calib-images", calib_images), ("--train-images", train_images),
+                    ("--steps", opts.steps), ("--batch-size", opts.batch_size)):  # fmt: skip
+        if not isinstance(n, int) or n < 1:
+            raise SegkdError(f"{name} must be a positive integer, got {n!r}")
+
+
+def _load_student(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], PreprocessSpec]:
+    """The fp32 student (not a QAT checkpoint), its checkpoint and its preprocessing."""
+    from distill.checkpoint import checkpoint_specs, load_model
+
+    model, ckpt = load_model(ckpt_path)
+    if "qat" in ckpt:
+        raise SegkdError(f"{ckpt_path} is already a QAT checkpoint; give the fp32 student")
+    _, pre = checkpoint_specs(ckpt)
+    return model, ckpt, pre
+
+
+def _counts(structure: Structure) -> dict[str, int]:
+    """Where the fake quantization sits: activation points, scale groups, weight Convs."""
+    return {
+        "activation_points": len(structure.placement.activations),
+        "scale_groups": len(structure.scales),
+        "weight_convs": len(structure.placement.weights),
+    }
+
+
+def _ticker(steps: int, say: Callable[[str], None]) -> Callable[[int, float], None]:
+    """Reports the KD loss about ten times over the run."""
+
+    def tick(step: int, loss: float) -> None:
+        if step == 1 or step % max(1, steps // 10) == 0 or step == steps:
+            say(f"QAT step {step}/{steps}: KD loss {loss:.4g}")
+
+    return tick
+
+
+def _export_facts(size: tuple[int, ...], method: str, calib: SampledSplit) -> dict[str, Any]:
+    """What `segkd export` checks its options against (distill/qat/deploy.py)."""
+    return {
+        "input_size": list(size),
+        "input_dtype": "float32",
+        "output": "labels",
+        "calibration_method": method,
+        "calibration": calib.describe(),
+    }

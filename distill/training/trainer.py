@@ -49,7 +49,6 @@ from distill.training.distributed import (
 )
 from distill.training.evaluation import ValScores, evaluate_model, selection_indices
 from distill.training.failure_board import FailureBoard, stop_together
-from distill.training.schedule import poly_lr
 from distill.training.setup import (
     ObjectiveFactory,
     Progress,
@@ -282,8 +281,12 @@ def log_step(
 
 
 def set_learning_rate(run: Run, it: int) -> float:
+    """Linear warm-up, then poly decay (the segmentation standard)."""
     cfg = run.cfg
-    lr = poly_lr(cfg.lr, it, cfg.iters, cfg.poly_power, cfg.warmup_iters)
+    if cfg.warmup_iters > 0 and it < cfg.warmup_iters:
+        lr = cfg.lr * (it + 1) / cfg.warmup_iters
+    else:
+        lr = cfg.lr * (1.0 - min(it, cfg.iters - 1) / cfg.iters) ** cfg.poly_power
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     return lr

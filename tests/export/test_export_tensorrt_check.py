@@ -57,7 +57,7 @@ def test_the_old_uint8_export_is_stopped_in_one_line_naming_the_node(ckpt, tmp_p
     and no float route to the uint8 labels. The export stops before writing anything."""
     import torch
 
-    import export.api
+    import export.steps
     from core.errors import SegkdError
     from export.onnx_fp32 import PixelInput
 
@@ -70,7 +70,7 @@ def test_the_old_uint8_export_is_stopped_in_one_line_naming_the_node(ckpt, tmp_p
         return x * self.scale + self.shift
 
     monkeypatch.setattr(PixelInput, "forward", old_forward)
-    monkeypatch.setattr(export.api, "uint8_casts_through_float", lambda model: 0)
+    monkeypatch.setattr(export.steps, "uint8_casts_through_float", lambda model: 0)
     out = tmp_path / "out"
     with pytest.raises(SegkdError) as e:
         export_checkpoint(
