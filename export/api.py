@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import SegkdError
+from core.schema.export import EXPORT
 from core.schema.tensorrt import TrtOptions
 from core.schema.tolerances import Tolerances
-from export.calibration import DEFAULT_SEED, SampledSplit, prepare
+from export.calibration import SampledSplit, prepare
 from export.int8 import CALIBRATION_METHODS, RECIPES
 from export.manifest import Manifest
 from export.onnx_file import MAX_OPSET
@@ -49,6 +50,9 @@ from runtime.metadata import EXPORT_JSON, PRECISIONS, sha256_of
 from runtime.sizes import parse_size
 
 log = logging.getLogger(__name__)
+
+# export_checkpoint's defaults are the command's (core/schema/export.py).
+_EXPORT_DEFAULTS = EXPORT.defaults()
 
 MIN_OPSET = 13  # per-channel Q/DQ needs 13; MAX_OPSET is TensorRT 10.3's ceiling (onnx_file)
 
@@ -89,23 +93,23 @@ def _as_list(value: str | Sequence[str], option: str, allowed: Sequence[str]) ->
 def export_checkpoint(
     ckpt_path: str | Path,
     out_dir: str | Path,
-    precisions: str | Sequence[str] = ("fp32", "fp16", "int8"),
-    input_size: str | tuple[int, int] | None = None,
-    calib_data: str | None = None,
-    calib_images: int = 32,
-    verify_images: int = 16,
-    sample_seed: int = DEFAULT_SEED,
-    output: str = "labels",
-    label_dtype: str = "uint8",
-    input_dtype: str = "float32",
-    label_stride: int | None = None,
-    dynamic: bool = False,
-    opset: int = 17,
-    simplify: bool = True,
-    int8_method: str = "minmax",
-    int8_variants: str | Sequence[str] = ("tensorrt", "cpu"),
+    precisions: str | Sequence[str] = _EXPORT_DEFAULTS["precisions"],
+    input_size: str | tuple[int, int] | None = _EXPORT_DEFAULTS["input_size"],
+    calib_data: str | None = _EXPORT_DEFAULTS["calib_data"],
+    calib_images: int = _EXPORT_DEFAULTS["calib_images"],
+    verify_images: int = _EXPORT_DEFAULTS["verify_images"],
+    sample_seed: int = _EXPORT_DEFAULTS["sample_seed"],
+    output: str = _EXPORT_DEFAULTS["output"],
+    label_dtype: str = _EXPORT_DEFAULTS["label_dtype"],
+    input_dtype: str = _EXPORT_DEFAULTS["input_dtype"],
+    label_stride: int | None = _EXPORT_DEFAULTS["label_stride"],
+    dynamic: bool = _EXPORT_DEFAULTS["dynamic"],
+    opset: int = _EXPORT_DEFAULTS["opset"],
+    simplify: bool = _EXPORT_DEFAULTS["simplify"],
+    int8_method: str = _EXPORT_DEFAULTS["int8_method"],
+    int8_variants: str | Sequence[str] = _EXPORT_DEFAULTS["int8_variants"],
     tolerances: Tolerances | None = None,
-    require_trt: bool = False,
+    require_trt: bool = _EXPORT_DEFAULTS["require_trt"],
     build_engines: bool = True,
     trt: TrtOptions | None = None,
     progress: Callable[[str], None] | None = None,

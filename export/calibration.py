@@ -21,8 +21,9 @@ from onnxruntime.quantization import CalibrationDataReader
 from core.errors import SegkdError
 from core.labels import LabelSpec
 from core.preprocess import Letterbox, PreprocessSpec
+from core.schema.export import EXPORT
 
-DEFAULT_SEED = 0
+DEFAULT_SEED = EXPORT.default("sample_seed")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import SegkdError
 from core.preprocess import PreprocessSpec
+from core.schema.qat import QAT
 from distill.qat.checkpoint import qat_state
 from distill.qat.graph_module import QuantGraph
 from distill.qat.structure import Structure, build_structure
@@ -32,10 +33,10 @@ def run_qat(
     *,
     input_size: tuple[int, int] | None = None,
     data: str | None = None,
-    calib_images: int = 32,
-    train_images: int = 64,
-    method: str = "minmax",
-    sample_seed: int = 0,
+    calib_images: int = QAT.default("calib_images"),
+    train_images: int = QAT.default("train_images"),
+    method: str = QAT.default("int8_method"),
+    sample_seed: int = QAT.default("seed"),
     opts: QatOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from core.labels import LabelSpec
 from core.preprocess import PreprocessSpec
+from core.schema.distill import READOUT_ITERS
 from distill.checkpoint import load_model
 from distill.data import build_dataset
 from distill.data.loader import NetworkInput, make_train_loader
@@ -93,7 +94,7 @@ def run_distillation(
     config: TrainConfig,
     teacher_spec: Path | str,
     distill_config: DistillConfig,
-    readout_iters: int = 200,
+    readout_iters: int = READOUT_ITERS,
 ) -> dict[str, Any]:
     distill_config.require_a_term()
     cfg = resolve_config(config)
