@@ -8,6 +8,7 @@ from typing import Any
 
 from core.errors import SegkdError
 from core.schema.train import AMP_DTYPES, CLASS_WEIGHT_SETS, SUPERVISED_LOSSES, TRAIN
+from distill.data.spec import dataset_defaults, parse_dataset_spec
 
 _D = TRAIN.defaults()
 
@@ -56,8 +57,11 @@ class TrainConfig:
     role: str = _D["role"]  # written into the checkpoint: teacher / student / model
     extra: dict[str, Any] = field(default_factory=dict)  # stage-specific settings (distill)
 
-    def resolved(self, defaults: dict[str, Any]) -> TrainConfig:
-        """Fill every None field from the dataset's defaults and validate."""
+    def resolved(self, defaults: dict[str, Any] | None = None) -> TrainConfig:
+        """Fill every None field from the dataset's defaults (by default those of its own
+        `data` spec) and validate."""
+        if defaults is None:
+            defaults = dataset_defaults(parse_dataset_spec(self.data))
         cfg = TrainConfig(**asdict(self))
         for f in fields(cfg):
             if getattr(cfg, f.name) is None and f.name in defaults:

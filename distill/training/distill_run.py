@@ -31,7 +31,7 @@ from distill.teacher import (
 from distill.training.config import TrainConfig
 from distill.training.distributed import DistContext, fail_together, init_distributed, shutdown
 from distill.training.setup import pick_device
-from distill.training.trainer import resolve_config, train_resolved
+from distill.training.trainer import train_resolved
 from distill.zoo.entry import load_teacher
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def run_distillation(
     readout_iters: int = READOUT_ITERS,
 ) -> dict[str, Any]:
     distill_config.require_a_term()
-    cfg = resolve_config(config)
+    cfg = config.resolved()
     ctx = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         return _distil(cfg, ctx, teacher_spec, distill_config, readout_iters)
@@ -180,7 +180,7 @@ def embed_teacher_readout(config: TrainConfig, run_dir: Path, iters: int) -> dic
     store it inside best.pt and last.pt, so distillation never has to fit it again."""
     from distill.teacher import embed_readout
 
-    cfg = resolve_config(config)
+    cfg = config.resolved()
     device = pick_device(cfg.device, DistContext())
     teacher, _ = load_model(run_dir / "best.pt", device=device)
     entry = fit_readout_entry(teacher, readout_batches(cfg), iters, device)

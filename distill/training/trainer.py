@@ -35,7 +35,7 @@ from core.errors import SegkdError
 from core.labels import LabelSpec
 from core.preprocess import PreprocessSpec
 from distill.checkpoint import atomic_torch_save, make_checkpoint
-from distill.data import build_dataset, dataset_defaults, parse_dataset_spec
+from distill.data import build_dataset
 from distill.data.loader import NetworkInput, make_train_loader, workers_per_process
 from distill.data.spec import deploy_preprocess
 from distill.data.transforms import TrainTransform
@@ -62,7 +62,7 @@ from distill.training.setup import (
 )
 from distill.training.step_health import StepHealth
 
-__all__ = ["SupervisedObjective", "pick_device", "resolve_config", "train", "train_resolved"]
+__all__ = ["SupervisedObjective", "pick_device", "train", "train_resolved"]
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,6 @@ class Run:
         return self.out / "resume.pt"
 
 
-def resolve_config(config: TrainConfig) -> TrainConfig:
-    return config.resolved(dataset_defaults(parse_dataset_spec(config.data)))
-
-
 def train(
     config: TrainConfig,
     objective_factory: ObjectiveFactory | None = None,
@@ -135,7 +131,7 @@ def train(
     checkpoint_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `config.model` on `config.data`; returns the final summary (also in summary.json)."""
-    cfg = resolve_config(config)
+    cfg = config.resolved()
     ctx = init_distributed(cfg.device, cfg.dist_timeout)
     created = not Path(cfg.out).exists()
     try:
@@ -156,7 +152,7 @@ def train_resolved(
     eval_hook: EvalHook | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The loop, for a config `resolve_config` already filled and a joined process group."""
+    """The loop, for a config already `resolved()` and a joined process group."""
     run = prepare(cfg, ctx, objective_factory, checkpoint_extra or {})
     loader = make_train_loader(
         run.train_set,
