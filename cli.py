@@ -742,8 +742,9 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def _interrupted(e: KeyboardInterrupt) -> NoReturn:
     """One line: what stopped, what is intact, how to go on; exit 130 (SIGINT) / 143 (TERM)."""
-    from runtime.interrupted import exit_status, interrupted_line
+    from runtime.interrupted import exit_on_signal, exit_status, interrupted_line
 
+    exit_on_signal()  # a second Ctrl-C while this line is printed ends it the same way
     _close_bars()
     line = interrupted_line(sys.argv[1:], e)
     err_console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -759,6 +760,17 @@ def main() -> None:
     from runtime import interrupted
 
     interrupted.install_handlers()
+    try:
+        _run_app()
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (runtime.interrupted), at any point
+        _interrupted(e)
+    finally:
+        interrupted.exit_on_signal()
+
+
+def _run_app() -> None:
+    from runtime import interrupted
+
     try:
         # standalone_mode=False: a command's typer.Exit(code) comes back as the return value.
         code = app(standalone_mode=False)

@@ -4,7 +4,10 @@ interrupted, what is intact, how to go on. Exit status 130 for SIGINT, 143 for S
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import sys
 from collections.abc import Sequence
 
 
@@ -28,6 +31,29 @@ def install_handlers() -> None:
     recorded. A stage that needs its own (the demo's) sets and restores its handler."""
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+
+
+def _exit_at_once(signum: int, _frame: object) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def exit_on_signal() -> None:
+    """Once the command is ending (its line printed, its outputs in place), a further Ctrl-C
+    or SIGTERM ends the process at once with the signal's status. Raising would let a
+    KeyboardInterrupt escape the exit path, and Python then dies of SIGINT (status -2)."""
+    signal.signal(signal.SIGINT, _exit_at_once)
+    signal.signal(signal.SIGTERM, _exit_at_once)
+    # Python's finalisation resets handlers it set to SIG_DFL (not ones set to SIG_IGN), so
+    # a signal then would kill the process (-2) after its line and status were decided.
+    atexit.unregister(_ignore_signals)  # once, however often main() runs in one process
+    atexit.register(_ignore_signals)
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def exit_status(e: BaseException) -> int:
