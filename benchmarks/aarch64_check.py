@@ -49,7 +49,7 @@ def main() -> None:
             importlib.import_module(m.name)
     heavy = sorted({n.split(".")[0] for n in sys.modules} & {"torch", "onnxruntime", "tensorrt"})
     print(f"{platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}, "
-          f"cv2 {cv2.__version__}: every runtime module imports; heavy modules loaded: {heavy}")  # fmt: skip
+          f"cv2 {cv2.__version__}: every core and runtime module imports; heavy modules loaded: {heavy}")  # fmt: skip
 
     from core.preprocess import PreprocessSpec
     from runtime.camera import gstreamer_in_build, parse_live_source
