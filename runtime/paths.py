@@ -192,10 +192,3 @@ def _writes_over(folder: Output, src: Path) -> bool:
     if not rel.parts:  # src is the folder itself
         return True
     return any(fnmatch.fnmatchcase(rel.parts[0], pattern) for pattern in folder.writes)
-
-
-def refuse_overwriting_inputs(
-    outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None]
-) -> None:
-    """`guard_outputs` for plain file outputs (option -> path)."""
-    guard_outputs([Output(k, v) for k, v in outputs.items()], inputs)
