@@ -263,25 +263,15 @@ class Pipeline:
             return [manifest, *(folder / f for f in files)]
 
         def run() -> None:
+            from core.schema.export import EXPORT
             from export.api import Tolerances, export_checkpoint
 
             export_checkpoint(
                 student,
                 folder,
-                precisions=e["precisions"],
-                input_size=e["input_size"],
                 calib_data=self.cfg["data"],
-                calib_images=int(e["calib_images"]),
-                verify_images=int(e["verify_images"]),
-                output=e["output"],
-                label_dtype=e["label_dtype"],
-                input_dtype=e.get("input_dtype", "float32"),
-                dynamic=bool(e["dynamic"]),
-                opset=int(e["opset"]),
-                simplify=bool(e["simplify"]),
-                int8_method=e["int8_method"],
-                int8_variants=e["int8_variants"],
-                require_trt=bool(e["require_trt"]),
+                # the section's export options, type-checked by load_config
+                **{name: e[name] for name in EXPORT.config_section()},
                 tolerances=Tolerances(
                     fp16_min_agreement=float(e["min_fp16"]),
                     int8_min_agreement=float(e["min_int8"]),
