@@ -40,6 +40,36 @@ def label_maps(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return out
 
 
+def fixed_inputs(
+    rng: np.random.Generator, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and main/aux/boundary logits at 1/4, drawn in this order from `rng`."""
+    labels = label_maps(rng, h, w)
+    # Logits sharp enough that part of the pixels pass the 0.9 threshold.
+    onehot = np.eye(19, dtype=np.float32)[np.where(labels == 255, 0, labels)]  # B H W C
+    small = onehot[:, ::4, ::4].transpose(0, 3, 1, 2)
+    main = (
+        rng.normal(0, 1.5, small.shape)
+        + 4.0 * small * (rng.random(small.shape[:1] + small.shape[2:])[:, None] < 0.6)
+    ).astype(np.float32)
+    aux = rng.normal(0, 1.0, small.shape).astype(np.float32)
+    boundary = rng.normal(0, 2.0, (2, 1, h // 4, w // 4)).astype(np.float32)
+    return labels, main, aux, boundary
+
+
+def dataset_edges(base_dataset: type, labels: np.ndarray) -> np.ndarray:
+    """Boundary targets exactly as the upstream dataset makes them (no scale or flip)."""
+    h, w = labels.shape[1:]
+    base = base_dataset(ignore_label=255, base_size=w, crop_size=(h, w))
+    image = np.zeros((h, w, 3), np.uint8)
+    return np.stack(
+        [  # edge_size: Cityscapes' bd_dilate_size default (datasets/cityscapes.py)
+            base.gen_sample(image, lab.copy(), multi_scale=False, is_flip=False, edge_size=4)[2]
+            for lab in labels
+        ]
+    ).astype(np.float32)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pidnet", type=Path, required=True, help="checkout of XuJiacong/PIDNet")
@@ -65,28 +95,9 @@ def main() -> None:
     src = (args.pidnet / "datasets/cityscapes.py").read_text()
     assert all(f"{w}" in src for w in class_weights), "class weights differ from upstream"
 
-    rng = np.random.default_rng(22)
     h, w = 48, 80  # labels; outputs at 1/4 as a stand-in for the 1/8 heads (non-square)
-    labels = label_maps(rng, h, w)
-    # Logits sharp enough that part of the pixels pass the 0.9 threshold.
-    onehot = np.eye(19, dtype=np.float32)[np.where(labels == 255, 0, labels)]  # B H W C
-    small = onehot[:, ::4, ::4].transpose(0, 3, 1, 2)
-    main = (
-        rng.normal(0, 1.5, small.shape)
-        + 4.0 * small * (rng.random(small.shape[:1] + small.shape[2:])[:, None] < 0.6)
-    ).astype(np.float32)
-    aux = rng.normal(0, 1.0, small.shape).astype(np.float32)
-    boundary = rng.normal(0, 2.0, (2, 1, h // 4, w // 4)).astype(np.float32)
-
-    # Boundary targets exactly as the dataset makes them (no scale or flip drawn here).
-    base = BaseDataset(ignore_label=255, base_size=w, crop_size=(h, w))
-    image = np.zeros((h, w, 3), np.uint8)
-    edges = np.stack(
-        [  # edge_size: Cityscapes' bd_dilate_size default (datasets/cityscapes.py)
-            base.gen_sample(image, lab.copy(), multi_scale=False, is_flip=False, edge_size=4)[2]
-            for lab in labels
-        ]
-    ).astype(np.float32)
+    labels, main, aux, boundary = fixed_inputs(np.random.default_rng(22), h, w)
+    edges = dataset_edges(BaseDataset, labels)
 
     weights = torch.tensor(class_weights)
     t_labels = torch.from_numpy(labels).long()
