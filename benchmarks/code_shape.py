@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGES = ("core", "runtime", "distill", "export", "pipeline", "cli")
-SKIP_DIRS = {"benchmarks", "tests", "tools", ".venv", ".git", ".tools", "docs"}
+SKIP_DIRS = {"benchmarks", "tests", ".venv", ".git", ".tools", "docs"}
 
 
 def project_files(root: Path) -> list[Path]:
@@ -60,15 +60,20 @@ def import_graph(root: Path, lazy: bool) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in mods.items():
         tree = ast.parse(path.read_text())
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         nodes = ast.walk(tree) if lazy else iter(tree.body)
         for node in nodes:
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                subs = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: counted up from this module's package
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                subs = [f"{base}.{a.name}" for a in node.names]
                 # `from pkg import mod, mod2` depends on those modules, not on pkg's own code.
-                own = [] if all(t in mods for t in subs) else [node.module]
+                own = [] if all(t in mods for t in subs) else [base]
                 targets = own + subs
             for t in targets:
                 # `from pkg import mod` names a module; `from mod import name` its module.
@@ -203,7 +208,7 @@ def main() -> None:
         print(f"import cycles ({kind}): {len(found)}")
         for c in found:
             print("  ", " <-> ".join(c))
-    print("ten longest functions (outside benchmarks/, tests/, tools/):")
+    print("ten longest functions (outside benchmarks/ and tests/):")
     for n, f, name in longest_functions(root):
         print(f"  {n:4d}  {f}  {name}")
     if not args.no_trace:
