@@ -359,7 +359,8 @@ def qat(
         {"the checkpoint": checkpoint, "the dataset folder": _spec_folder(o["data"])},
     )
     opts = QatOptions(**{k: o[k] for k in ("steps", "batch_size", "lr", "scale_lr",
-                                           "learn_scales", "seed")})  # fmt: skip
+                                           "learn_scales", "seed")},
+                      crop_size=_size(o["crop_size"], "--crop-size"))  # fmt: skip
     summary = run_qat(
         checkpoint, out, input_size=_size(o["input_size"], "--input-size"), data=o["data"],
         calib_images=o["calib_images"], train_images=o["train_images"],

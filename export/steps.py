@@ -143,14 +143,15 @@ def _int8_from_qat(plan: ExportPlan) -> None:
     assert plan.manifest is not None and plan.qat is not None
     qat = plan.qat
     plan.manifest.calibration = {
-        "source": "quantization-aware training (segkd qat): learned scales, no calibration here",
+        "source": "segkd qat: the TensorRT file from the learned scales; the CPU file from "
+        "the ranges its calibration stored; no images read here",
         "qat_calibration": qat["export"].get("calibration"),
         "qat_training": {k: v for k, v in qat.get("training", {}).items() if k != "train_images"},
     }
     for variant in plan.variants:
-        plan.say(f"writing INT8 ({variant}) from the QAT checkpoint's scales")
-        proto = int8_from_qat(plan.staged["fp32"].proto, qat, RECIPES[variant])
-        _stage_int8(plan, variant, proto, "qat")
+        plan.say(f"writing INT8 ({variant}) from the QAT checkpoint")
+        proto, method = int8_from_qat(plan.staged["fp32"].proto, qat, RECIPES[variant])
+        _stage_int8(plan, variant, proto, method)
 
 
 def _stage_int8(plan: ExportPlan, variant: str, proto: onnx.ModelProto, method: str) -> None:

@@ -307,7 +307,9 @@ class Pipeline:
 
             opts = QatOptions(steps=int(q["steps"]), batch_size=int(q["batch_size"]),
                               lr=float(q["lr"]), scale_lr=float(q["scale_lr"]),
-                              learn_scales=bool(q["learn_scales"]), seed=int(self.cfg["seed"]))  # fmt: skip
+                              learn_scales=bool(q["learn_scales"]), seed=int(self.cfg["seed"]),
+                              crop_size=parse_size(q["crop_size"], "qat.crop_size", 32)
+                              if q["crop_size"] else None)  # fmt: skip
             run_qat(student, folder, input_size=size, data=self.cfg["data"],
                     calib_images=int(e["calib_images"]), train_images=int(q["train_images"]),
                     method=e["int8_method"], opts=opts,

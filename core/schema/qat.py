@@ -11,6 +11,11 @@ QAT = OptionSet([
     Option("data", str | None, None, "dataset SPEC (default: the checkpoint's)", config=False),
     Option("steps", int, 200, "fine-tuning steps"),
     Option("batch_size", int, 2, "images per step"),
+    # A static graph's weights and scales do not depend on its size (the same exporter
+    # names every node and initializer alike at any size), so QAT can train on crops
+    # of the deploy-size images: 4x fewer pixels per step at 512x1024 with 256x512 crops.
+    Option("crop_size", str | None, None,
+           "train on random HxW crops of the deploy-size images (default: whole images)"),
     Option("train_images", int, 64, "train-split images QAT draws from"),
     Option("calib_images", int, EXPORT.default("calib_images"),
            "images of the initial calibration", config=False),

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from core.errors import SegkdError
 from distill.qat.checkpoint import point_key
 from distill.qat.placement import read_placement
-from distill.qat.structure import Ranges, pre_processed_graph, quantize_with_ranges
+from distill.qat.structure import pre_processed_graph, quantize_with_ranges
 from export.int8 import Int8Recipe
 
 
@@ -42,21 +42,6 @@ def with_weights(graph: onnx.ModelProto, weights: dict[str, Any]) -> onnx.ModelP
 def qat_graph(fp32: onnx.ModelProto, qat: dict[str, Any]) -> onnx.ModelProto:
     """The pre-processed fp32 deploy graph with the QAT-trained Conv weights."""
     return with_weights(pre_processed_graph(fp32), qat["weights"])
-
-
-def cpu_ranges(qat: dict[str, Any]) -> Ranges:
-    """Ranges for the CPU recipe: the learned clipping threshold on top, calibrated floor.
-
-    The CPU file's activations are asymmetric uint8: a post-ReLU tensor keeps its
-    calibrated minimum 0 (all 256 levels on the positive side) and takes the learned
-    threshold 127 * s as its maximum; a signed one is clipped at -128 * s below, as in QAT.
-    """
-    ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in qat["ranges"].items()}
-    for key, s in qat["scales"].items():
-        tensor = key.split("|", 2)[2]
-        lo, _ = ranges.get(tensor, (-128 * s, 127 * s))
-        ranges[tensor] = (max(lo, -128 * s), 127 * s)
-    return ranges
 
 
 def set_learned_scales(proto: onnx.ModelProto, scales: dict[str, float]) -> int:
@@ -84,17 +69,23 @@ def set_learned_scales(proto: onnx.ModelProto, scales: dict[str, float]) -> int:
 
 def int8_from_qat(
     fp32: onnx.ModelProto, qat: dict[str, Any], recipe: Int8Recipe
-) -> onnx.ModelProto:
-    """The `recipe` INT8 file of the fp32 export `fp32`, from the QAT state `qat`."""
-    graph = qat_graph(fp32, qat)
-    if recipe.mixed_fp16:  # the TensorRT file: the trained placement, the learned scales
-        ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in qat["ranges"].items()}
-        proto = quantize_with_ranges(graph, ranges, recipe)
-        set_learned_scales(proto, qat["scales"])
-        return proto
-    # The CPU file has its own placement (Conv outputs too, 7-bit weights, float pyramid):
-    # it takes the learned thresholds where QAT has them and calibrated ranges elsewhere.
-    return quantize_with_ranges(graph, cpu_ranges(qat), recipe)
+) -> tuple[onnx.ModelProto, str]:
+    """The `recipe` INT8 file of the fp32 export `fp32` from the QAT state, and its method.
+
+    The TensorRT file: the trained weights, the trained placement, the learned scales.
+    The CPU file has its own placement (Conv outputs too, uint8 activations, 7-bit
+    weights, float pyramid) that QAT did not train; learned 8-bit symmetric thresholds
+    put on it lost 1-2 points of agreement against calibration (docs/notes/qat.md), so
+    it is the calibrated file: the fp32 weights with the ranges QAT's own calibration
+    stored, the same file `segkd export` calibrates from the same images.
+    """
+    ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in qat["ranges"].items()}
+    if not recipe.mixed_fp16:
+        method = qat["export"].get("calibration_method", "minmax")
+        return quantize_with_ranges(fp32, ranges, recipe), f"{method} (the QAT calibration)"
+    proto = quantize_with_ranges(qat_graph(fp32, qat), ranges, recipe)
+    set_learned_scales(proto, qat["scales"])
+    return proto, "qat"
 
 
 def check_export_options(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ from core.preprocess import PreprocessSpec
 from core.schema.qat import QAT
 from distill.qat.checkpoint import qat_state
 from distill.qat.graph_module import QuantGraph
-from distill.qat.structure import Structure, build_structure
+from distill.qat.structure import Structure, build_structure, pre_processed_graph, same_graph
 from distill.qat.train import QatOptions, train_qat
 
 if TYPE_CHECKING:
@@ -72,7 +73,16 @@ def run_qat(
     )
     train_split = SampledSplit(data_spec, "train", train_images, sample_seed)
     images = [p.x for p in prepare(list(train_split), pre)]
-    graph = QuantGraph(structure.graph, structure.placement, structure.scales)
+    train_graph = structure.graph
+    crop = opts.crop_size
+    if crop is not None and tuple(crop) != size:
+        _check_crop(crop, size)
+        say(f"training on {crop[0]}x{crop[1]} crops: the same graph exported at that size")
+        at_crop = pre_processed_graph(export_fp32(model, input_size=crop, output="labels").model)
+        train_graph = same_graph(structure.graph, at_crop, f"--crop-size {crop[0]}x{crop[1]}")
+    else:
+        opts = replace(opts, crop_size=None)
+    graph = QuantGraph(train_graph, structure.placement, structure.scales)
 
     training = train_qat(graph, images, opts, _ticker(opts.steps, say))
     training.update(
@@ -108,6 +118,13 @@ def _check_counts(calib_images: int, train_images: int, opts: QatOptions) -> Non
                     ("--steps", opts.steps), ("--batch-size", opts.batch_size)):  # fmt: skip
         if not isinstance(n, int) or n < 1:
             raise SegkdError(f"{name} must be a positive integer, got {n!r}")
+
+
+def _check_crop(crop: tuple[int, int], size: tuple[int, ...]) -> None:
+    if crop[0] > size[0] or crop[1] > size[1]:
+        raise SegkdError(
+            f"--crop-size {crop[0]}x{crop[1]} is larger than the input size {size[0]}x{size[1]}"
+        )
 
 
 def _load_student(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], PreprocessSpec]:

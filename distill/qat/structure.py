@@ -78,6 +78,27 @@ def quantize_with_ranges(
         return quantize_int8(path, no_images, recipe, "minmax", ranges=tensors_data(ranges))
 
 
+def same_graph(deploy: onnx.ModelProto, other: onnx.ModelProto, what: str) -> onnx.ModelProto:
+    """`other` if it is `deploy` at another input size: the same nodes reading the same
+    tensors, the same Conv initializers; only shape constants may differ. Else SegkdError."""
+
+    def nodes(m: onnx.ModelProto) -> list[tuple]:
+        return [(n.name, n.op_type, tuple(n.input), tuple(n.output)) for n in m.graph.node]
+
+    def convs(m: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+        names = {i for n in m.graph.node if n.op_type == "Conv" for i in n.input[1:]}
+        return {i.name: tuple(i.dims) for i in m.graph.initializer if i.name in names}
+
+    a, b = nodes(deploy), nodes(other)
+    if a != b or convs(deploy) != convs(other):
+        first = next((x for x, y in zip(a, b, strict=False) if x != y), None)
+        raise SegkdError(
+            f"QAT: the graph at {what} is not the deploy graph at another size (first "
+            f"difference: node {first[0] if first else len(a)!r}); train without --crop-size"
+        )
+    return other
+
+
 def build_structure(fp32: onnx.ModelProto, reader: SampleReader, method: str) -> Structure:
     """Calibrate `fp32` as `segkd export` does and read back the PTQ file's placement."""
     with tempfile.TemporaryDirectory(prefix="segkd-qat-") as tmp:

@@ -30,6 +30,7 @@ class QatOptions:
 
     steps: int = _D["steps"]
     batch_size: int = _D["batch_size"]
+    crop_size: tuple[int, int] | None = _D["crop_size"]  # None: whole deploy-size images
     lr: float = _D["lr"]
     scale_lr: float = _D["scale_lr"]
     learn_scales: bool = _D["learn_scales"]
@@ -66,13 +67,25 @@ def kd_loss(student: torch.Tensor, target: torch.Tensor, t: float) -> torch.Tens
     return (q * (torch.log(q.clamp_min(1e-12)) - log_p)).sum(dim=1).mean() * t * t
 
 
+def random_crop(
+    x: torch.Tensor, crop: tuple[int, int] | None, gen: torch.Generator
+) -> torch.Tensor:
+    """One random HxW window of the batch `x` (the same for every image); `x` if None."""
+    if crop is None:
+        return x
+    h, w = crop
+    top = int(torch.randint(x.shape[-2] - h + 1, (), generator=gen))
+    left = int(torch.randint(x.shape[-1] - w + 1, (), generator=gen))
+    return x[..., top : top + h, left : left + w]
+
+
 def train_qat(
     graph: QuantGraph,
     images: Sequence[np.ndarray],
     opts: QatOptions,
     progress: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Run `opts.steps` Adam steps on random batches of `images` (1x3xHxW float32 each).
+    """Run `opts.steps` steps on random batches (crops) of `images` (1x3xHxW float32 each).
 
     Returns the facts the report needs: steps, seconds, first/last loss.
     """
@@ -95,7 +108,7 @@ def train_qat(
     started = time.perf_counter()
     for step in range(opts.steps):
         idx = torch.randint(len(data), (opts.batch_size,), generator=gen)
-        x = data[idx]
+        x = random_crop(data[idx], opts.crop_size, gen)
         if torch.rand((), generator=gen) < 0.5:
             x = x.flip(-1)  # horizontal flip: more views of few images
         with torch.no_grad():

@@ -82,7 +82,7 @@ def test_learned_scale_file_passes_the_int8_file_checks(runs) -> None:
     assert placement_summary(qat_file)["high_precision"] == "fp16"
     assert zero_point_violations(qat_file) == []
     manifest = (runs / "qat_export" / "export.json").read_text()
-    assert "quantization-aware training" in manifest  # no calibration pass was made
+    assert "no images read here" in manifest  # no calibration pass was made
 
 
 def test_file_holds_the_learned_scales_and_weights(runs) -> None:
@@ -152,6 +152,62 @@ def test_exported_file_matches_fake_quant_within_one_step(runs) -> None:
         exact += int(np.sum(np.abs(got - want) < s * 0.5))
         total += got.size
     assert exact / total > 0.999
+
+
+def test_cpu_file_of_a_qat_checkpoint_is_the_calibrated_one(runs) -> None:
+    """The CPU file's placement is not the one QAT trained: it is the PTQ file, written from
+    the ranges QAT's calibration stored (the same 4 images, seed 0) with the fp32 weights."""
+    qat, ptq = (
+        onnx.load(str(runs / d / "model.int8-cpu.onnx")) for d in ("qat_export", "ptq_export")
+    )
+    assert [(n.op_type, list(n.input)) for n in qat.graph.node] == [
+        (n.op_type, list(n.input)) for n in ptq.graph.node
+    ]
+    values = {i.name: numpy_helper.to_array(i) for i in ptq.graph.initializer}
+    for init in qat.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(init), values[init.name])
+    import json
+
+    methods = {a["file"]: a["quantization"]["method"]
+               for a in json.loads((runs / "qat_export" / "export.json").read_text())["artifacts"]
+               if "quantization" in a}  # fmt: skip
+    assert methods == {
+        "model.int8.onnx": "qat",
+        "model.int8-cpu.onnx": "minmax (the QAT calibration)",
+    }
+
+
+def test_qat_on_crops_exports_at_the_deploy_size(runs, tmp_path) -> None:
+    """Training on 32x64 crops of the 64x128 images: the same names, the deploy geometry."""
+    opts = QatOptions(steps=2, lr=1e-3, scale_lr=1e-2, crop_size=(32, 64))
+    summary = run_qat(runs / "student.pt", tmp_path / "q", data=DATA, calib_images=4,
+                      train_images=4, opts=opts)  # fmt: skip
+    assert summary["input_size"] == [64, 128]
+    assert summary["training"]["options"]["crop_size"] == (32, 64)
+    qat = load_checkpoint(tmp_path / "q" / "qat.pt")["qat"]
+    assert qat["export"]["input_size"] == [64, 128]
+    m = export_checkpoint(tmp_path / "q" / "qat.pt", tmp_path / "e", precisions="fp32,int8",
+                          calib_data=DATA, verify_images=2, build_engines=False, tolerances=ANY)  # fmt: skip
+    assert (
+        read_placement(onnx.load(str(tmp_path / "e" / "model.int8.onnx"))).key()
+        == read_placement(_load(runs, "ptq_export")).key()
+    )
+    assert m.manifest["artifacts"]
+    with pytest.raises(SegkdError, match="larger than the input size"):
+        run_qat(runs / "student.pt", tmp_path / "big", data=DATA,
+                opts=QatOptions(steps=1, crop_size=(128, 128)))  # fmt: skip
+
+
+def test_crop_graph_must_be_the_deploy_graph(runs) -> None:
+    from distill.qat.structure import same_graph
+
+    deploy = onnx.load(str(runs / "qat_export" / "model.onnx"))
+    other = onnx.ModelProto()
+    other.CopyFrom(deploy)
+    assert same_graph(deploy, other, "x") is other
+    other.graph.node[3].input[0] = other.graph.node[1].output[0]
+    with pytest.raises(SegkdError, match="not the deploy graph at another size"):
+        same_graph(deploy, other, "--crop-size 32x64")
 
 
 def test_qat_refuses_a_qat_checkpoint_and_export_refuses_other_geometry(runs, tmp_path) -> None:
