@@ -356,15 +356,20 @@ def qat(
 
     guard_outputs(
         [Output("--out", out, "folder", (QAT_FILE, QAT_JSON, "*.tmp"))],
-        {"the checkpoint": checkpoint, "the dataset folder": _spec_folder(o["data"])},
+        {
+            "the checkpoint": checkpoint,
+            "the dataset folder": _spec_folder(o["data"]),
+            "the --teacher": model_paths(o["teacher"]),
+        },
     )
     opts = QatOptions(**{k: o[k] for k in ("steps", "batch_size", "lr", "scale_lr",
-                                           "learn_scales", "seed")},
+                                           "learn_scales", "seed", "teacher_weight")},
                       crop_size=_size(o["crop_size"], "--crop-size"))  # fmt: skip
     summary = run_qat(
         checkpoint, out, input_size=_size(o["input_size"], "--input-size"), data=o["data"],
         calib_images=o["calib_images"], train_images=o["train_images"],
         method=o["int8_method"], sample_seed=o["seed"], opts=opts, progress=console.print,
+        teacher=o["teacher"],
     )  # fmt: skip
     t = summary["training"]
     console.print(

@@ -292,8 +292,9 @@ class Pipeline:
         self.skipped.extend(data.get("skipped", []))
         return data
 
-    def qat(self, student: Path, ptq: dict[str, Any]) -> dict[str, Any]:
-        """`segkd qat` on the exported student, then its INT8 files; PTQ beside QAT."""
+    def qat(self, student: Path, ptq: dict[str, Any], teacher: str | Path) -> dict[str, Any]:
+        """`segkd qat` on the exported student, then its INT8 files; PTQ beside QAT. The
+        teacher joins the loop when qat.teacher_weight > 0."""
         from distill.qat.report import comparison
         from distill.qat.stage import QAT_FILE, QAT_JSON, run_qat
         from distill.qat.train import QatOptions
@@ -301,6 +302,8 @@ class Pipeline:
         q, e = self.cfg["qat"], self.cfg["export"]
         folder, exported = self.out / "qat", self.out / "export-qat"
         size = tuple(ptq["options"]["input_size"])
+        in_loop = teacher if float(q["teacher_weight"]) > 0 else None
+        teacher_files = [Path(in_loop)] if in_loop and Path(in_loop).is_file() else []
 
         def run() -> None:
             from export.api import Tolerances, export_checkpoint
@@ -308,11 +311,13 @@ class Pipeline:
             opts = QatOptions(steps=int(q["steps"]), batch_size=int(q["batch_size"]),
                               lr=float(q["lr"]), scale_lr=float(q["scale_lr"]),
                               learn_scales=bool(q["learn_scales"]), seed=int(self.cfg["seed"]),
+                              teacher_weight=float(q["teacher_weight"]),
                               crop_size=parse_size(q["crop_size"], "qat.crop_size", 32)
                               if q["crop_size"] else None)  # fmt: skip
             run_qat(student, folder, input_size=size, data=self.cfg["data"],
                     calib_images=int(e["calib_images"]), train_images=int(q["train_images"]),
                     method=e["int8_method"], opts=opts,
+                    teacher=in_loop,
                     progress=lambda msg: self.log(f"  qat: {msg}"))  # fmt: skip
             export_checkpoint(folder / QAT_FILE, exported, precisions="int8",
                               calib_data=self.cfg["data"], verify_images=int(e["verify_images"]),
@@ -321,7 +326,8 @@ class Pipeline:
 
         self.runner.run(
             Step("qat", run, outputs=[folder / QAT_FILE, exported / "export.json"],
-                 inputs=[student], settings=section_hash_view(self.cfg, "data", "export", "qat"))
+                 inputs=[student, *teacher_files],
+                 settings=section_hash_view(self.cfg, "data", "export", "qat"))
         )  # fmt: skip
         distill = [r["seconds"] for r in self.runner.record if r["step"] == "distill" and r["ran"]]
         return comparison(ptq, json.loads((exported / "export.json").read_text()),
@@ -549,7 +555,7 @@ def train_models(r: PipelineRun) -> None:
 def export_student(r: PipelineRun) -> None:
     """The first seed's distilled student: export, then QAT beside PTQ when asked."""
     r.manifest = r.p.export(r.student)
-    r.qat = r.p.qat(r.student, r.manifest) if int(r.cfg["qat"]["steps"]) > 0 else None
+    r.qat = r.p.qat(r.student, r.manifest, r.teacher) if int(r.cfg["qat"]["steps"]) > 0 else None
 
 
 def score_torch_models(r: PipelineRun) -> None:

@@ -40,6 +40,7 @@ def run_qat(
     sample_seed: int = QAT.default("seed"),
     opts: QatOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Quantization-aware fine-tuning of a student in its TensorRT INT8 graph.
 
@@ -54,6 +55,7 @@ def run_qat(
     say = progress or log.info
     opts = opts or QatOptions()
     _check_counts(calib_images, train_images, opts)
+    _check_teacher(teacher, opts)
     model, ckpt, pre = _load_student(ckpt_path)
     size = tuple(input_size or pre.input_size)
     pre = pre.with_input_size(size)
@@ -84,12 +86,14 @@ def run_qat(
         opts = replace(opts, crop_size=None)
     graph = QuantGraph(train_graph, structure.placement, structure.scales)
 
-    training = train_qat(graph, images, opts, _ticker(opts.steps, say))
+    teacher_model = _load_teacher(teacher, ckpt, pre, say) if teacher is not None else None
+    training = train_qat(graph, images, opts, _ticker(opts.steps, say), teacher_model)
     training.update(
         options=opts.to_dict(),
         train_images=train_split.describe(),
         preparation_seconds=prepared_s,
         scales="learned" if opts.learn_scales else "fixed (calibration)",
+        teacher=str(teacher) if teacher is not None else None,
     )
     qat = qat_state(
         weights=graph.float_weights(),
@@ -118,6 +122,26 @@ def _check_counts(calib_images: int, train_images: int, opts: QatOptions) -> Non
                     ("--steps", opts.steps), ("--batch-size", opts.batch_size)):  # fmt: skip
         if not isinstance(n, int) or n < 1:
             raise SegkdError(f"{name} must be a positive integer, got {n!r}")
+
+
+def _check_teacher(teacher: str | Path | None, opts: QatOptions) -> None:
+    if opts.teacher_weight > 0 and teacher is None:
+        raise SegkdError(f"--teacher-weight {opts.teacher_weight:g} needs a --teacher")
+    if teacher is not None and not opts.teacher_weight > 0:
+        raise SegkdError("--teacher is given but --teacher-weight is 0; give its weight (> 0)")
+
+
+def _load_teacher(
+    spec: str | Path, ckpt: dict[str, Any], pre: PreprocessSpec, say: Callable[[str], None]
+) -> torch.nn.Module:
+    """The frozen teacher, fed the student's batches (segkd checkpoint or zoo SPEC)."""
+    from distill.checkpoint import checkpoint_specs
+    from distill.zoo.entry import load_teacher
+
+    labels, _ = checkpoint_specs(ckpt)
+    model, record, _ = load_teacher(spec, labels.names, pre)
+    say(f"teacher in the loop: {record.get('arch', spec)}")
+    return model.eval().requires_grad_(False)
 
 
 def _check_crop(crop: tuple[int, int], size: tuple[int, ...]) -> None:

@@ -2,8 +2,9 @@
 
 The loss is knowledge distillation from the fp32 student itself: the same graph run
 without fake quantization gives the soft targets (pixel-wise KL at temperature T), so the
-objective is the deploy metric, agreement with fp32, made differentiable. The teacher is
-not in this loop (docs/notes/qat.md says why and what that costs).
+objective is the deploy metric, agreement with fp32, made differentiable. The distillation
+teacher can join as a second KD target (opts.teacher_weight); it pulls the INT8 student
+toward the teacher and away from the fp32 one (docs/notes/qat.md measures both).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class QatOptions:
     lr: float = _D["lr"]
     scale_lr: float = _D["scale_lr"]
     learn_scales: bool = _D["learn_scales"]
+    teacher_weight: float = _D["teacher_weight"]
     temperature: float = _D["temperature"]
     seed: int = _D["seed"]
 
@@ -79,15 +81,26 @@ def random_crop(
     return x[..., top : top + h, left : left + w]
 
 
+def teacher_logits(teacher: torch.nn.Module, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """The frozen teacher's logits for the batch `x`, bilinearly resized to `size`."""
+    with torch.no_grad():
+        logits = teacher.extract(x, with_aux=False)["logits"]
+    if logits.shape[-2:] != size:
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits
+
+
 def train_qat(
     graph: QuantGraph,
     images: Sequence[np.ndarray],
     opts: QatOptions,
     progress: Callable[[int, float], None] | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> dict:
     """Run `opts.steps` steps on random batches (crops) of `images` (1x3xHxW float32 each).
 
-    Returns the facts the report needs: steps, seconds, first/last loss.
+    `teacher` (frozen, fed the same batch) adds opts.teacher_weight * KD to its logits,
+    resized to the graph's. Returns the facts the report needs: steps, seconds, losses.
     """
     gen = torch.Generator().manual_seed(opts.seed)
     hooks = precondition_folded(graph.conv_weight_parameters())
@@ -113,7 +126,12 @@ def train_qat(
             x = x.flip(-1)  # horizontal flip: more views of few images
         with torch.no_grad():
             target = reference(x)
-        loss = kd_loss(graph(x), target, opts.temperature)
+        out = graph(x)
+        loss = kd_loss(out, target, opts.temperature)
+        if teacher is not None and opts.teacher_weight > 0:
+            loss = loss + opts.teacher_weight * kd_loss(
+                out, teacher_logits(teacher, x, out.shape[-2:]), opts.temperature
+            )
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"QAT loss is {value} at step {step}")

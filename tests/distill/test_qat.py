@@ -198,6 +198,24 @@ def test_qat_on_crops_exports_at_the_deploy_size(runs, tmp_path) -> None:
                 opts=QatOptions(steps=1, crop_size=(128, 128)))  # fmt: skip
 
 
+def test_teacher_joins_the_loop_only_with_a_weight(runs, tmp_path) -> None:
+    """A second, barely trained student as the teacher: its KD term adds to the loss."""
+    import json
+
+    teacher = train_tiny(tmp_path / "teacher.pt", "ddrnet23_slim", steps=2)
+    opts = QatOptions(steps=3, lr=1e-3, scale_lr=1e-2, teacher_weight=1.0)
+    summary = run_qat(runs / "student.pt", tmp_path / "q", data=DATA, calib_images=4,
+                      train_images=4, opts=opts, teacher=teacher)  # fmt: skip
+    alone = json.loads((runs / "qat" / "qat.json").read_text())["training"]
+    assert summary["training"]["teacher"] == str(teacher)
+    assert summary["training"]["loss_first"] > alone["loss_first"]  # the same first batches
+    with pytest.raises(SegkdError, match="needs a --teacher"):
+        run_qat(runs / "student.pt", tmp_path / "a", data=DATA, opts=opts)
+    with pytest.raises(SegkdError, match="--teacher-weight is 0"):
+        run_qat(runs / "student.pt", tmp_path / "b", data=DATA, opts=QatOptions(steps=1),
+                teacher=teacher)  # fmt: skip
+
+
 def test_crop_graph_must_be_the_deploy_graph(runs) -> None:
     from distill.qat.structure import same_graph
 
