@@ -34,10 +34,10 @@ QAT = OptionSet([
     # student's. The deploy metric is agreement with the fp32 student, which the teacher
     # pulls away from; it is off unless given a weight (docs/notes/qat.md measures both).
     Option("teacher", str | None, None,
-           "teacher checkpoint or zoo SPEC, a second KD target (needs --teacher-weight)",
+           "teacher checkpoint or zoo SPEC: a second KD target",
            config=False),
     Option("teacher_weight", float, 0.0,
-           "weight of the teacher's KD term (0: the fp32 student's only)", min=0.0),
+           "weight of the teacher's KD term (0: the fp32 student's only)"),
     Option("temperature", float, 1.0, "KD temperature against the fp32 student", cli=False,
            config=False),
     Option("seed", int, 0, "seed of the image draw and the batches", config=False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -125,6 +126,8 @@ def _check_counts(calib_images: int, train_images: int, opts: QatOptions) -> Non
 
 
 def _check_teacher(teacher: str | Path | None, opts: QatOptions) -> None:
+    if not math.isfinite(opts.teacher_weight) or opts.teacher_weight < 0:
+        raise SegkdError(f"--teacher-weight must be >= 0, got {opts.teacher_weight}")
     if opts.teacher_weight > 0 and teacher is None:
         raise SegkdError(f"--teacher-weight {opts.teacher_weight:g} needs a --teacher")
     if teacher is not None and not opts.teacher_weight > 0:
