@@ -35,6 +35,8 @@ def comparison(
         "total_seconds": summary["total_seconds"],
         "distill_seconds": distill_seconds,
         "scales": training.get("scales"),
+        "crop_size": (training.get("options") or {}).get("crop_size"),
+        "teacher": training.get("teacher"),
     }
 
 
@@ -66,5 +68,11 @@ def markdown(section: dict[str, Any]) -> list[str]:
     extra += f" ({section['total_seconds']:.0f} s with calibration and graph export)"
     if section.get("distill_seconds"):
         extra += f"; the distillation took {section['distill_seconds']:.0f} s"
-    lines += ["", f"QAT cost: {extra}. Scales: {section.get('scales')}.", ""]
+    how = f"Scales: {section.get('scales')}"
+    if section.get("crop_size"):
+        how += f"; trained on {section['crop_size'][0]}x{section['crop_size'][1]} crops"
+    if section.get("teacher"):
+        how += f"; the teacher {section['teacher']} in the loop"
+    lines += ["", f"QAT cost: {extra}. {how}. The CPU INT8 file of a QAT checkpoint is the "
+              "calibrated one (QAT's scales do not suit its placement).", ""]  # fmt: skip
     return lines
