@@ -134,13 +134,18 @@ def test_a_real_sigint_is_a_flag_checked_between_frames(seg: Segmenter, tmp_path
     in flight is finished and written, then the demo stops, and Ctrl-C works again after."""
     src = make_video(tmp_path / "in.mp4")
     out = tmp_path / "demo.mp4"
-    before = signal.getsignal(signal.SIGINT)
-    stats = run_demo(src, _SigintAfter(seg, 5), out)  # type: ignore[arg-type]
-    assert stats.stopped == "interrupted" and stats.frames_out == 5
-    assert count_frames(tmp_path / "demo.partial.mp4") == 5
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
+    # Python's own Ctrl-C handler, as a fresh `segkd demo` process has it, whatever an
+    # earlier test in this process left installed
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stats = run_demo(src, _SigintAfter(seg, 5), out)  # type: ignore[arg-type]
+        assert stats.stopped == "interrupted" and stats.frames_out == 5
+        assert count_frames(tmp_path / "demo.partial.mp4") == 5
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_crash_mid_run_leaves_the_previous_output_untouched(
