@@ -27,7 +27,7 @@ import torch
 
 from core.atomic_io import write_json_atomic
 from distill.qat.graph_module import QuantGraph
-from distill.qat.stage import _load_student
+from distill.qat.stage import load_student
 from distill.qat.structure import build_structure
 from export.calibration import SampledSplit, SampleReader, prepare
 from export.onnx_fp32 import INPUT_NAME, export_fp32
@@ -53,7 +53,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     size = parse_size(a.size, "--size", 32)
-    model, _, pre = _load_student(a.checkpoint)
+    model, _, pre = load_student(a.checkpoint)
     pre = pre.with_input_size(size)
     started = time.perf_counter()
     fp32 = export_fp32(model, input_size=size, output="labels").model
@@ -84,11 +84,11 @@ def main() -> None:
     }
     print(json.dumps(out, indent=1), flush=True)
     if a.leave_one_out:
-        keys = {g: graph._group_key[g] for g in st.placement.groups()}
-        out["without_group"] = {
-            g: agreement({k: v for k, v in points.items() if v != key}, weights)
-            for g, key in keys.items()
-        }
+        out["without_group"] = {}
+        for group, members in st.placement.groups().items():
+            in_float = {(p.node, p.slot) for p in members}
+            kept = {k: v for k, v in points.items() if k not in in_float}
+            out["without_group"][group] = agreement(kept, weights)
         best = sorted(out["without_group"].items(), key=lambda kv: -kv[1])[:5]
         print("most costly groups (agreement with it in float):", best)
     out["seconds"] = time.perf_counter() - started

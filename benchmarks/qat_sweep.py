@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from core.atomic_io import write_json_atomic
 from distill.qat.graph_module import QuantGraph
-from distill.qat.stage import _load_student
+from distill.qat.stage import load_student
 from distill.qat.structure import build_structure, pre_processed_graph, same_graph
 from distill.qat.train import kd_loss, precondition_folded, random_crop
 from export.calibration import SampledSplit, SampleReader, prepare
@@ -78,7 +78,7 @@ def main() -> None:
     torch.set_num_threads(1)
     size = parse_size(a.size, "--size", 32)
     crop = parse_size(a.crop, "--crop", 32) if a.crop else None
-    model, _, pre = _load_student(a.checkpoint)
+    model, _, pre = load_student(a.checkpoint)
     pre = pre.with_input_size(size)
     fp32 = export_fp32(model, input_size=size, output="labels").model
     calib = SampledSplit(a.data, "train", a.calib, 0)

@@ -34,25 +34,27 @@ def _fresh(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+def _section_size(cfg: dict[str, Any], section: str, key: str) -> tuple[int, int] | None:
+    """A config section's optional HxW size (None when unset), errors naming `section.key`."""
+    value = cfg[section].get(key)
+    return parse_size(value, f"{section}.{key}", minimum=32) if value else None
+
+
 def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str, seed: int | None = None):  # type: ignore[no-untyped-def]
     """The TrainConfig of a pipeline stage (teacher / student) from its config section;
     `seed` overrides the run's seed (the students' seeds)."""
     from distill.training import TrainConfig
 
     s = cfg[section]
-
-    def size(key: str) -> tuple[int, int] | None:
-        return parse_size(s[key], f"{section}.{key}", minimum=32) if s.get(key) else None
-
     return TrainConfig(
         data=cfg["data"],
         model=s["model"],
         out=str(out),
         iters=s["iters"],
         batch_size=s["batch_size"],
-        crop_size=size("crop_size"),
+        crop_size=_section_size(cfg, section, "crop_size"),
         scale_range=tuple(s["scale_range"]) if s.get("scale_range") else None,
-        export_size=size("export_size"),
+        export_size=_section_size(cfg, section, "export_size"),
         lr=s["lr"],
         weight_decay=s["weight_decay"],
         eval_interval=s["eval_interval"],
@@ -312,8 +314,7 @@ class Pipeline:
                               lr=float(q["lr"]), scale_lr=float(q["scale_lr"]),
                               learn_scales=bool(q["learn_scales"]), seed=int(self.cfg["seed"]),
                               teacher_weight=float(q["teacher_weight"]),
-                              crop_size=parse_size(q["crop_size"], "qat.crop_size", 32)
-                              if q["crop_size"] else None)  # fmt: skip
+                              crop_size=_section_size(self.cfg, "qat", "crop_size"))  # fmt: skip
             run_qat(student, folder, input_size=size, data=self.cfg["data"],
                     calib_images=int(e["calib_images"]), train_images=int(q["train_images"]),
                     method=e["int8_method"], opts=opts,

@@ -57,7 +57,7 @@ def run_qat(
     opts = opts or QatOptions()
     _check_counts(calib_images, train_images, opts)
     _check_teacher(teacher, opts)
-    model, ckpt, pre = _load_student(ckpt_path)
+    model, ckpt, pre = load_student(ckpt_path)
     size = tuple(input_size or pre.input_size)
     pre = pre.with_input_size(size)
     data_spec = data or str((ckpt.get("config") or {}).get("data") or "synthetic")
@@ -154,7 +154,7 @@ def _check_crop(crop: tuple[int, int], size: tuple[int, ...]) -> None:
         )
 
 
-def _load_student(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], PreprocessSpec]:
+def load_student(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], PreprocessSpec]:
     """The fp32 student (not a QAT checkpoint), its checkpoint and its preprocessing."""
     from distill.checkpoint import checkpoint_specs, load_model
 
