@@ -21,6 +21,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 PACKAGES = ("core", "runtime", "distill", "export", "pipeline", "cli")
 SKIP_DIRS = {"benchmarks", "tests", ".venv", ".git", ".tools", "docs"}
@@ -128,11 +129,17 @@ def trace_config_path(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str
     import cli
 
     runner = CliRunner()
-    work = Path(tempfile.mkdtemp(prefix="code_shape_"))
+    with tempfile.TemporaryDirectory(prefix="code_shape_") as tmp:  # two checkpoints: 280 MB
+        return _traced_runs(runner, cli.app, Path(tmp), root)
+
+
+def _traced_runs(
+    runner: Any, app: Any, work: Path, root: Path
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     data = "synthetic:size=64x128,train=4,val=2"
     tiny = ["--iters", "2", "--batch-size", "2", "--crop-size", "32x32", "--device", "cpu",
             "--num-workers", "0", "--data", data]  # fmt: skip
-    r = runner.invoke(cli.app, ["train", "--model", "pspnet_r18", "--out", str(work / "t"), *tiny])
+    r = runner.invoke(app, ["train", "--model", "pspnet_r18", "--out", str(work / "t"), *tiny])
     if r.exit_code != 0:
         raise SystemExit(f"teacher training failed: {r.output}\n{r.exception!r}")
     stops: list[tuple[str, str]] = []
@@ -169,7 +176,7 @@ def trace_config_path(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str
             "--losses", "kd,idd,pid", "--out", str(work / "s"), *tiny]  # fmt: skip
     sys.setprofile(profile)
     try:
-        r = runner.invoke(cli.app, argv)
+        r = runner.invoke(app, argv)
     finally:
         sys.setprofile(None)
     if r.exit_code != 0:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 
 import pytest
+
+from tests.tmpdirs import SESSION_DIR_PREFIX
 
 # Two cores on CI: keep torch from oversubscribing when tests spawn subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -25,3 +28,33 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+_failed_modules: set[str] = set()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    report = yield
+    if report.failed:
+        _failed_modules.add(item.module.__name__ if item.module else item.nodeid)
+    return report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_dirs_removed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """The suite trains and exports real models (a PSPNet-R18 run writes 200 MB of
+    checkpoints) and once wrote 16 GB in all: CI's disk filled and the run failed. Per-test
+    directories go at each test's end (tmp_path_retention_policy = "failed" in
+    pyproject.toml); those of module-scoped fixtures go here, after the module's own
+    fixtures are torn down (this one is set up first), unless one of its tests failed."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.module.__name__ in _failed_modules:
+        return
+    for path in set(base.iterdir()) - before:
+        if not path.name.startswith(SESSION_DIR_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)

@@ -16,6 +16,7 @@ from tests.runtime.rt_models import (
     min_margin,
     segkd_meta,
 )
+from tests.tmpdirs import session_dir
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,7 @@ def model_dir(tiny_net: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.int64.onnx (ArgMax's raw int64 output), plain.onnx (no metadata)."""
     import torch
 
-    d = tmp_path_factory.mktemp("models")
+    d = session_dir(tmp_path_factory, "models")
     torch.save(tiny_net.state_dict(), d / "model.pt")
     export_onnx(tiny_net, d / "model.onnx", "logits", segkd_meta("logits"))
 
