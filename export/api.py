@@ -320,6 +320,8 @@ def run_staged(plan: ExportPlan) -> None:
         where = f" ({e.filename})" if e.filename else ""
         if e.filename and Path(str(e.filename)).is_relative_to(plan.staging):  # hidden: its name
             where = f" (writing {Path(str(e.filename)).name})"
+        elif e.filename and Path(str(e.filename)).is_relative_to(tempfile.gettempdir()):
+            where = f" (in the temporary folder {tempfile.gettempdir()}: set TMPDIR to move it)"
         kept = "the earlier export there is unchanged" if out.exists() else "nothing was written"
         raise SegkdError(
             f"--out {out}: cannot write the export: {e.strerror or e}{where}; {kept}"

@@ -162,6 +162,8 @@ def _pre_processed(fp32_path: Path, tmp: Path) -> Path:
     pre = tmp / "pre.onnx"
     try:
         quant_pre_process(str(fp32_path), str(pre))
+    except OSError:  # a full or read-only temp folder is the machine's, not the graph's
+        raise
     except Exception as e:  # symbolic shape inference can trip on exotic graphs
         logging.getLogger(__name__).warning(
             "quant_pre_process failed (%s); quantizing the unprocessed graph", e

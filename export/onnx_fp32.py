@@ -247,6 +247,8 @@ def export_fp32(
         with torch.no_grad():
             try:
                 _export_torchscript(wrapper, x, path, opset, dynamic, output)
+            except OSError:  # a full temp folder: the other exporter would fail the same way
+                raise
             except Exception as legacy_error:  # the legacy exporter may be gone in this torch
                 exporter = "dynamo"
                 notes.append(f"legacy exporter unavailable ({type(legacy_error).__name__})")

@@ -201,3 +201,27 @@ def test_files_written_into_out_during_the_export_are_kept(ckpt: Path, tmp_path:
 
     export_checkpoint(ckpt, out, precisions="fp32", progress=progress, **FAST)
     assert set(snapshot(out)) == {"export.json", "model.onnx", "reference.npz", "cache/timing.bin"}
+
+
+def test_a_full_temporary_folder_during_calibration_is_one_error_not_a_fallback(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI once filled /tmp while onnxruntime pre-processed the graph for calibration. The
+    pre-processing failure was taken for a graph it cannot handle, the export went on with
+    the unprocessed graph and died later on a half-written file ("Missing opset"). A full
+    disk is the user's to fix: one error naming the temporary folder, nothing written."""
+    import tempfile
+
+    import export.int8 as int8
+
+    def full(src: str, dst: str, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+
+    monkeypatch.setattr(int8, "quant_pre_process", full)
+    out = tmp_path / "export"
+    with pytest.raises(SegkdError) as e:
+        export_checkpoint(ckpt, out, precisions="fp32,int8", tolerances=LOOSE, **FAST)
+    msg = str(e.value)
+    assert "No space left on device" in msg and "nothing was written" in msg, msg
+    assert f"temporary folder {tempfile.gettempdir()}" in msg and "TMPDIR" in msg, msg
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
