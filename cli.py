@@ -362,9 +362,7 @@ def qat(
             "the --teacher": model_paths(o["teacher"]),
         },
     )
-    opts = QatOptions(**{k: o[k] for k in ("steps", "batch_size", "lr", "scale_lr",
-                                           "learn_scales", "seed", "teacher_weight")},
-                      crop_size=_size(o["crop_size"], "--crop-size"))  # fmt: skip
+    opts = QatOptions.from_options(o, crop_size=_size(o["crop_size"], "--crop-size"))
     summary = run_qat(
         checkpoint, out, input_size=_size(o["input_size"], "--input-size"), data=o["data"],
         calib_images=o["calib_images"], train_images=o["train_images"],

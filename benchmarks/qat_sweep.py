@@ -1,11 +1,10 @@
-"""QAT settings sweep: one run's held-out agreement curve, with losses and schedules segkd lacks.
+"""QAT settings sweep: one run's held-out agreement curve, with losses segkd does not use.
 
-An exploration loop beside `segkd qat` (distill/qat/train.py): the same fake-quant graph,
-calibration and preconditioned SGD, plus a cosine schedule (--cos) and other losses (mse on
-logits; klce = KL + cross-entropy to the fp32 labels), evaluated every --eval-every steps on
-held-out val images with the fake-quant graph (whose labels equal the Q/DQ file's;
-docs/notes/qat.md). Its findings chose what `segkd qat` does; the figures are in
-docs/notes/qat.md.
+`segkd qat`'s own loop (distill.qat.train.train_qat: the same fake-quant graph, calibration,
+preconditioned SGD and schedules) with other losses (mse on logits; klce = KL +
+cross-entropy to the fp32 labels), evaluated every --eval-every steps on held-out val
+images with the fake-quant graph (whose labels equal the Q/DQ file's; docs/notes/qat.md).
+Its findings chose what `segkd qat` does; the figures are in docs/notes/qat.md.
 
     python benchmarks/qat_sweep.py /tmp/ddr/best.pt --size 256x512 --steps 600 --train 512 \\
         --lr 3e-4 --slr 1e-2 --cos --json /tmp/E.json
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import sys
 import time
@@ -29,10 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from core.atomic_io import write_json_atomic
+from core.schema.qat import QAT
 from distill.qat.graph_module import QuantGraph
 from distill.qat.stage import load_student
 from distill.qat.structure import build_structure, pre_processed_graph, same_graph
-from distill.qat.train import kd_loss, precondition_folded, random_crop
+from distill.qat.train import QatOptions, kd_loss, train_qat
 from export.calibration import SampledSplit, SampleReader, prepare
 from export.onnx_fp32 import INPUT_NAME, export_fp32
 from runtime.machine import describe_cpu
@@ -88,12 +87,8 @@ def main() -> None:
     if crop:
         at_crop = pre_processed_graph(export_fp32(model, input_size=crop, output="labels").model)
         g = QuantGraph(same_graph(st.graph, at_crop, "--crop"), st.placement, st.scales)
-    val, train = (
-        _images(a.data, "val", a.n, 0, pre),
-        _images(a.data, "train", a.train, a.seed + 1000, pre),
-    )
-    ref = copy.deepcopy(g).requires_grad_(False)
-    ref.quantize = False
+    val = _images(a.data, "val", a.n, 0, pre)
+    train = [s.x for s in prepare(list(SampledSplit(a.data, "train", a.train, a.seed + 1000)), pre)]
     ref_full = copy.deepcopy(full).requires_grad_(False)
     ref_full.quantize = False
     with torch.no_grad():
@@ -106,35 +101,22 @@ def main() -> None:
             out = torch.cat([full(val[i : i + 1]) for i in range(len(val))])
         return float((out.argmax(1) == labels).float().mean())
 
-    precondition_folded(g.conv_weight_parameters())
-    opts = [torch.optim.SGD(g.weight_parameters(), lr=a.lr, momentum=0.9)]
-    if a.slr > 0:
-        opts.append(torch.optim.Adam(g.scale_parameters(), lr=a.slr))
-    base = [o.param_groups[0]["lr"] for o in opts]
-    gen = torch.Generator().manual_seed(a.seed)
+    opts = QatOptions(steps=a.steps, batch_size=a.bs, crop_size=crop, lr=a.lr,
+                      scale_lr=a.slr or QAT.default("scale_lr"), learn_scales=a.slr > 0,
+                      schedule="cosine" if a.cos else "constant", temperature=a.T,
+                      seed=a.seed)  # fmt: skip
     curve, losses, started = [(0, agreement())], [], time.perf_counter()
     print("step 0 agreement", curve[0][1], flush=True)
-    for step in range(a.steps):
-        if a.cos:
-            for o, lr in zip(opts, base, strict=True):
-                o.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
-        x = random_crop(train[torch.randint(len(train), (a.bs,), generator=gen)], crop, gen)
-        if torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-1)
-        with torch.no_grad():
-            target = ref(x)
-        loss = LOSSES[a.loss](g(x), target, a.T)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
-        losses.append(loss.item())
-        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
-            curve.append((step + 1, agreement()))
-            per_step = (time.perf_counter() - started) / (step + 1)
-            print(f"{step + 1} loss {np.mean(losses[-a.eval_every :]):.4g} agreement "
+
+    def progress(step: int, loss: float) -> None:
+        losses.append(loss)
+        if step % a.eval_every == 0 or step == a.steps:
+            curve.append((step, agreement()))
+            per_step = (time.perf_counter() - started) / step
+            print(f"{step} loss {np.mean(losses[-a.eval_every :]):.4g} agreement "
                   f"{curve[-1][1]:.4f} {per_step:.2f} s/step", flush=True)  # fmt: skip
+
+    train_qat(g, train, opts, progress, objective=LOSSES[a.loss])
     if a.json is not None:
         write_json_atomic({"command": " ".join(sys.argv), "machine": describe_cpu(),
                            "options": {k: str(v) for k, v in vars(a).items()}, "curve": curve,

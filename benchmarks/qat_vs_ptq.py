@@ -93,7 +93,8 @@ def run_one(name: str, ckpt: Path, train_s: float | None, args: argparse.Namespa
     for seed in args.seeds:
         opts = QatOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           scale_lr=args.scale_lr, learn_scales=not args.fixed_scales, seed=seed,
-                          crop_size=crop, teacher_weight=args.teacher_weight)  # fmt: skip
+                          crop_size=crop, teacher_weight=args.teacher_weight,
+                          schedule=args.schedule)  # fmt: skip
         qat = run_qat(ckpt, work / f"qat-s{seed}", input_size=size, data=args.data,
                       calib_images=args.calib_images, train_images=args.train_images,
                       method=args.method, sample_seed=args.sample_seed, opts=opts, progress=print,
@@ -130,6 +131,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--scale-lr", type=float, default=1e-4)
     p.add_argument("--fixed-scales", action="store_true")
+    p.add_argument("--schedule", default="constant", help="segkd qat --schedule")
     p.add_argument("--teacher", default=None, help="the distillation teacher in the QAT loop")
     p.add_argument("--teacher-weight", type=float, default=0.0)
     p.add_argument(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.atomic_io import write_json_atomic
 from core.errors import SegkdError
@@ -26,6 +26,9 @@ from pipeline.ranks import RankedSteps, join, leave, on_main
 from pipeline.steps import Step, StepRunner
 from runtime.machine import cpu_info
 from runtime.sizes import parse_size
+
+if TYPE_CHECKING:  # torch: imported when a step runs
+    from distill.qat.train import QatOptions
 
 
 def _fresh(folder: Path) -> None:
@@ -76,6 +79,17 @@ def _train_config(cfg: dict[str, Any], section: str, out: Path, role: str, seed:
     )
 
 
+def qat_options(cfg: dict[str, Any]) -> QatOptions:
+    """The qat section as distill.qat's QatOptions (which checks every value)."""
+    from distill.qat.train import QatOptions
+
+    crop = _section_size(cfg, "qat", "crop_size")
+    try:
+        return QatOptions.from_options(cfg["qat"], crop_size=crop, seed=int(cfg["seed"]))
+    except SegkdError as e:
+        raise SegkdError(f"config section qat: {e}") from None
+
+
 def check_stages(cfg: dict[str, Any], out: Path) -> None:
     """Each stage's own checks, all before the first step: a bad export or eval value must
     not surface only after the teacher and the student have trained for minutes."""
@@ -94,6 +108,8 @@ def check_stages(cfg: dict[str, Any], out: Path) -> None:
         if weights and trains and not Path(weights).is_file():
             raise SegkdError(f"config option {section}.backbone_weights: file not found: {weights}")
     DistillConfig.from_dict(dict(cfg["distill"])).require_a_term("config option distill.losses")
+    if cfg["qat"]["steps"]:  # 0: no QAT step
+        qat_options(cfg)
     for key, least in (("export.calib_images", 1), ("export.verify_images", 1),
                        ("export.opset", 1), ("eval.max_images", 1), ("bench.iters", 1),
                        ("bench.warmup", 0), ("report.examples", 0)):  # fmt: skip
@@ -299,7 +315,6 @@ class Pipeline:
         teacher joins the loop when qat.teacher_weight > 0."""
         from distill.qat.report import comparison
         from distill.qat.stage import QAT_FILE, QAT_JSON, run_qat
-        from distill.qat.train import QatOptions
 
         q, e = self.cfg["qat"], self.cfg["export"]
         folder, exported = self.out / "qat", self.out / "export-qat"
@@ -310,11 +325,7 @@ class Pipeline:
         def run() -> None:
             from export.api import Tolerances, export_checkpoint
 
-            opts = QatOptions(steps=int(q["steps"]), batch_size=int(q["batch_size"]),
-                              lr=float(q["lr"]), scale_lr=float(q["scale_lr"]),
-                              learn_scales=bool(q["learn_scales"]), seed=int(self.cfg["seed"]),
-                              teacher_weight=float(q["teacher_weight"]),
-                              crop_size=_section_size(self.cfg, "qat", "crop_size"))  # fmt: skip
+            opts = qat_options(self.cfg)
             run_qat(student, folder, input_size=size, data=self.cfg["data"],
                     calib_images=int(e["calib_images"]), train_images=int(q["train_images"]),
                     method=e["int8_method"], opts=opts,

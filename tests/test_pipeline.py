@@ -28,8 +28,9 @@ TINY = [
     # trained students (tests/export checks INT8 quality); this test is about the pipeline.
     "export.calib_images=4", "export.verify_images=4", "export.min_int8=0.75",
     "eval.max_images=4", "bench.iters=2", "bench.warmup=1", "report.examples=2",
-    # QAT after the export, on crops, with the pipeline's own teacher in the loop
+    # QAT after the export, on crops, with the pipeline's own teacher in the loop, cosine
     "qat.steps=2", "qat.train_images=4", "qat.crop_size=32x64", "qat.teacher_weight=0.5",
+    "qat.schedule=cosine",
 ]  # fmt: skip
 
 
@@ -72,8 +73,9 @@ def test_every_artifact_figure_and_table_exists(finished: tuple[Path, dict]) -> 
     qat = json.loads((out / "qat" / "qat.json").read_text())["training"]
     assert qat["teacher"] == str(out / "teacher" / "best.pt")
     assert qat["options"]["crop_size"] == [32, 64] and qat["steps"] == 2
+    assert qat["options"]["schedule"] == "cosine" and qat["learning_rates"]["weights"][1] < 1e-4
     assert (out / "export-qat" / "model.int8.onnx").is_file()
-    assert saved["qat"]["steps"] == 2 and "quantization-aware" in md
+    assert saved["qat"]["steps"] == 2 and "quantization-aware" in md and "(cosine)" in md
 
 
 @pytest.mark.slow

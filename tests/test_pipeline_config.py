@@ -128,3 +128,20 @@ def test_cityscapes_students_train_with_their_authors_loss(name: str) -> None:
     else:
         assert s["loss"] == "ce"
     assert DEFAULTS["student"]["loss"] == "ce"  # the synthetic default stays plain CE
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["qat.schedule=linear"], "config section qat: --schedule must be one of constant, cosine"),
+     (["qat.lr=0"], "config section qat: --lr must be a finite number > 0"),
+     (["qat.crop_size=12x"], "qat.crop_size"),
+     (["qat.steps=-1"], "config section qat: --steps")],
+)  # fmt: skip
+def test_a_bad_qat_value_is_refused_before_any_training(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    """QAT runs after the teacher, the students and the export: its values are checked
+    with every other stage's, before the first step. qat.steps=0 (off) checks nothing."""
+    with pytest.raises(SegkdError, match=message):
+        check_stages(load_config(None, ["qat.steps=5", *overrides]), tmp_path / "run")
+    check_stages(load_config(None, ["qat.steps=0", "qat.schedule=linear"]), tmp_path / "run")

@@ -28,6 +28,10 @@ QAT = OptionSet([
     Option("lr", float, 1e-4, "SGD learning rate of the Conv weights"),
     # Activation log-scales (Adam, LSQ gradient): ~0.1 % a step.
     Option("scale_lr", float, 1e-3, "Adam learning rate of the activation scales"),
+    # Cosine decay to 0 over the steps: the sweep's best runs used it with 3x the rates
+    # (docs/notes/qat.md, "Settings"); the default stays constant (see the note's figures).
+    Option("schedule", str, "constant",
+           "learning-rate schedule of weights and scales: constant or cosine (decays to 0)"),
     Option("learn_scales", bool, True,
            "learn the activation scales (LSQ) or keep the calibrated ones"),
     # The distillation teacher in the loop: its logits as a second KD target beside the fp32

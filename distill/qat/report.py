@@ -36,6 +36,7 @@ def comparison(
         "distill_seconds": distill_seconds,
         "scales": training.get("scales"),
         "crop_size": (training.get("options") or {}).get("crop_size"),
+        "schedule": (training.get("options") or {}).get("schedule", "constant"),
         "teacher": training.get("teacher"),
     }
 
@@ -69,6 +70,8 @@ def markdown(section: dict[str, Any]) -> list[str]:
     if section.get("distill_seconds"):
         extra += f"; the distillation took {section['distill_seconds']:.0f} s"
     how = f"Scales: {section.get('scales')}"
+    if section.get("schedule") == "cosine":
+        how += "; learning rates decayed to 0 (cosine)"
     if section.get("crop_size"):
         how += f"; trained on {section['crop_size'][0]}x{section['crop_size'][1]} crops"
     if section.get("teacher"):

@@ -12,17 +12,20 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.errors import SegkdError
 from core.schema.qat import QAT
 from distill.qat.graph_module import QuantGraph
 
 _D = QAT.defaults()
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,50 @@ class QatOptions:
     crop_size: tuple[int, int] | None = _D["crop_size"]  # None: whole deploy-size images
     lr: float = _D["lr"]
     scale_lr: float = _D["scale_lr"]
+    schedule: str = _D["schedule"]
     learn_scales: bool = _D["learn_scales"]
     teacher_weight: float = _D["teacher_weight"]
     temperature: float = _D["temperature"]
     seed: int = _D["seed"]
 
+    def __post_init__(self) -> None:
+        """One line naming the option (as `segkd qat` spells it) for a value no run can use."""
+        for name in ("steps", "batch_size"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise SegkdError(f"{_flag(name)} must be a positive integer, got {n!r}")
+        for name in ("lr", "scale_lr", "temperature"):
+            x = getattr(self, name)
+            if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
+                raise SegkdError(f"{_flag(name)} must be a finite number > 0, got {x!r}")
+        w = self.teacher_weight
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise SegkdError(f"--teacher-weight must be a finite number >= 0, got {w!r}")
+        if self.schedule not in SCHEDULES:
+            raise SegkdError(
+                f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], **given: Any) -> QatOptions:
+        """The fields that `values` (a command's options or the pipeline's qat section)
+        holds; `given` (values parsed by the caller, e.g. crop_size) take precedence."""
+        names = {f.name for f in fields(cls)} - set(given)
+        return cls(**{k: v for k, v in values.items() if k in names}, **given)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step: 1, or a cosine from 1 down to 0."""
+    if schedule == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    return lambda step: 1.0
 
 
 def precondition_folded(weights: Sequence[torch.Tensor]) -> list:
@@ -90,17 +130,23 @@ def teacher_logits(teacher: torch.nn.Module, x: torch.Tensor, size: torch.Size) 
     return logits
 
 
+Objective = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
 def train_qat(
     graph: QuantGraph,
     images: Sequence[np.ndarray],
     opts: QatOptions,
     progress: Callable[[int, float], None] | None = None,
     teacher: torch.nn.Module | None = None,
+    objective: Objective = kd_loss,
 ) -> dict:
     """Run `opts.steps` steps on random batches (crops) of `images` (1x3xHxW float32 each).
 
     `teacher` (frozen, fed the same batch) adds opts.teacher_weight * KD to its logits,
-    resized to the graph's. Returns the facts the report needs: steps, seconds, losses.
+    resized to the graph's. `objective(logits, fp32 logits, temperature)` is the loss
+    against the fp32 student (benchmarks/qat_sweep.py tries others). `progress(step, loss)`
+    is called after every step. Returns the facts the report needs: steps, seconds, losses.
     """
     gen = torch.Generator().manual_seed(opts.seed)
     hooks = precondition_folded(graph.conv_weight_parameters())
@@ -112,12 +158,15 @@ def train_qat(
     else:
         for p in graph.scale_parameters():
             p.requires_grad_(False)
+    factor = lr_factor(opts.schedule, opts.steps)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
     # The soft targets come from the fp32 student as it was, not from the weights being
     # tuned: a frozen copy of the graph run without fake quantization.
     reference = copy.deepcopy(graph).requires_grad_(False)
     reference.quantize = False
     data = torch.from_numpy(np.concatenate(list(images), axis=0))
     losses: list[float] = []
+    rates: list[list[float]] = []  # per step, each optimizer's rate as it stepped
     started = time.perf_counter()
     for step in range(opts.steps):
         idx = torch.randint(len(data), (opts.batch_size,), generator=gen)
@@ -127,7 +176,7 @@ def train_qat(
         with torch.no_grad():
             target = reference(x)
         out = graph(x)
-        loss = kd_loss(out, target, opts.temperature)
+        loss = objective(out, target, opts.temperature)
         if teacher is not None and opts.teacher_weight > 0:
             loss = loss + opts.teacher_weight * kd_loss(
                 out, teacher_logits(teacher, x, out.shape[-2:]), opts.temperature
@@ -140,6 +189,9 @@ def train_qat(
         loss.backward()
         for opt in optimizers:
             opt.step()
+        rates.append([opt.param_groups[0]["lr"] for opt in optimizers])
+        for sched in schedulers:
+            sched.step()
         losses.append(value)
         if progress is not None:
             progress(step + 1, value)
@@ -153,4 +205,9 @@ def train_qat(
         "seconds_per_step": seconds / max(1, opts.steps),
         "loss_first": float(np.mean(losses[:window])) if losses else None,
         "loss_last": float(np.mean(losses[-window:])) if losses else None,
+        # [first step's, last step's] rate per parameter group (the schedule's effect)
+        "learning_rates": {
+            name: [rates[0][i], rates[-1][i]]
+            for i, name in enumerate(("weights", "scales")[: len(optimizers)])
+        },
     }

@@ -253,3 +253,44 @@ def test_report_section_sets_ptq_beside_qat(runs) -> None:
     assert section["steps"] == 3
     text = "\n".join(markdown(section))
     assert "| TensorRT INT8 |" in text and "| CPU INT8 |" in text and "3 steps" in text
+
+
+def test_cosine_schedule_decays_the_rates_the_steps_used(runs, tmp_path) -> None:
+    """The rates are read off the optimizers at each step: cosine from the given rate at the
+    first step towards 0 (0.5 * (1 + cos(pi * 3/4)) of it at the 4th of 4); constant stays."""
+    import math
+
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        opts = QatOptions(steps=4, lr=1e-3, scale_lr=1e-2, schedule=schedule)
+        summary = run_qat(runs / "student.pt", tmp_path / schedule, data=DATA, calib_images=4,
+                          train_images=4, opts=opts)  # fmt: skip
+        rates[schedule] = summary["training"]["learning_rates"]
+    assert rates["constant"] == {"weights": [1e-3, 1e-3], "scales": [1e-2, 1e-2]}
+    last = 0.5 * (1 + math.cos(math.pi * 3 / 4))
+    assert rates["cosine"]["weights"] == pytest.approx([1e-3, 1e-3 * last])
+    assert rates["cosine"]["scales"] == pytest.approx([1e-2, 1e-2 * last])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [("schedule", "linear", "--schedule"), ("lr", float("nan"), "--lr"), ("lr", 0.0, "--lr"),
+     ("scale_lr", -1e-3, "--scale-lr"), ("steps", 0, "--steps"), ("batch_size", True, "--batch-size"),
+     ("teacher_weight", float("inf"), "--teacher-weight")],
+)  # fmt: skip
+def test_options_no_run_can_use_are_refused_by_name(field: str, value: object, flag: str) -> None:
+    with pytest.raises(SegkdError, match=flag):
+        QatOptions(**{field: value})
+
+
+def test_options_come_from_a_command_or_config_section_as_declared() -> None:
+    """from_options takes the dataclass's fields from a mapping that holds others too (the
+    pipeline's qat section has train_images; the command has data, teacher...)."""
+    section = {"steps": 7, "batch_size": 3, "crop_size": "32x64", "train_images": 64,
+               "lr": 2e-4, "scale_lr": 1e-3, "schedule": "cosine", "learn_scales": False,
+               "teacher_weight": 0.0}  # fmt: skip
+    opts = QatOptions.from_options(section, crop_size=(32, 64), seed=5)
+    assert (opts.steps, opts.batch_size, opts.crop_size, opts.schedule, opts.seed) == (
+        7, 3, (32, 64), "cosine", 5
+    )  # fmt: skip
+    assert not opts.learn_scales and opts.lr == 2e-4
