@@ -18,7 +18,7 @@ from rich.table import Table
 
 from core.errors import SegkdError
 from core.numbers import finite
-from core.options import Option, OptionSet
+from core.options import Option, OptionSet, cli_flag
 from core.schema.bench import BENCH
 from core.schema.demo import DEMO
 from core.schema.distill import DISTILL, READOUT_ITERS
@@ -141,18 +141,14 @@ def _with_options(*sets: OptionSet) -> Callable[[Callable[..., Any]], Callable[.
     return wrap
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _checked(values: dict[str, Any], options: OptionSet) -> dict[str, Any]:
     """`values` with each typed hidden alias folded into its option, and the ranges the
     parser does not check (core.numbers.finite) checked under the name the user typed."""
     for o in options.values():
-        typed = _flag(o.name)
+        typed = cli_flag(o.name)
         for alias in o.aliases:
             if (value := values.pop(alias)) is not None:
-                values[o.name], typed = value, _flag(alias)
+                values[o.name], typed = value, cli_flag(alias)
         if o.finite:
             finite(typed, values[o.name], low=o.min, high=o.max)
     return values

@@ -31,3 +31,10 @@ def finite(
     if high is not None and v > high:
         raise SegkdError(f"{option}: must be <= {high:g}, got {value!r}")
     return v
+
+
+def positive_int(option: str, value: Any) -> int:
+    """`value` if it is an int >= 1 (True is not a count), else SegkdError naming `option`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SegkdError(f"{option} must be a positive integer, got {value!r}")
+    return value

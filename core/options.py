@@ -13,6 +13,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 
+def cli_flag(name: str) -> str:
+    """How the command line spells a library name: lr_scale -> --lr-scale."""
+    return "--" + name.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting. `name` is the library's (dataclass field, config key); a command may

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import SegkdError
+from core.numbers import positive_int
 from core.schema.export import EXPORT
 from core.schema.tensorrt import TrtOptions
 from core.schema.tolerances import Tolerances
@@ -183,9 +184,8 @@ def check_options(plan: ExportPlan) -> None:
             f"--int8-method must be one of {', '.join(CALIBRATION_METHODS)}, "
             f"got {plan.int8_method!r}"
         )
-    for name, n in (("--calib-images", plan.calib_images), ("--verify-images", plan.verify_images)):
-        if not isinstance(n, int) or n < 1:
-            raise SegkdError(f"{name} must be a positive integer, got {n!r}")
+    positive_int("--calib-images", plan.calib_images)
+    positive_int("--verify-images", plan.verify_images)
     seed = plan.sample_seed
     if not isinstance(seed, int) or seed < 0:
         raise SegkdError(f"--sample-seed must be an integer >= 0, got {seed!r}")

@@ -37,7 +37,7 @@ _failed_modules: set[str] = set()
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
     report = yield
     if report.failed:
-        _failed_modules.add(item.module.__name__ if item.module else item.nodeid)
+        _failed_modules.add(item.nodeid.split("::")[0])  # the test file, as its module's nodeid
     return report
 
 
@@ -53,7 +53,7 @@ def _module_dirs_removed(
     base = tmp_path_factory.getbasetemp()
     before = set(base.iterdir())
     yield
-    if request.module.__name__ in _failed_modules:
+    if request.node.nodeid in _failed_modules:
         return
     for path in set(base.iterdir()) - before:
         if not path.name.startswith(SESSION_DIR_PREFIX):

@@ -133,7 +133,7 @@ def test_cityscapes_students_train_with_their_authors_loss(name: str) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [(["qat.schedule=linear"], "config section qat: --schedule must be one of constant, cosine"),
-     (["qat.lr=0"], "config section qat: --lr must be a finite number > 0"),
+     (["qat.lr=0"], "config section qat: --lr: must be > 0, got 0"),
      (["qat.crop_size=12x"], "qat.crop_size"),
      (["qat.steps=-1"], "config section qat: --steps")],
 )  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.numbers import finite
-from core.options import Option, OptionSet
+from core.options import Option, OptionSet, cli_flag
 
 TOLERANCES = OptionSet([
     Option("fp32_max_abs_diff", float, 1e-3, "fp32: largest logit difference from PyTorch",
@@ -45,7 +45,7 @@ class Tolerances:
         # and could not be written to export.json (strict JSON). Named as the library's
         # callers knew them (the fp16/int8 gates under their first option names).
         for name, o in TOLERANCES.items():
-            option = "--" + o.aliases[0].replace("_", "-") if o.aliases else name
+            option = cli_flag(o.aliases[0]) if o.aliases else name
             finite(option, getattr(self, name), low=0.0)
 
     def min_agreement(self, precision: str) -> float:

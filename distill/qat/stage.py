@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import SegkdError
+from core.numbers import positive_int
 from core.preprocess import PreprocessSpec
 from core.schema.qat import QAT
 from distill.qat.checkpoint import qat_state
@@ -54,7 +55,8 @@ def run_qat(
 
     say = progress or log.info
     opts = opts or QatOptions()
-    _check_counts(calib_images, train_images)
+    positive_int("--calib-images", calib_images)
+    positive_int("--train-images", train_images)
     _check_teacher(teacher, opts)
     model, ckpt, pre = load_student(ckpt_path)
     size = tuple(input_size or pre.input_size)
@@ -115,12 +117,6 @@ def run_qat(
     atomic_torch_save({**ckpt, "qat": qat}, out / QAT_FILE)
     write_json_atomic(summary, out / QAT_JSON)
     return summary
-
-
-def _check_counts(calib_images: int, train_images: int) -> None:
-    for name, n in (("--calib-images", calib_images), ("--train-images", train_images)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise SegkdError(f"{name} must be a positive integer, got {n!r}")
 
 
 def _check_teacher(teacher: str | Path | None, opts: QatOptions) -> None:

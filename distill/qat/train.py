@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import SegkdError
+from core.numbers import finite, positive_int
+from core.options import cli_flag
 from core.schema.qat import QAT
 from distill.qat.graph_module import QuantGraph
 
@@ -46,16 +48,10 @@ class QatOptions:
     def __post_init__(self) -> None:
         """One line naming the option (as `segkd qat` spells it) for a value no run can use."""
         for name in ("steps", "batch_size"):
-            n = getattr(self, name)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise SegkdError(f"{_flag(name)} must be a positive integer, got {n!r}")
+            positive_int(cli_flag(name), getattr(self, name))
         for name in ("lr", "scale_lr", "temperature"):
-            x = getattr(self, name)
-            if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
-                raise SegkdError(f"{_flag(name)} must be a finite number > 0, got {x!r}")
-        w = self.teacher_weight
-        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-            raise SegkdError(f"--teacher-weight must be a finite number >= 0, got {w!r}")
+            finite(cli_flag(name), getattr(self, name), low=0.0, low_open=True)
+        finite("--teacher-weight", self.teacher_weight, low=0.0)
         if self.schedule not in SCHEDULES:
             raise SegkdError(
                 f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
@@ -70,10 +66,6 @@ class QatOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def lr_factor(schedule: str, steps: int) -> Callable[[int], float]:

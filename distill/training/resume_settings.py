@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import SegkdError
+from core.options import cli_flag
 
 # Where the run is written and how fast, not what is trained: these may differ freely.
 FREE = frozenset({"out", "resume", "device", "num_workers"})
@@ -78,7 +79,7 @@ def settings_for_resume(
         if name not in typed:
             values[name] = tuple(old) if isinstance(old, list) else old
         elif not same and name not in change:
-            option = "--" + name.replace("_", "-")
+            option = cli_flag(name)
             raise SegkdError(
                 f"--resume: {option} {_shown(name, value)} differs from the run's "
                 f"{_shown(name, old)} ({where}); a resumed run keeps its settings: leave "
